@@ -1,0 +1,57 @@
+# llmtune: two commands for users (make run, make test); the rest for developers.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp changes whenever pyproject.toml does, so `make` reinstalls then.
+STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+
+.PHONY: run test bench screenshots model lint typecheck clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "Installing llmtune and its dependencies into $(VENV) (llama-cpp-python compiles once, ~10 min on 2 cores)..."
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(TEST_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+## model: fetch the demo model (SmolLM2-135M-Instruct Q4_1) into the user cache and print its path
+model: $(STAMP)
+	@$(BIN)/python -m llmtune.model.demo
+
+## run: open llmtune on the demo model
+run: $(STAMP)
+	@model=$$($(BIN)/python -m llmtune.model.demo) && $(BIN)/llmtune "$$model"
+
+## test: the whole suite
+test: $(TEST_STAMP)
+	@$(BIN)/python -m llmtune.model.demo >/dev/null
+	$(BIN)/python -m pytest -q
+
+## bench: benchmarks under tests/bench (speed and memory targets; not part of make test)
+bench: $(TEST_STAMP)
+	@$(BIN)/python -m llmtune.model.demo >/dev/null
+	@set -e; for script in tests/bench/*.py; do \
+		echo "== $$script"; $(BIN)/python "$$script"; done
+
+## screenshots: regenerate screenshots/*.svg from the real app
+screenshots: $(TEST_STAMP)
+	@$(BIN)/python -m llmtune.model.demo >/dev/null
+	$(BIN)/python scripts/screenshots.py
+
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check tui tests scripts
+	$(BIN)/ruff format --check tui tests scripts
+
+typecheck: $(TEST_STAMP)
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

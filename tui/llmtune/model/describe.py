@@ -1,0 +1,288 @@
+"""What ``llmtune inspect`` prints: a JSON object and an 80-column summary.
+
+Every string that comes from the model file goes through :func:`inert` before
+it is put in the human summary; JSON escapes control characters by itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from llmtune.model.gguf_file import GGUFArray, Value, value_type_name
+from llmtune.model.spec import ModelSpec
+from llmtune.textsafe import inert
+from llmtune.units import format_bytes, format_count
+
+
+def _json_value(value: Value) -> Any:
+    if isinstance(value, GGUFArray):
+        return {"type": value.type_name, "length": value.length}
+    if isinstance(value, list):
+        item = _list_item_type(value)
+        return {"type": item, "length": len(value)}
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _list_item_type(values: list[Value]) -> str:
+    if not values:
+        return "EMPTY"
+    first = values[0]
+    if isinstance(first, bool):
+        return "BOOL"
+    if isinstance(first, int):
+        return "INT"
+    if isinstance(first, float):
+        return "FLOAT"
+    if isinstance(first, str):
+        return "STRING"
+    return "ARRAY"
+
+
+def _uniform_or_list(values: tuple[int, ...]) -> int | list[int]:
+    if values and all(v == values[0] for v in values):
+        return values[0]
+    return list(values)
+
+
+def inspect_dict(spec: ModelSpec) -> dict[str, Any]:
+    """The ``llmtune inspect --json`` object (DESIGN.md)."""
+    types = {
+        name: {"tensors": s.tensors, "parameters": s.parameters, "bytes": s.nbytes}
+        for name, s in spec.type_stats().items()
+    }
+    metadata: dict[str, Any] = {}
+    for key, value in spec.metadata.items():
+        metadata[key] = _json_value(value)
+    return {
+        "path": os.path.abspath(spec.path),
+        "shards": [os.path.abspath(p) for p in spec.shard_paths],
+        "file_bytes": spec.file_bytes,
+        "gguf_version": spec.gguf_version,
+        "architecture": spec.architecture,
+        "name": spec.name,
+        "file_type": spec.file_type_name,
+        "file_type_id": spec.file_type,
+        "parameters": spec.parameters,
+        "bits_per_weight": round(spec.bits_per_weight, 4),
+        "n_layer": spec.n_layer,
+        "n_embd": spec.n_embd,
+        "n_head": spec.n_head,
+        "n_head_kv": spec.n_head_kv,
+        "n_head_per_layer": _uniform_or_list(spec.n_head_per_layer),
+        "n_head_kv_per_layer": _uniform_or_list(spec.n_head_kv_per_layer),
+        "n_embd_head_k": spec.n_embd_head_k,
+        "n_embd_head_v": spec.n_embd_head_v,
+        "n_ff": _uniform_or_list(spec.n_ff_per_layer),
+        "n_ctx_train": spec.n_ctx_train,
+        "n_vocab": spec.n_vocab,
+        "n_expert": spec.n_expert,
+        "n_expert_used": spec.n_expert_used,
+        "n_ff_exp": spec.n_ff_exp,
+        "sliding_window": spec.sliding_window,
+        "kv_lora_rank": spec.kv_lora_rank,
+        "tokenizer": spec.tokenizer_model,
+        "chat_template_chars": len(spec.chat_template),
+        "tensor_count": len(spec.tensors),
+        "tensor_bytes": spec.tensor_bytes,
+        "types": types,
+        "layers": [{"index": layer.index, "bytes": layer.nbytes} for layer in spec.layers],
+        "input_bytes": sum(t.nbytes for t in spec.input_tensors),
+        "output_bytes": sum(t.nbytes for t in spec.output_tensors),
+        "metadata": metadata,
+        "warnings": list(spec.warnings),
+    }
+
+
+def _layer_runs(sizes: list[int]) -> list[tuple[int, int, int]]:
+    """Consecutive layers of equal size as (first, last, bytes) runs."""
+    runs: list[tuple[int, int, int]] = []
+    for i, size in enumerate(sizes):
+        if runs and runs[-1][2] == size and runs[-1][1] == i - 1:
+            first, _, _ = runs[-1]
+            runs[-1] = (first, i, size)
+        else:
+            runs.append((i, i, size))
+    return runs
+
+
+def _shorten_path(path: str, width: int) -> str:
+    home = os.path.expanduser("~")
+    if home and home != "/" and path.startswith(home + os.sep):
+        path = "~" + path[len(home) :]
+    if len(path) <= width:
+        return path
+    return "…" + path[-(width - 1) :]
+
+
+def inspect_lines(spec: ModelSpec, width: int = 80) -> list[str]:
+    """The human summary, one string per line, each at most ``width`` columns."""
+    w = max(40, width)
+    lines: list[str] = []
+    name = inert(spec.name, max_chars=w - 2)
+    lines.append(name)
+    lines.append("  " + _shorten_path(inert(os.path.abspath(spec.path), max_chars=None), w - 2))
+    shards = f" in {len(spec.shard_paths)} shards" if len(spec.shard_paths) > 1 else ""
+    lines.append(
+        f"  {inert(spec.architecture, max_chars=24)} · {spec.file_type_name} · "
+        f"{format_count(spec.parameters)} parameters · {spec.bits_per_weight:.2f} bits/weight"
+    )
+    lines.append(
+        f"  {format_bytes(spec.file_bytes)} file{shards} · {len(spec.tensors)} tensors · "
+        f"GGUF v{spec.gguf_version}"
+    )
+    lines.append("")
+    lines.append("Shape")
+    heads = _uniform_or_list(spec.n_head_per_layer)
+    heads_kv = _uniform_or_list(spec.n_head_kv_per_layer)
+    head_text = str(heads) if isinstance(heads, int) else f"{min(heads)}-{max(heads)} per layer"
+    kv_text = str(heads_kv) if isinstance(heads_kv, int) else f"{min(heads_kv)}-{max(heads_kv)}"
+    gqa = ""
+    if isinstance(heads, int) and isinstance(heads_kv, int) and heads_kv and heads != heads_kv:
+        gqa = f", GQA {heads // heads_kv}:1" if heads % heads_kv == 0 else ", GQA"
+    ff = _uniform_or_list(spec.n_ff_per_layer)
+    ff_text = f"{ff:,}" if isinstance(ff, int) else f"{min(ff):,}-{max(ff):,}"
+    pairs = [
+        ("layers", f"{spec.n_layer}"),
+        ("embedding", f"{spec.n_embd:,}"),
+        ("heads", f"{head_text} (KV {kv_text}{gqa})"),
+        (
+            "head dim",
+            f"{spec.n_embd_head_k}"
+            + (f"/{spec.n_embd_head_v}" if spec.n_embd_head_v != spec.n_embd_head_k else ""),
+        ),
+        ("FFN", ff_text),
+        ("context", f"{spec.n_ctx_train:,} trained"),
+        ("vocab", f"{spec.n_vocab:,}"),
+    ]
+    if spec.n_expert:
+        pairs.append(
+            ("experts", f"{spec.n_expert} ({spec.n_expert_used} used, FFN {spec.n_ff_exp:,})")
+        )
+    if spec.sliding_window:
+        pairs.append(("sliding window", f"{spec.sliding_window:,}"))
+    if spec.kv_lora_rank:
+        pairs.append(("MLA KV rank", f"{spec.kv_lora_rank}"))
+    if spec.ssm_state_size:
+        pairs.append(("SSM state", f"{spec.ssm_state_size} (inner {spec.ssm_inner_size:,})"))
+    lines.extend(_flow_pairs(pairs, w))
+    lines.append("")
+
+    lines.append("Quantization mix")
+    lines.append(
+        f"  {'type':<9}{'tensors':>8}{'parameters':>12}{'bytes':>12}{'bits/w':>8}{'share':>7}"
+    )
+    total_bytes = spec.tensor_bytes or 1
+    for type_name, stats in spec.type_stats().items():
+        lines.append(
+            f"  {inert(type_name, max_chars=9):<9}{stats.tensors:>8}{format_count(stats.parameters):>12}"
+            f"{format_bytes(stats.nbytes):>12}{stats.bits_per_weight:>8.2f}"
+            f"{stats.nbytes * 100 / total_bytes:>6.1f}%"
+        )
+    lines.append("")
+
+    lines.append("Layers")
+    sizes = [layer.nbytes for layer in spec.layers]
+    runs = _layer_runs(sizes)
+    if len(runs) <= 6:
+        for first, last, size in runs:
+            label = f"{first}" if first == last else f"{first}-{last}"
+            each = " each" if first != last else ""
+            lines.append(f"  blk {label:<9} {format_bytes(size):>10}{each}")
+    elif sizes:
+        mean = sum(sizes) / len(sizes)
+        lines.append(
+            f"  {len(sizes)} layers: {format_bytes(min(sizes))} to {format_bytes(max(sizes))}, "
+            f"{format_bytes(int(mean))} on average"
+        )
+        largest = max(range(len(sizes)), key=lambda i: sizes[i])
+        lines.append(f"  largest: blk {largest} ({format_bytes(sizes[largest])})")
+    for label, group in (("input", spec.input_tensors), ("output", spec.output_tensors)):
+        if group:
+            parts = ", ".join(
+                f"{inert(t.name.removesuffix('.weight'), max_chars=24)} {t.type_name}"
+                for t in group[:3]
+            )
+            more = f" +{len(group) - 3}" if len(group) > 3 else ""
+            lines.append(
+                _fit(
+                    f"  {label:<13} {format_bytes(sum(t.nbytes for t in group)):>10}  {parts}{more}",
+                    w,
+                )
+            )
+    if spec.other_tensors:
+        other = sum(t.nbytes for t in spec.other_tensors)
+        lines.append(
+            f"  {'other':<13} {format_bytes(other):>10}  {len(spec.other_tensors)} tensors"
+        )
+    lines.append("")
+
+    tokenizer = inert(spec.tokenizer_model, max_chars=20) or "none"
+    pre = spec.metadata.get("tokenizer.ggml.pre")
+    pre_text = f" ({inert(pre, max_chars=20)})" if isinstance(pre, str) and pre else ""
+    merges = spec.metadata.get("tokenizer.ggml.merges")
+    n_merges = (
+        merges.length
+        if isinstance(merges, GGUFArray)
+        else len(merges)
+        if isinstance(merges, list)
+        else 0
+    )
+    merges_text = f", {n_merges:,} merges" if n_merges else ""
+    lines.append(_fit(f"Tokenizer  {tokenizer}{pre_text}, {spec.n_vocab:,} tokens{merges_text}", w))
+    template = spec.chat_template
+    if template:
+        first_line = template.strip().splitlines()[0] if template.strip() else ""
+        lines.append(
+            _fit(f"Chat template  {len(template):,} chars: {inert(first_line, max_chars=w)}", w)
+        )
+    else:
+        lines.append("Chat template  none")
+    for warning in spec.warnings:
+        lines.append(_fit("warning: " + inert(warning, max_chars=w * 2), w))
+    return lines
+
+
+def _fit(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _flow_pairs(pairs: list[tuple[str, str]], width: int) -> list[str]:
+    """Lay out label/value pairs in as many columns as fit the width."""
+    cells = [f"{label} {value}" for label, value in pairs]
+    lines: list[str] = []
+    current = " "
+    for cell in cells:
+        candidate = f"{current}  {cell}" if current.strip() else f"  {cell}"
+        if len(candidate) > width and current.strip():
+            lines.append(current)
+            current = f"  {cell}"
+        else:
+            current = candidate
+    if current.strip():
+        lines.append(current)
+    return [_fit(line, width) for line in lines]
+
+
+def inspect_text(spec: ModelSpec, width: int = 80) -> str:
+    return "\n".join(inspect_lines(spec, width)) + "\n"
+
+
+def metadata_rows(spec: ModelSpec, max_value_chars: int = 200) -> list[tuple[str, str, str]]:
+    """(key, type, value) rows for a metadata browser, all inert."""
+    rows: list[tuple[str, str, str]] = []
+    for key, value in spec.metadata.items():
+        type_name = value_type_name(spec.metadata_types.get(key, -1))
+        if isinstance(value, GGUFArray):
+            shown = f"[{value.length:,} × {value.type_name}]"
+        elif isinstance(value, list):
+            preview = ", ".join(str(v) for v in value[:8])
+            more = ", …" if len(value) > 8 else ""
+            shown = f"[{preview}{more}] ({len(value)})"
+        else:
+            shown = str(value)
+        rows.append((inert(key, max_chars=80), type_name, inert(shown, max_chars=max_value_chars)))
+    return rows

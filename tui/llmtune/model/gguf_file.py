@@ -1,0 +1,536 @@
+"""A fast, defensive reader of GGUF headers.
+
+The header is read straight from a read-only memory map with ``struct``; the
+tensor data is never touched. Large arrays (a tokenizer's 128k tokens and 280k
+merges) are skipped, not decoded: only their type, length and file offset are
+kept (:class:`GGUFArray`), and they are decoded on demand. That is why this is
+two orders of magnitude faster than ``gguf.GGUFReader``, which decodes every
+token.
+
+Every length and count is checked against the bytes that are left before it
+is used, so a truncated or crafted file ends in a :class:`GGUFError` naming
+the offset or key, never in an exception from deep inside, a hang, or an
+allocation larger than the file. The layout follows ggml's ``gguf.cpp``
+(``gguf_init_from_file_impl``) in the llama.cpp vendored by llama-cpp-python.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TypeAlias
+
+from llmtune.errors import GGUFError
+from llmtune.model.ggml_types import GGML_TYPES, VALUE_TYPE_NAMES
+
+GGUF_MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+DEFAULT_ALIGNMENT = 32
+GGML_MAX_DIMS = 4  # ggml.h
+
+# GGUF value types (gguf.constants.GGUFValueType).
+T_UINT8, T_INT8, T_UINT16, T_INT16, T_UINT32, T_INT32, T_FLOAT32, T_BOOL = range(8)
+T_STRING, T_ARRAY, T_UINT64, T_INT64, T_FLOAT64 = range(8, 13)
+
+_SCALAR_FORMATS: dict[int, str] = {
+    T_UINT8: "<B",
+    T_INT8: "<b",
+    T_UINT16: "<H",
+    T_INT16: "<h",
+    T_UINT32: "<I",
+    T_INT32: "<i",
+    T_FLOAT32: "<f",
+    T_BOOL: "<?",
+    T_UINT64: "<Q",
+    T_INT64: "<q",
+    T_FLOAT64: "<d",
+}
+_SCALARS: dict[int, struct.Struct] = {k: struct.Struct(v) for k, v in _SCALAR_FORMATS.items()}
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+
+# Arrays up to these lengths are decoded while reading (per-layer hyper-parameter
+# arrays, tags); longer ones stay lazy.
+EAGER_NUMERIC_ITEMS = 4096
+EAGER_STRING_ITEMS = 64
+# Walking variable-size array items (strings, nested arrays) costs time per item;
+# this caps it for a whole file so a crafted header cannot make us spin for
+# minutes. Real files hold under a million (262k tokens + 500k merges).
+MAX_WALKED_ITEMS = 1 << 24
+MAX_NESTING = 8
+MAX_KEY_BYTES = 1 << 16
+
+Scalar: TypeAlias = "int | float | bool | str"
+Value: TypeAlias = "Scalar | list[Value] | GGUFArray"
+
+
+def value_type_name(type_id: int) -> str:
+    return VALUE_TYPE_NAMES.get(type_id, f"type {type_id}")
+
+
+@dataclass(frozen=True)
+class GGUFArray:
+    """An array left undecoded in the file: its item type, length and offset."""
+
+    path: str
+    item_type: int
+    length: int
+    offset: int  # file offset of the first item
+    nbytes: int  # bytes the items take in the file
+
+    @property
+    def type_name(self) -> str:
+        return value_type_name(self.item_type)
+
+    def values(self, limit: int | None = None) -> list[Value]:
+        """Decode the items (the first ``limit`` of them) from the file."""
+        count = self.length if limit is None else min(limit, self.length)
+        with _MappedFile(self.path) as mf:
+            cursor = _Cursor(mf.buf, self.offset, mf.size, self.path)
+            return [cursor.value(self.item_type, f"[{i}]", depth=1) for i in range(count)]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's header entry. ``offset`` is absolute within its file."""
+
+    name: str
+    shape: tuple[int, ...]
+    ggml_type: int
+    offset: int
+    nbytes: int
+    n_elements: int
+    shard: int = 0
+
+    @property
+    def type_name(self) -> str:
+        t = GGML_TYPES.get(self.ggml_type)
+        return t.name if t is not None else f"type {self.ggml_type}"
+
+    @property
+    def known_type(self) -> bool:
+        return self.ggml_type in GGML_TYPES
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    """What one GGUF file's header says."""
+
+    path: str
+    file_bytes: int
+    version: int
+    alignment: int
+    metadata: dict[str, Value]
+    metadata_types: dict[str, int]
+    tensors: tuple[TensorInfo, ...]
+    data_offset: int
+    header_bytes: int
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def data_end(self) -> int:
+        """Where the last tensor's data ends (what a complete file holds)."""
+        end = self.data_offset
+        for t in self.tensors:
+            end = max(end, t.offset + t.nbytes)
+        return end
+
+    @property
+    def missing_bytes(self) -> int:
+        return max(0, self.data_end - self.file_bytes)
+
+
+class _MappedFile:
+    """A read-only view of a regular file: an mmap, or bytes for tiny files."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            raise GGUFError("no such file", path) from None
+        except IsADirectoryError:
+            raise GGUFError("is a directory, not a GGUF file", path) from None
+        except PermissionError:
+            raise GGUFError("permission denied", path) from None
+        except OSError as exc:
+            raise GGUFError(f"cannot open: {exc.strerror or exc}", path) from None
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise GGUFError("is a directory, not a GGUF file", path)
+            if not stat.S_ISREG(st.st_mode):
+                raise GGUFError("not a regular file", path)
+            self.size = st.st_size
+            self.buf: bytes | mmap.mmap
+            if self.size == 0:
+                raise GGUFError("empty file (0 bytes)", path)
+            try:
+                self.buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            except (OSError, ValueError):
+                # Some file systems cannot map; headers are small, read what we need.
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    self.buf = fh.read(min(self.size, 1 << 30))
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> _MappedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if isinstance(self.buf, mmap.mmap):
+            self.buf.close()
+
+
+class _Cursor:
+    """Reads GGUF values at a position, checking each against the file's end."""
+
+    def __init__(self, buf: bytes | mmap.mmap, pos: int, size: int, path: str) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.size = min(size, len(buf))
+        self.path = path
+        self.walked = 0
+        self.warnings: list[str] = []
+
+    def where(self, what: str = "", at: int | None = None) -> str:
+        offset = self.pos if at is None else at
+        place = f"offset {offset:#x}"
+        return f"{self.path}, {what} at {place}" if what else f"{self.path}, {place}"
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            left = self.size - self.pos
+            raise GGUFError(
+                f"file ends inside the header: {what} needs {n:,} bytes, {max(left, 0):,} left",
+                self.where(what),
+            )
+
+    def scalar(self, type_id: int, what: str) -> int | float | bool:
+        fmt = _SCALARS[type_id]
+        self.need(fmt.size, what)
+        (value,) = fmt.unpack_from(self.buf, self.pos)
+        self.pos += fmt.size
+        return value  # type: ignore[no-any-return]
+
+    def u32(self, what: str) -> int:
+        self.need(4, what)
+        (value,) = _U32.unpack_from(self.buf, self.pos)
+        self.pos += 4
+        return int(value)
+
+    def u64(self, what: str) -> int:
+        self.need(8, what)
+        (value,) = _U64.unpack_from(self.buf, self.pos)
+        self.pos += 8
+        return int(value)
+
+    def string(self, what: str, limit: int | None = None) -> str:
+        start = self.pos
+        n = self.u64(f"{what} length")
+        if self.pos + n > self.size:
+            raise GGUFError(
+                f"{what} length {n:,} runs past the end of the file",
+                self.where(what, start),
+            )
+        if limit is not None and n > limit:
+            raise GGUFError(
+                f"{what} is {n:,} bytes long (at most {limit:,})", self.where(what, start)
+            )
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.warnings.append(
+                f"{what} at offset {start:#x} is not valid UTF-8 (shown with \ufffd)"
+            )
+            return raw.decode("utf-8", errors="replace")
+
+    def value(self, type_id: int, what: str, depth: int) -> Value:
+        if type_id in _SCALARS:
+            return self.scalar(type_id, what)
+        if type_id == T_STRING:
+            return self.string(what)
+        if type_id == T_ARRAY:
+            return self.array(what, depth + 1)
+        raise GGUFError(f"unknown value type {type_id} for {what}", self.where(what))
+
+    def array(self, what: str, depth: int) -> list[Value] | GGUFArray:
+        if depth > MAX_NESTING:
+            raise GGUFError(f"arrays nested deeper than {MAX_NESTING} levels", self.where(what))
+        start = self.pos
+        item_type = self.u32(f"{what} item type")
+        length = self.u64(f"{what} length")
+        left = self.size - self.pos
+        if item_type in _SCALARS:
+            item_size = _SCALARS[item_type].size
+            nbytes = length * item_size
+            if nbytes > left:
+                raise GGUFError(
+                    f"{what} claims {length:,} items of {value_type_name(item_type)} "
+                    f"({nbytes:,} bytes) but only {left:,} bytes are left",
+                    self.where(what, start),
+                )
+            first = self.pos
+            if length <= EAGER_NUMERIC_ITEMS:
+                fmt = struct.Struct(f"<{length}{_SCALAR_FORMATS[item_type][1]}")
+                items: list[Value] = list(fmt.unpack_from(self.buf, self.pos))
+                self.pos += nbytes
+                return items
+            self.pos += nbytes
+            return GGUFArray(self.path, item_type, length, first, nbytes)
+        if item_type not in (T_STRING, T_ARRAY):
+            raise GGUFError(
+                f"unknown item type {item_type} in array {what}", self.where(what, start)
+            )
+        min_item = 8 if item_type == T_STRING else 12
+        if length * min_item > left:
+            raise GGUFError(
+                f"{what} claims {length:,} items but only {left:,} bytes are left",
+                self.where(what, start),
+            )
+        self.walked += length
+        if self.walked > MAX_WALKED_ITEMS:
+            raise GGUFError(
+                f"{what} holds {length:,} items; more than {MAX_WALKED_ITEMS:,} in one header "
+                "is not a real model",
+                self.where(what, start),
+            )
+        first = self.pos
+        if length <= EAGER_STRING_ITEMS or item_type == T_ARRAY and length <= EAGER_NUMERIC_ITEMS:
+            items = [self.value(item_type, f"{what}[{i}]", depth) for i in range(length)]
+            return items
+        if item_type == T_STRING:
+            self.skip_strings(length, what)
+        else:
+            for i in range(length):
+                self.skip_value(T_ARRAY, f"{what}[{i}]", depth)
+        return GGUFArray(self.path, item_type, length, first, self.pos - first)
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Step over ``count`` strings without decoding them (the hot loop)."""
+        unpack = _U64.unpack_from
+        buf = self.buf
+        pos = self.pos
+        end = self.size
+        try:
+            for _ in range(count):
+                pos += unpack(buf, pos)[0] + 8
+        except struct.error:
+            pos = end + 1
+        if pos > end:
+            raise GGUFError(
+                f"{what}: its {count:,} strings run past the end of the file",
+                self.where(what),
+            )
+        self.pos = pos
+
+    def skip_value(self, type_id: int, what: str, depth: int) -> None:
+        if type_id in _SCALARS:
+            self.need(_SCALARS[type_id].size, what)
+            self.pos += _SCALARS[type_id].size
+        elif type_id == T_STRING:
+            self.skip_strings(1, what)
+        elif type_id == T_ARRAY:
+            result = self.array(what, depth + 1)
+            del result
+        else:
+            raise GGUFError(f"unknown value type {type_id} for {what}", self.where(what))
+
+
+def _tensor_nbytes(
+    name: str, shape: tuple[int, ...], type_id: int, where: str
+) -> tuple[int, int | None]:
+    n_elements = 1
+    for dim in shape:
+        n_elements *= dim
+    if n_elements >= 1 << 63:
+        raise GGUFError(
+            f"tensor '{name}' has {n_elements:,} elements, more than ggml can hold", where
+        )
+    ggml_type = GGML_TYPES.get(type_id)
+    if ggml_type is None:
+        return n_elements, None
+    if shape and shape[0] % ggml_type.block_size:
+        raise GGUFError(
+            f"tensor '{name}' row of {shape[0]} is not a multiple of {ggml_type.name}'s "
+            f"block of {ggml_type.block_size}",
+            where,
+        )
+    return n_elements, n_elements // ggml_type.block_size * ggml_type.type_size
+
+
+def read_gguf(path: str | os.PathLike[str], shard: int = 0) -> GGUFFile:
+    """Read one GGUF file's header. Raises :class:`GGUFError` on anything wrong."""
+    path = os.fspath(path)
+    with _MappedFile(path) as mf:
+        return _parse(mf, path, shard)
+
+
+def _describe_foreign(head: bytes) -> str:
+    """Name what a non-GGUF file looks like, to say more than 'wrong magic'."""
+    if head[:4] == b"PK\x03\x04":
+        return "a zip archive (PyTorch .bin/.pt checkpoints are zip files), not GGUF"
+    if head[:2] == b"\x80\x02" or head[:2] == b"\x80\x04":
+        return "a Python pickle (an old PyTorch checkpoint), not GGUF"
+    if len(head) >= 10 and head[8:10] == b'{"':
+        return "a safetensors file, not GGUF: convert it with llama.cpp's convert_hf_to_gguf.py"
+    if head[:4] == b"FUGG":
+        return "a big-endian GGUF file, which llama.cpp cannot load on this machine"
+    if head[:4] in (b"ggjt", b"ggml", b"ggmf", b"tjgg", b"lmgg", b"fmgg"):
+        return "a pre-GGUF GGML file, which current llama.cpp no longer loads"
+    if head[:1] in (b"{", b"["):
+        return "a JSON file, not GGUF"
+    if head[:5] == b"<!DOC" or head[:5].lower() == b"<html":
+        return "an HTML page (a failed download?), not GGUF"
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the model itself: run git lfs pull"
+    shown = head[:4].hex(" ")
+    return f"not a GGUF file: it starts with bytes {shown}, not 'GGUF'"
+
+
+def _parse(mf: _MappedFile, path: str, shard: int) -> GGUFFile:
+    buf = mf.buf
+    size = mf.size
+    cur = _Cursor(buf, 0, size, path)
+    if size < 4 or bytes(buf[:4]) != GGUF_MAGIC:
+        head = bytes(buf[:64])
+        if size < 4 and GGUF_MAGIC.startswith(head):
+            raise GGUFError(f"file ends inside the header: only {size} bytes", path)
+        raise GGUFError(_describe_foreign(head), path)
+    cur.pos = 4
+    version = cur.u32("version")
+    if version not in SUPPORTED_VERSIONS:
+        if version == 1:
+            raise GGUFError("GGUF version 1 is not supported (llama.cpp reads v2 and v3)", path)
+        if version & 0xFFFF == 0 and (version >> 24) in SUPPORTED_VERSIONS:
+            raise GGUFError("a big-endian GGUF file, which llama.cpp cannot load here", path)
+        raise GGUFError(f"unsupported GGUF version {version} (llama.cpp reads v2 and v3)", path)
+    tensor_count = cur.u64("tensor count")
+    kv_count = cur.u64("metadata count")
+    # Each entry takes a fixed minimum number of bytes, so a count the file
+    # cannot hold is caught here instead of after a long loop.
+    if kv_count * 13 > size - cur.pos:
+        raise GGUFError(
+            f"metadata count {kv_count:,} is more than the file can hold",
+            cur.where("metadata count", 16),
+        )
+    if tensor_count * 24 > size - cur.pos:
+        raise GGUFError(
+            f"tensor count {tensor_count:,} is more than the file can hold",
+            cur.where("tensor count", 8),
+        )
+
+    metadata: dict[str, Value] = {}
+    metadata_types: dict[str, int] = {}
+    for i in range(kv_count):
+        key_at = cur.pos
+        key = cur.string(f"key of metadata entry {i}", limit=MAX_KEY_BYTES)
+        type_id = cur.u32(f"type of '{key}'")
+        if type_id not in _SCALARS and type_id not in (T_STRING, T_ARRAY):
+            raise GGUFError(
+                f"unknown value type {type_id} for key '{key}'", cur.where(f"key '{key}'", key_at)
+            )
+        value = cur.value(type_id, f"'{key}'", depth=0)
+        if key in metadata:
+            raise GGUFError(f"duplicate key '{key}'", cur.where("key", key_at))
+        metadata[key] = value
+        metadata_types[key] = type_id
+
+    alignment = DEFAULT_ALIGNMENT
+    if "general.alignment" in metadata:
+        raw_alignment = metadata["general.alignment"]
+        if (
+            not isinstance(raw_alignment, int)
+            or isinstance(raw_alignment, bool)
+            or raw_alignment <= 0
+            or raw_alignment & (raw_alignment - 1)
+        ):
+            raise GGUFError(
+                f"general.alignment is {raw_alignment!r}; it must be a power of two",
+                f"{path}, key 'general.alignment'",
+            )
+        alignment = raw_alignment
+
+    infos: list[tuple[str, tuple[int, ...], int, int, int, int | None, int]] = []
+    names: set[str] = set()
+    for i in range(tensor_count):
+        info_at = cur.pos
+        name = cur.string(f"name of tensor {i}", limit=MAX_KEY_BYTES)
+        n_dims = cur.u32(f"dimension count of tensor '{name}'")
+        if n_dims > GGML_MAX_DIMS:
+            raise GGUFError(
+                f"tensor '{name}' has {n_dims} dimensions (ggml allows {GGML_MAX_DIMS})",
+                cur.where("tensor info", info_at),
+            )
+        shape_list = []
+        for d in range(n_dims):
+            dim_at = cur.pos
+            self_dim = cur.u64(f"dimension {d} of tensor '{name}'")
+            if self_dim >= 1 << 63:
+                raise GGUFError(
+                    f"tensor '{name}' dimension {d} is negative", cur.where("dim", dim_at)
+                )
+            shape_list.append(self_dim)
+        shape = tuple(shape_list)
+        type_id = cur.u32(f"type of tensor '{name}'")
+        rel_offset = cur.u64(f"offset of tensor '{name}'")
+        if name in names:
+            raise GGUFError(f"duplicate tensor '{name}'", cur.where("tensor info", info_at))
+        names.add(name)
+        where = cur.where(f"tensor '{name}'", info_at)
+        n_elements, nbytes = _tensor_nbytes(name, shape, type_id, where)
+        if rel_offset % alignment:
+            raise GGUFError(
+                f"tensor '{name}' data offset {rel_offset:#x} is not aligned to {alignment}", where
+            )
+        infos.append((name, shape, type_id, rel_offset, n_elements, nbytes, info_at))
+
+    header_end = cur.pos
+    data_offset = (header_end + alignment - 1) // alignment * alignment
+    warnings = list(cur.warnings)
+
+    # Unknown tensor types: report, and size them by the gap to the next tensor.
+    offsets = sorted(rel for _, _, _, rel, _, _, _ in infos)
+    tensors: list[TensorInfo] = []
+    unknown: dict[int, int] = {}
+    for name, shape, type_id, rel_offset, n_elements, nbytes, _info_at in infos:
+        if nbytes is None:
+            unknown[type_id] = unknown.get(type_id, 0) + 1
+            later = [o for o in offsets if o > rel_offset]
+            end = later[0] if later else max(0, size - data_offset)
+            nbytes = max(0, end - rel_offset)
+        tensors.append(
+            TensorInfo(name, shape, type_id, data_offset + rel_offset, nbytes, n_elements, shard)
+        )
+    for type_id, count in sorted(unknown.items()):
+        warnings.append(
+            f"{count} tensor{'s' if count != 1 else ''} of unknown ggml type {type_id} "
+            "(newer than this llmtune?); their sizes are taken from the gaps between tensors"
+        )
+    return GGUFFile(
+        path=path,
+        file_bytes=size,
+        version=version,
+        alignment=alignment,
+        metadata=metadata,
+        metadata_types=metadata_types,
+        tensors=tuple(tensors),
+        data_offset=data_offset,
+        header_bytes=header_end,
+        warnings=tuple(warnings),
+    )
+
+
+def iter_metadata(gf: GGUFFile) -> Iterator[tuple[str, int, Value]]:
+    for key, value in gf.metadata.items():
+        yield key, gf.metadata_types[key], value
