@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import unicodedata
 from typing import Any
 
 from llmtune.model.gguf_file import GGUFArray, Value, value_type_name
@@ -126,25 +127,29 @@ def inspect_lines(spec: ModelSpec, width: int = 80) -> list[str]:
     lines.append(name)
     lines.append("  " + _shorten_path(inert(os.path.abspath(spec.path), max_chars=None), w - 2))
     shards = f" in {len(spec.shard_paths)} shards" if len(spec.shard_paths) > 1 else ""
-    lines.append(
-        f"  {inert(spec.architecture, max_chars=24)} · {spec.file_type_name} · "
-        f"{format_count(spec.parameters)} parameters · {spec.bits_per_weight:.2f} bits/weight"
-    )
-    lines.append(
-        f"  {format_bytes(spec.file_bytes)} file{shards} · {len(spec.tensors)} tensors · "
-        f"GGUF v{spec.gguf_version}"
-    )
+    identity = [
+        inert(spec.architecture, max_chars=24),
+        spec.file_type_name,
+        f"{format_count(spec.parameters)} parameters",
+        f"{spec.bits_per_weight:.2f} bits/weight",
+        f"{format_bytes(spec.file_bytes)} file{shards}",
+        f"{len(spec.tensors)} tensors",
+        f"GGUF v{spec.gguf_version}",
+    ]
+    # Two lines at 80 columns (what and how big); more when narrower.
+    lines.extend(_flow(identity[:4], w))
+    lines.extend(_flow(identity[4:], w))
     lines.append("")
     lines.append("Shape")
     heads = _uniform_or_list(spec.n_head_per_layer)
     heads_kv = _uniform_or_list(spec.n_head_kv_per_layer)
-    head_text = str(heads) if isinstance(heads, int) else f"{min(heads)}-{max(heads)} per layer"
-    kv_text = str(heads_kv) if isinstance(heads_kv, int) else f"{min(heads_kv)}-{max(heads_kv)}"
+    head_text = str(heads) if isinstance(heads, int) else f"{_span(heads)} per layer"
+    kv_text = str(heads_kv) if isinstance(heads_kv, int) else _span(heads_kv)
     gqa = ""
     if isinstance(heads, int) and isinstance(heads_kv, int) and heads_kv and heads != heads_kv:
         gqa = f", GQA {heads // heads_kv}:1" if heads % heads_kv == 0 else ", GQA"
     ff = _uniform_or_list(spec.n_ff_per_layer)
-    ff_text = f"{ff:,}" if isinstance(ff, int) else f"{min(ff):,}-{max(ff):,}"
+    ff_text = f"{ff:,}" if isinstance(ff, int) else _span(ff)
     pairs = [
         ("layers", f"{spec.n_layer}"),
         ("embedding", f"{spec.n_embd:,}"),
@@ -172,14 +177,19 @@ def inspect_lines(spec: ModelSpec, width: int = 80) -> list[str]:
     lines.append("")
 
     lines.append("Quantization mix")
+    # The parameters column goes first when the table (58 columns) does not fit.
+    wide = w >= 58
     lines.append(
-        f"  {'type':<9}{'tensors':>8}{'parameters':>12}{'bytes':>12}{'bits/w':>8}{'share':>7}"
+        f"  {'type':<9}{'tensors':>8}"
+        + (f"{'parameters':>12}" if wide else "")
+        + f"{'bytes':>12}{'bits/w':>8}{'share':>7}"
     )
     total_bytes = spec.tensor_bytes or 1
     for type_name, stats in spec.type_stats().items():
         lines.append(
-            f"  {inert(type_name, max_chars=9):<9}{stats.tensors:>8}{format_count(stats.parameters):>12}"
-            f"{format_bytes(stats.nbytes):>12}{stats.bits_per_weight:>8.2f}"
+            f"  {_fit(type_name, 8):<9}{stats.tensors:>8}"
+            + (f"{format_count(stats.parameters):>12}" if wide else "")
+            + f"{format_bytes(stats.nbytes):>12}{stats.bits_per_weight:>8.2f}"
             f"{stats.nbytes * 100 / total_bytes:>6.1f}%"
         )
     lines.append("")
@@ -194,10 +204,11 @@ def inspect_lines(spec: ModelSpec, width: int = 80) -> list[str]:
             lines.append(f"  blk {label:<9} {format_bytes(size):>10}{each}")
     elif sizes:
         mean = sum(sizes) / len(sizes)
-        lines.append(
-            f"  {len(sizes)} layers: {format_bytes(min(sizes))} to {format_bytes(max(sizes))}, "
-            f"{format_bytes(int(mean))} on average"
-        )
+        summary = [
+            f"{len(sizes)} layers: {format_bytes(min(sizes))} to {format_bytes(max(sizes))}",
+            f"{format_bytes(int(mean))} on average",
+        ]
+        lines.extend(_flow(summary, w, sep=", "))
         largest = max(range(len(sizes)), key=lambda i: sizes[i])
         lines.append(f"  largest: blk {largest} ({format_bytes(sizes[largest])})")
     for label, group in (("input", spec.input_tensors), ("output", spec.output_tensors)):
@@ -243,11 +254,52 @@ def inspect_lines(spec: ModelSpec, width: int = 80) -> list[str]:
         lines.append("Chat template  none")
     for warning in spec.warnings:
         lines.append(_fit("warning: " + inert(warning, max_chars=w * 2), w))
-    return lines
+    # Escapes make model strings longer than they were cut to; nothing may overflow.
+    return [_fit(line, w) for line in lines]
+
+
+def _span(values: list[int]) -> str:
+    return f"{min(values):,}-{max(values):,}" if values else "none"
+
+
+def _char_cells(ch: str) -> int:
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+def _cells(text: str) -> int:
+    """Terminal columns ``text`` takes (wide CJK characters take two)."""
+    if text.isascii():
+        return len(text)
+    return sum(_char_cells(ch) for ch in text)
 
 
 def _fit(line: str, width: int) -> str:
-    return line if len(line) <= width else line[: width - 1] + "…"
+    """``line`` cut to ``width`` terminal columns, ending in … when cut."""
+    if _cells(line) <= width:
+        return line
+    used = 0
+    for i, ch in enumerate(line):
+        used += _char_cells(ch)
+        if used > width - 1:
+            return line[:i] + "…"
+    return line
+
+
+def _flow(items: list[str], width: int, sep: str = " · ") -> list[str]:
+    """Join items with ``sep`` into indented lines no wider than ``width``."""
+    lines: list[str] = []
+    current = ""
+    for item in items:
+        if current and _cells(f"  {current}{sep}{item}") > width:
+            lines.append(f"  {current}")
+            current = item
+        else:
+            current = f"{current}{sep}{item}" if current else item
+    if current:
+        lines.append(f"  {current}")
+    return lines
 
 
 def _flow_pairs(pairs: list[tuple[str, str]], width: int) -> list[str]:

@@ -16,6 +16,7 @@ allocation larger than the file. The layout follows ggml's ``gguf.cpp``
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import os
 import stat
@@ -64,6 +65,8 @@ EAGER_STRING_ITEMS = 64
 MAX_WALKED_ITEMS = 1 << 24
 MAX_NESTING = 8
 MAX_KEY_BYTES = 1 << 16
+# A crafted file can hold a million badly encoded strings; report a few.
+MAX_UTF8_WARNINGS = 5
 
 Scalar: TypeAlias = "int | float | bool | str"
 Value: TypeAlias = "Scalar | list[Value] | GGUFArray"
@@ -135,6 +138,9 @@ class GGUFFile:
     @property
     def data_end(self) -> int:
         """Where the last tensor's data ends (what a complete file holds)."""
+        if not self.tensors:
+            # gguf.cpp aligns the data section only when there are tensors.
+            return self.header_bytes
         end = self.data_offset
         for t in self.tensors:
             end = max(end, t.offset + t.nbytes)
@@ -151,7 +157,9 @@ class _MappedFile:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+            flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+            fd = os.open(path, flags)
         except FileNotFoundError:
             raise GGUFError("no such file", path) from None
         except IsADirectoryError:
@@ -200,6 +208,7 @@ class _Cursor:
         self.path = path
         self.walked = 0
         self.warnings: list[str] = []
+        self.bad_utf8 = 0
 
     def where(self, what: str = "", at: int | None = None) -> str:
         offset = self.pos if at is None else at
@@ -250,9 +259,11 @@ class _Cursor:
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError:
-            self.warnings.append(
-                f"{what} at offset {start:#x} is not valid UTF-8 (shown with \ufffd)"
-            )
+            self.bad_utf8 += 1
+            if self.bad_utf8 <= MAX_UTF8_WARNINGS:
+                self.warnings.append(
+                    f"{what} at offset {start:#x} is not valid UTF-8 (shown with \ufffd)"
+                )
             return raw.decode("utf-8", errors="replace")
 
     def value(self, type_id: int, what: str, depth: int) -> Value:
@@ -325,7 +336,8 @@ class _Cursor:
         try:
             for _ in range(count):
                 pos += unpack(buf, pos)[0] + 8
-        except struct.error:
+        except (struct.error, OverflowError):
+            # Read past the end, or a length so large the offset overflows.
             pos = end + 1
         if pos > end:
             raise GGUFError(
@@ -380,7 +392,7 @@ def _describe_foreign(head: bytes) -> str:
     """Name what a non-GGUF file looks like, to say more than 'wrong magic'."""
     if head[:4] == b"PK\x03\x04":
         return "a zip archive (PyTorch .bin/.pt checkpoints are zip files), not GGUF"
-    if head[:2] == b"\x80\x02" or head[:2] == b"\x80\x04":
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "a Python pickle (an old PyTorch checkpoint), not GGUF"
     if len(head) >= 10 and head[8:10] == b'{"':
         return "a safetensors file, not GGUF: convert it with llama.cpp's convert_hf_to_gguf.py"
@@ -405,7 +417,9 @@ def _parse(mf: _MappedFile, path: str, shard: int) -> GGUFFile:
     if size < 4 or bytes(buf[:4]) != GGUF_MAGIC:
         head = bytes(buf[:64])
         if size < 4 and GGUF_MAGIC.startswith(head):
-            raise GGUFError(f"file ends inside the header: only {size} bytes", path)
+            raise GGUFError(
+                f"file ends inside the header: only {size} byte{'s' if size != 1 else ''}", path
+            )
         raise GGUFError(_describe_foreign(head), path)
     cur.pos = 4
     version = cur.u32("version")
@@ -421,12 +435,14 @@ def _parse(mf: _MappedFile, path: str, shard: int) -> GGUFFile:
     # cannot hold is caught here instead of after a long loop.
     if kv_count * 13 > size - cur.pos:
         raise GGUFError(
-            f"metadata count {kv_count:,} is more than the file can hold",
+            f"metadata count {kv_count:,} is more than the file's {size:,} bytes can hold "
+            "(truncated or corrupt)",
             cur.where("metadata count", 16),
         )
     if tensor_count * 24 > size - cur.pos:
         raise GGUFError(
-            f"tensor count {tensor_count:,} is more than the file can hold",
+            f"tensor count {tensor_count:,} is more than the file's {size:,} bytes can hold "
+            "(truncated or corrupt)",
             cur.where("tensor count", 8),
         )
 
@@ -448,28 +464,37 @@ def _parse(mf: _MappedFile, path: str, shard: int) -> GGUFFile:
 
     alignment = DEFAULT_ALIGNMENT
     if "general.alignment" in metadata:
+        # gguf.cpp refuses any type but UINT32, and any value but a power of two.
         raw_alignment = metadata["general.alignment"]
+        alignment_type = metadata_types["general.alignment"]
+        if alignment_type != T_UINT32:
+            raise GGUFError(
+                f"general.alignment is a {value_type_name(alignment_type)}; it must be a UINT32",
+                f"{path}, key 'general.alignment'",
+            )
         if (
             not isinstance(raw_alignment, int)
-            or isinstance(raw_alignment, bool)
             or raw_alignment <= 0
             or raw_alignment & (raw_alignment - 1)
         ):
             raise GGUFError(
-                f"general.alignment is {raw_alignment!r}; it must be a power of two",
+                f"general.alignment is {raw_alignment}; it must be a power of two",
                 f"{path}, key 'general.alignment'",
             )
         alignment = raw_alignment
 
     infos: list[tuple[str, tuple[int, ...], int, int, int, int | None, int]] = []
     names: set[str] = set()
+    # gguf.cpp requires each tensor to start where the previous one's padded
+    # data ends; after a tensor of unknown type that end is unknown.
+    expected_offset: int | None = 0
     for i in range(tensor_count):
         info_at = cur.pos
         name = cur.string(f"name of tensor {i}", limit=MAX_KEY_BYTES)
         n_dims = cur.u32(f"dimension count of tensor '{name}'")
         if n_dims > GGML_MAX_DIMS:
             raise GGUFError(
-                f"tensor '{name}' has {n_dims} dimensions (ggml allows {GGML_MAX_DIMS})",
+                f"tensor '{name}' has {n_dims:,} dimensions (ggml allows {GGML_MAX_DIMS})",
                 cur.where("tensor info", info_at),
             )
         shape_list = []
@@ -493,11 +518,26 @@ def _parse(mf: _MappedFile, path: str, shard: int) -> GGUFFile:
             raise GGUFError(
                 f"tensor '{name}' data offset {rel_offset:#x} is not aligned to {alignment}", where
             )
+        if expected_offset is not None and rel_offset != expected_offset:
+            raise GGUFError(
+                f"tensor '{name}' data offset is {rel_offset:#x}, expected {expected_offset:#x} "
+                "(tensors overlap or leave gaps)",
+                where,
+            )
+        if nbytes is None:
+            expected_offset = None
+        elif expected_offset is not None:
+            expected_offset += (nbytes + alignment - 1) // alignment * alignment
         infos.append((name, shape, type_id, rel_offset, n_elements, nbytes, info_at))
 
     header_end = cur.pos
     data_offset = (header_end + alignment - 1) // alignment * alignment
     warnings = list(cur.warnings)
+    if cur.bad_utf8 > MAX_UTF8_WARNINGS:
+        warnings.append(
+            f"{cur.bad_utf8 - MAX_UTF8_WARNINGS:,} more strings are not valid UTF-8 "
+            "(shown with \ufffd)"
+        )
 
     # Unknown tensor types: report, and size them by the gap to the next tensor.
     offsets = sorted(rel for _, _, _, rel, _, _, _ in infos)
@@ -506,8 +546,8 @@ def _parse(mf: _MappedFile, path: str, shard: int) -> GGUFFile:
     for name, shape, type_id, rel_offset, n_elements, nbytes, _info_at in infos:
         if nbytes is None:
             unknown[type_id] = unknown.get(type_id, 0) + 1
-            later = [o for o in offsets if o > rel_offset]
-            end = later[0] if later else max(0, size - data_offset)
+            following = bisect.bisect_right(offsets, rel_offset)
+            end = offsets[following] if following < len(offsets) else max(0, size - data_offset)
             nbytes = max(0, end - rel_offset)
         tensors.append(
             TensorInfo(name, shape, type_id, data_offset + rel_offset, nbytes, n_elements, shard)

@@ -9,6 +9,8 @@ feed-forward lengths may be per-layer arrays, key/value lengths default to
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -24,9 +26,25 @@ from llmtune.model.ggml_types import (
 from llmtune.model.gguf_file import GGUFArray, GGUFFile, TensorInfo, Value, read_gguf
 
 _SPLIT_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+# At most 9 digits: int() refuses numbers of over 4,300 digits, and any layer
+# index past MAX_LAYERS is refused anyway.
+_LAYER_RE = re.compile(r"^blk\.(\d{1,9})\.")
 _INPUT_PREFIXES = ("token_embd", "token_types", "position_embd", "token_embd_norm")
 _OUTPUT_PREFIXES = ("output.", "output_norm", "output_b", "cls")
+# llama.cpp refuses models with more layers (LLAMA_MAX_LAYERS, src/llama-hparams.h);
+# the cap also keeps a crafted block_count from building billions of layer entries.
+MAX_LAYERS = 512
+
+
+def _as_int(value: Value | None) -> int | None:
+    """A metadata number as an int; None for NaN, infinities and non-numbers."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return int(value)
+    return None
 
 
 @dataclass(frozen=True)
@@ -104,12 +122,9 @@ class ModelSpec:
 
     def arch_int(self, suffix: str, default: int = 0) -> int:
         value = self.arch_value(suffix)
-        if isinstance(value, bool):
-            return int(value)
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float):
-            return int(value)
+        number = _as_int(value)
+        if number is not None:
+            return number
         if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
             return max(int(v) for v in value)  # type: ignore[arg-type]
         return default
@@ -125,13 +140,14 @@ class ModelSpec:
         value = self.arch_value(suffix)
         n = self.n_layer
         if isinstance(value, list):
-            numbers = [int(v) for v in value if isinstance(v, (int, float))]
+            numbers = [number for v in value if (number := _as_int(v)) is not None]
             if len(numbers) >= n:
                 return tuple(numbers[:n])
             fill = numbers[-1] if numbers else default
             return tuple(numbers + [fill] * (n - len(numbers)))
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return (int(value),) * n
+        number = _as_int(value) if not isinstance(value, bool) else None
+        if number is not None:
+            return (number,) * n
         return (default,) * n
 
     @property
@@ -368,13 +384,15 @@ def read_spec(path: str | os.PathLike[str], allow_partial: bool = False) -> Mode
     """Read a model (every shard of a split model) into a :class:`ModelSpec`.
 
     Shard paths are derived from the file name, never from metadata, so a
-    crafted file cannot point the reader outside its folder.
+    crafted file cannot point the reader outside its folder. Any shard may be
+    given; reading starts from the first.
     """
     path = os.fspath(path)
-    first = read_gguf(path)
+    opened = read_gguf(path)
+    first = opened
     shard_paths: tuple[str, ...] = (path,)
-    files = [first]
-    split_count = _meta_int(first, "split.count")
+    files = [opened]
+    split_count = _meta_int(opened, "split.count")
     if split_count is not None and split_count > 1:
         derived = split_shard_paths(path)
         if derived is None:
@@ -388,32 +406,33 @@ def read_spec(path: str | os.PathLike[str], allow_partial: bool = False) -> Mode
                 f"the file name says {len(derived)} shards but split.count says {split_count}",
                 path,
             )
-        shard_no = _meta_int(first, "split.no")
-        if shard_no is not None and shard_no != 0:
-            return read_spec(derived[0], allow_partial=allow_partial)
-        files = [first]
-        for i, shard_path in enumerate(derived[1:], start=1):
-            if not os.path.exists(shard_path):
-                raise GGUFError(f"shard {i + 1} of {split_count} is missing", shard_path)
-            gf = read_gguf(shard_path, shard=i)
-            no = _meta_int(gf, "split.no")
-            count = _meta_int(gf, "split.count")
-            if count is not None and count != split_count:
-                raise GGUFError(
-                    f"shard says split.count {count}, the first shard says {split_count}: "
-                    "shards of different models?",
-                    shard_path,
+        opened_no = _shard_number(path)
+        if not 1 <= opened_no <= split_count:
+            raise GGUFError(
+                f"the file name says shard {opened_no} of {split_count}, which does not exist",
+                path,
+            )
+        tensors_count = _meta_int(opened, "split.tensors.count")
+        files = []
+        for i, shard_path in enumerate(derived):
+            if i == opened_no - 1:
+                gf = dataclasses.replace(
+                    opened, tensors=tuple(dataclasses.replace(t, shard=i) for t in opened.tensors)
                 )
-            if no is not None and no != i:
-                raise GGUFError(f"shard says split.no {no}, expected {i}", shard_path)
+            else:
+                if not os.path.exists(shard_path):
+                    raise GGUFError(f"shard {i + 1} of {split_count} is missing", shard_path)
+                gf = read_gguf(shard_path, shard=i)
+            _check_shard(gf, i, split_count, tensors_count)
             files.append(gf)
+        first = files[0]
         shard_paths = derived
     tensors = tuple(t for gf in files for t in gf.tensors)
     expected = _meta_int(first, "split.tensors.count")
     if expected is not None and split_count and split_count > 1 and expected != len(tensors):
         raise GGUFError(
             f"the shards hold {len(tensors)} tensors but split.tensors.count says {expected}",
-            path,
+            first.path,
         )
     warnings: list[str] = []
     for gf in files:
@@ -427,7 +446,7 @@ def read_spec(path: str | os.PathLike[str], allow_partial: bool = False) -> Mode
             if not allow_partial:
                 raise GGUFError(message, gf.path)
             warnings.append(message)
-    return ModelSpec(
+    spec = ModelSpec(
         path=shard_paths[0],
         shard_paths=shard_paths,
         file_bytes=sum(gf.file_bytes for gf in files),
@@ -438,3 +457,53 @@ def read_spec(path: str | os.PathLike[str], allow_partial: bool = False) -> Mode
         header_bytes=sum(gf.header_bytes for gf in files),
         warnings=tuple(warnings),
     )
+    _check_layer_count(spec)
+    return spec
+
+
+def _shard_number(path: str) -> int:
+    """The shard's number in its file name (1 for the first), 0 if none."""
+    m = _SPLIT_RE.match(os.path.basename(path))
+    return int(m.group("no")) if m else 0
+
+
+def _check_shard(gf: GGUFFile, index: int, split_count: int, tensors_count: int | None) -> None:
+    """Refuse a shard whose split keys say it belongs elsewhere."""
+    count = _meta_int(gf, "split.count")
+    if count != split_count:
+        says = "has no split.count" if count is None else f"says split.count {count}"
+        raise GGUFError(
+            f"shard {index + 1} {says}, but the model has {split_count} shards: "
+            "shards of different models?",
+            gf.path,
+        )
+    no = _meta_int(gf, "split.no")
+    if no is not None and no != index:
+        raise GGUFError(
+            f"shard {index + 1} says split.no {no}, expected {index} (shards renamed?)", gf.path
+        )
+    total = _meta_int(gf, "split.tensors.count")
+    if total != tensors_count:
+        raise GGUFError(
+            f"shard {index + 1} says split.tensors.count {total}, the shard given says "
+            f"{tensors_count}: shards of different models?",
+            gf.path,
+        )
+
+
+def _check_layer_count(spec: ModelSpec) -> None:
+    block_count = spec.arch_int("block_count")
+    if not 0 <= block_count <= MAX_LAYERS:
+        raise GGUFError(
+            f"{spec.key('block_count')} is {block_count:,}; llama.cpp allows 0 to "
+            f"{MAX_LAYERS} layers",
+            f"{spec.path}, key '{spec.key('block_count')}'",
+        )
+    for t in spec.tensors:
+        m = _LAYER_RE.match(t.name)
+        if m and int(m.group(1)) >= MAX_LAYERS:
+            raise GGUFError(
+                f"tensor '{t.name}' is in layer {int(m.group(1)):,}; llama.cpp allows "
+                f"{MAX_LAYERS} layers",
+                spec.shard_paths[t.shard] if t.shard < len(spec.shard_paths) else spec.path,
+            )
