@@ -1,0 +1,1 @@
+"""The llama.cpp worker: RunConfig, protocol messages, supervisor, worker main, log parser."""

@@ -1,0 +1,1 @@
+"""Pure estimation: memory plan per device, quantization what-if, throughput prediction, solvers."""

@@ -1,0 +1,1 @@
+"""Samplers and bounded time series (ring buffers)."""
