@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from llmtune import __version__
 from llmtune.errors import LlmtuneError
 
-SUBCOMMANDS = ("inspect",)
+SUBCOMMANDS = ("inspect", "fit")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,6 +50,132 @@ def _inspect_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", help="a .gguf file (the first shard of a split model)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _int_or_max(text: str) -> int:
+    if text.strip().lower() in ("max", "all", "-1"):
+        return -1
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number or 'max': {text!r}") from None
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+
+
+def _fit_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="llmtune fit",
+        description="Plan a model on this machine (or on --gpu/--ram) before loading it.",
+    )
+    parser.add_argument("model", help="a .gguf file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--gpu",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="a GPU profile (rtx3060-12g) or size (12GiB, 24GB:1008GB/s); repeat for more GPUs",
+    )
+    parser.add_argument("--list-gpus", action="store_true", help="list the GPU profiles and exit")
+    parser.add_argument(
+        "--ram", metavar="SIZE", help="host RAM to plan for (default: this machine's)"
+    )
+    parser.add_argument(
+        "--host", metavar="PROFILE", help="host memory profile, e.g. ddr4-3200, ddr5-5600"
+    )
+    parser.add_argument(
+        "--ngl", type=_int_or_max, default=-1, help="layers on the GPU, or max (default)"
+    )
+    parser.add_argument(
+        "--ctx", type=_whole, default=4096, help="context size (default 4096; 0: trained)"
+    )
+    parser.add_argument("--batch", type=_whole, default=2048)
+    parser.add_argument("--ubatch", type=_whole, default=512)
+    parser.add_argument("--parallel", type=_whole, default=1)
+    parser.add_argument("--kv-unified", action="store_true")
+    parser.add_argument("--cache-type-k", default="f16", metavar="T")
+    parser.add_argument("--cache-type-v", default="f16", metavar="T")
+    parser.add_argument("--flash-attn", default="auto", metavar="on|off|auto")
+    parser.add_argument("--swa-full", action="store_true")
+    parser.add_argument("--no-kv-offload", action="store_true")
+    parser.add_argument("--split-mode", default="layer", metavar="layer|row|none")
+    parser.add_argument("--main-gpu", type=_whole, default=0)
+    parser.add_argument("--tensor-split", default="", metavar="A,B,...")
+    parser.add_argument("--n-cpu-moe", type=_whole, default=0, metavar="N")
+    parser.add_argument("--cpu-moe", action="store_true", help="all experts on the CPU")
+    parser.add_argument("--no-mmap", action="store_true")
+    parser.add_argument(
+        "--margin", default="1024MiB", metavar="SIZE", help="memory to keep free per GPU"
+    )
+    return parser
+
+
+def cmd_fit(argv: Sequence[str]) -> int:
+    if "--list-gpus" in argv:
+        from llmtune.hardware.profiles import GPU_PROFILES
+
+        for p in GPU_PROFILES:
+            print(
+                f"{p.key:<15} {p.memory_mib / 1024:6.1f} GiB {p.bandwidth_gbps:7.0f} GB/s  {p.name}"
+            )
+        return 0
+    args = _fit_parser().parse_args(argv)
+    from llmtune.errors import ConfigError
+    from llmtune.fit.plan import plan
+    from llmtune.fit.report import plan_dict, plan_text
+    from llmtune.fit.settings import Settings
+    from llmtune.hardware.host import host_device
+    from llmtune.hardware.profiles import host_profile, parse_gpu_spec
+    from llmtune.model import read_spec
+    from llmtune.units import parse_size
+
+    devices = [parse_gpu_spec(text, index=i) for i, text in enumerate(args.gpu)]
+    ram = parse_size(args.ram) if args.ram else None
+    if ram is not None and ram <= 0:
+        raise ConfigError("host RAM must be more than 0", "--ram")
+    bandwidth = host_profile(args.host).bandwidth_gbps if args.host else None
+    devices.append(host_device(ram_bytes=ram, bandwidth_gbps=bandwidth))
+    try:
+        split = tuple(float(x) for x in args.tensor_split.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(
+            f"not a list of numbers: {args.tensor_split!r}", "--tensor-split"
+        ) from None
+    settings = Settings(
+        n_gpu_layers=args.ngl,
+        n_ctx=args.ctx,
+        n_batch=args.batch,
+        n_ubatch=args.ubatch,
+        n_parallel=args.parallel,
+        kv_unified=args.kv_unified,
+        cache_type_k=args.cache_type_k.lower(),
+        cache_type_v=args.cache_type_v.lower(),
+        flash_attn=args.flash_attn.lower(),
+        swa_full=args.swa_full,
+        no_kv_offload=args.no_kv_offload,
+        split_mode=args.split_mode.lower(),
+        main_gpu=args.main_gpu,
+        tensor_split=split,
+        n_cpu_moe=-1 if args.cpu_moe else args.n_cpu_moe,
+        use_mmap=not args.no_mmap,
+        margin_bytes=parse_size(args.margin),
+    )
+    if args.n_cpu_moe < 0:
+        raise ConfigError("--n-cpu-moe must be 0 or more (use --cpu-moe for all)", "--n-cpu-moe")
+    spec = read_spec(args.model)
+    fit_plan = plan(spec, devices, settings)
+    if args.json:
+        _print_json(plan_dict(spec, fit_plan))
+    else:
+        width = min(shutil.get_terminal_size((80, 24)).columns, 100)
+        sys.stdout.write(plan_text(spec, fit_plan, width=width))
+    return 0
 
 
 def _print_json(obj: dict[str, Any]) -> None:
@@ -100,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] == "inspect":
             return cmd_inspect(args[1:])
+        if args and args[0] == "fit":
+            return cmd_fit(args[1:])
         return cmd_app(args)
     except LlmtuneError as exc:
         if os.environ.get("LLMTUNE_DEBUG"):

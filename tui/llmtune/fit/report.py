@@ -1,0 +1,169 @@
+"""What ``llmtune fit`` prints: the plan as JSON and as an 80-column table."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from llmtune.fit.commandline import llama_server_command
+from llmtune.fit.plan import FitPlan
+from llmtune.model import ModelSpec
+from llmtune.textsafe import inert
+from llmtune.units import format_bytes
+
+_VERDICT_WORDS = {"fits": "fits", "tight": "tight", "over": "DOES NOT FIT"}
+
+
+def plan_dict(spec: ModelSpec, p: FitPlan) -> dict[str, Any]:
+    s = p.settings
+    return {
+        "model": os.path.abspath(spec.path),
+        "settings": {
+            "n_gpu_layers": p.n_gpu_layers,
+            "n_ctx": p.n_ctx,
+            "n_ctx_seq": p.n_ctx_seq,
+            "n_batch": s.n_batch,
+            "n_ubatch": s.n_ubatch,
+            "n_parallel": s.n_parallel,
+            "kv_unified": s.kv_unified,
+            "cache_type_k": s.cache_type_k,
+            "cache_type_v": s.cache_type_v,
+            "flash_attn": s.flash_attn,
+            "flash_attn_resolved": p.flash_attn,
+            "swa_full": s.swa_full,
+            "no_kv_offload": s.no_kv_offload,
+            "split_mode": s.split_mode,
+            "main_gpu": s.main_gpu,
+            "tensor_split": list(s.tensor_split),
+            "n_cpu_moe": s.n_cpu_moe,
+            "use_mmap": s.use_mmap,
+            "margin_bytes": s.margin_bytes,
+        },
+        "kv_cells": p.kv_cells,
+        "swa_cells": p.swa_cells,
+        "devices": [
+            {
+                "name": d.name,
+                "kind": d.kind,
+                "capacity_bytes": d.capacity_bytes,
+                "free_bytes": d.free_bytes,
+                "weights_bytes": d.weights_bytes,
+                "kv_bytes": d.kv_bytes,
+                "compute_bytes": d.compute_bytes,
+                "other_bytes": d.other_bytes,
+                "total_bytes": d.total_bytes,
+                "n_layers": d.n_layers,
+                "has_output": d.has_output,
+                "verdict": d.verdict,
+            }
+            for d in p.devices
+        ],
+        "fits": p.fits,
+        "verdict": p.verdict,
+        "max_gpu_layers": p.max_gpu_layers,
+        "n_layer": p.n_layer,
+        "predicted": {
+            "tg_tokens_per_s": round(p.predicted.tg_tokens_per_s, 3),
+            "pp_tokens_per_s": round(p.predicted.pp_tokens_per_s, 3),
+        },
+        "command": llama_server_command(spec.path, s, p.n_gpu_layers, p.n_ctx),
+        "notes": list(p.notes),
+    }
+
+
+def _mib(n: int) -> str:
+    return format_bytes(n)
+
+
+def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
+    w = max(50, width)
+    lines: list[str] = []
+    s = p.settings
+    lines.append(
+        _cut(
+            f"{inert(spec.name, max_chars=w)} · {spec.file_type_name} · {format_bytes(spec.file_bytes)}",
+            w,
+        )
+    )
+    fa = "on" if p.flash_attn else "off"
+    lines.append(
+        _cut(
+            f"  ngl {p.n_gpu_layers}/{p.n_layer + 1} · ctx {p.n_ctx:,} · batch {s.n_batch}/{s.n_ubatch}"
+            f" · KV {s.cache_type_k}/{s.cache_type_v} · flash-attn {fa}"
+            + (f" · {s.n_parallel} seqs" if s.n_parallel > 1 else ""),
+            w,
+        )
+    )
+    lines.append("")
+    wide = w >= 78
+    if wide:
+        lines.append(
+            f"  {'device':<20}{'weights':>10}{'KV':>10}{'compute':>10}{'other':>9}{'total':>10}{'of':>10}"
+        )
+    for d in p.devices:
+        name = inert(d.name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", ""), max_chars=19)
+        if wide:
+            lines.append(
+                f"  {name:<20}{_mib(d.weights_bytes):>10}{_mib(d.kv_bytes):>10}"
+                f"{_mib(d.compute_bytes):>10}{_mib(d.other_bytes):>9}{_mib(d.total_bytes):>10}"
+                f"{_mib(d.free_bytes):>10}"
+            )
+        else:
+            lines.append(f"  {name}")
+            lines.append(
+                _cut(
+                    f"    weights {_mib(d.weights_bytes)}, KV {_mib(d.kv_bytes)}, "
+                    f"compute {_mib(d.compute_bytes)}, other {_mib(d.other_bytes)}",
+                    w,
+                )
+            )
+            lines.append(f"    total {_mib(d.total_bytes)} of {_mib(d.free_bytes)}")
+        layers = f"{d.n_layers} layer{'s' if d.n_layers != 1 else ''}" + (
+            " + output" if d.has_output else ""
+        )
+        lines.append(
+            _cut(f"    {_VERDICT_WORDS[d.verdict]}: {layers}, {_headroom(d.headroom_bytes)}", w)
+        )
+    lines.append("")
+    if p.gpus:
+        lines.append(
+            f"Most layers that fit: {p.max_gpu_layers} of {p.n_layer + 1} "
+            f"(keeping {format_bytes(s.margin_bytes)} free per GPU)"
+        )
+    lines.append(
+        f"Predicted: {p.predicted.tg_tokens_per_s:,.1f} tokens/s generating, "
+        f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s on prompts"
+    )
+    for note in p.notes:
+        lines.append(_cut(f"note: {note}", w))
+    lines.append("")
+    lines.append("llama.cpp:")
+    command = llama_server_command(inert(spec.path, max_chars=None), s, p.n_gpu_layers, p.n_ctx)
+    lines.extend(_wrap_command(command, w))
+    return lines
+
+
+def _headroom(n: int) -> str:
+    return f"{format_bytes(n)} to spare" if n >= 0 else f"{format_bytes(-n)} short"
+
+
+def _cut(line: str, width: int) -> str:
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _wrap_command(command: str, width: int) -> list[str]:
+    """Wrap a shell command at word boundaries with trailing backslashes."""
+    words = command.split(" ")
+    lines: list[str] = []
+    current = " "
+    for word in words:
+        if len(current) + 1 + len(word) > width - 2 and current.strip():
+            lines.append(current + " \\")
+            current = "   "
+        current += " " + word
+    lines.append(current)
+    return lines
+
+
+def plan_text(spec: ModelSpec, p: FitPlan, width: int = 80) -> str:
+    return "\n".join(plan_lines(spec, p, width)) + "\n"

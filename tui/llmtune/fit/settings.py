@@ -1,0 +1,107 @@
+"""Settings: the llama.cpp options the estimator models, with llama-server's defaults.
+
+llmtune's defaults follow ``common_params`` (common/common.h), not the C API
+or llama-cpp-python's ``Llama`` (which differ: n_batch 512, flash attention
+off, ``swa_full`` on), so the plan, the worker and the hand-off command line
+describe one configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from llmtune.errors import FitError
+from llmtune.units import MIB
+
+# --cache-type-k/-v values llama.cpp accepts (common/arg.cpp kv_cache_types).
+CACHE_TYPES: dict[str, tuple[int, int]] = {
+    # name: (block size, bytes per block), as ggml_row_size computes rows
+    "f32": (1, 4),
+    "f16": (1, 2),
+    "bf16": (1, 2),
+    "q8_0": (32, 34),
+    "q4_0": (32, 18),
+    "q4_1": (32, 20),
+    "iq4_nl": (32, 18),
+    "q5_0": (32, 22),
+    "q5_1": (32, 24),
+}
+QUANTIZED_CACHE_TYPES = frozenset(t for t, (block, _) in CACHE_TYPES.items() if block > 1)
+
+FlashAttn = Literal["on", "off", "auto"]
+SplitMode = Literal["layer", "row", "none"]
+
+DEFAULT_CTX = 4096  # common/fit.cpp's fit_params_min_ctx; n_ctx 0 means the trained context
+DEFAULT_MARGIN_BYTES = 1024 * MIB  # common_params::fit_params_target
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user chose. ``n_gpu_layers`` -1 means all (llama.cpp's -ngl all)."""
+
+    n_gpu_layers: int = -1
+    n_ctx: int = DEFAULT_CTX
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_parallel: int = 1
+    kv_unified: bool = False
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    flash_attn: FlashAttn = "auto"
+    swa_full: bool = False
+    no_kv_offload: bool = False
+    split_mode: SplitMode = "layer"
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()
+    n_cpu_moe: int = 0  # experts of the first N layers on the CPU; -1: all (--cpu-moe)
+    use_mmap: bool = True
+    threads: int = 0  # 0: llama.cpp's default (physical cores)
+    margin_bytes: int = DEFAULT_MARGIN_BYTES
+    gpu_overhead_bytes: int = 0  # CUDA context etc.; llama.cpp's --fit leaves it to the margin
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def validate(self) -> None:
+        """Raise FitError for settings llama.cpp would refuse."""
+        if self.n_gpu_layers < -1:
+            raise FitError(f"--ngl must be 0 or more (or 'max'), not {self.n_gpu_layers}", "--ngl")
+        if self.n_ctx < 0:
+            raise FitError(f"context must be positive, not {self.n_ctx}", "--ctx")
+        if self.n_batch < 1:
+            raise FitError(f"batch must be at least 1, not {self.n_batch}", "--batch")
+        if self.n_ubatch < 1:
+            raise FitError(f"ubatch must be at least 1, not {self.n_ubatch}", "--ubatch")
+        if not 1 <= self.n_parallel <= 256:
+            raise FitError(
+                f"parallel sequences must be 1 to 256, not {self.n_parallel}", "--parallel"
+            )
+        for flag, value in (
+            ("--cache-type-k", self.cache_type_k),
+            ("--cache-type-v", self.cache_type_v),
+        ):
+            if value not in CACHE_TYPES:
+                raise FitError(
+                    f"llama.cpp has no KV cache type {value!r}; use one of {', '.join(CACHE_TYPES)}",
+                    flag,
+                )
+        if self.flash_attn not in ("on", "off", "auto"):
+            raise FitError(
+                f"flash attention is on, off or auto, not {self.flash_attn!r}", "--flash-attn"
+            )
+        if self.split_mode not in ("layer", "row", "none"):
+            raise FitError(
+                f"split mode is layer, row or none, not {self.split_mode!r}", "--split-mode"
+            )
+        if self.cache_type_v in QUANTIZED_CACHE_TYPES and self.flash_attn == "off":
+            # llama_init_from_model: "quantized V cache requires flash_attn to be enabled"
+            raise FitError(
+                f"a quantized V cache ({self.cache_type_v}) needs flash attention; "
+                "llama.cpp refuses it with --flash-attn off",
+                "--cache-type-v",
+            )
+        if any(f < 0 for f in self.tensor_split):
+            raise FitError("tensor split proportions must not be negative", "--tensor-split")
+        if self.margin_bytes < 0:
+            raise FitError("the memory margin must not be negative", "--margin")

@@ -1,0 +1,53 @@
+"""The host as a Device: its RAM and memory bandwidth."""
+
+from __future__ import annotations
+
+import os
+
+from llmtune.hardware.device import Device
+
+# Without a measurement or a profile, assume dual-channel DDR4-3200 (51.2 GB/s):
+# the most common desktop memory. The bandwidth probe refines it per machine.
+DEFAULT_HOST_BANDWIDTH_GBPS = 51.2
+# Effective FP32 FLOP/s per core for quantized matmuls with AVX2 (~30 GFLOP/s).
+HOST_TFLOPS_PER_CORE = 0.03
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except Exception:  # psutil is a dependency, but never let a probe crash a plan
+        return os.cpu_count() or 1
+
+
+def host_device(
+    ram_bytes: int | None = None,
+    bandwidth_gbps: float | None = None,
+    name: str | None = None,
+) -> Device:
+    """The host. ``ram_bytes`` plans for another machine's RAM; otherwise the
+    RAM of this one, with what is available now as free."""
+    if ram_bytes is None:
+        try:
+            import psutil
+
+            vm = psutil.virtual_memory()
+            total, free = int(vm.total), int(vm.available)
+        except Exception:
+            total = free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        label = name or "CPU (host RAM)"
+    else:
+        total = free = ram_bytes
+        label = name or "CPU (host RAM)"
+    return Device(
+        name=label,
+        kind="cpu",
+        capacity_bytes=total,
+        free_bytes=free,
+        bandwidth_gbps=bandwidth_gbps or DEFAULT_HOST_BANDWIDTH_GBPS,
+        fp16_tflops=_physical_cores() * HOST_TFLOPS_PER_CORE,
+        bandwidth_known=bandwidth_gbps is not None,
+        source="detected" if ram_bytes is None else "spec",
+    )
