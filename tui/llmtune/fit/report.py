@@ -98,13 +98,13 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
     wide = w >= 78
     if wide:
         lines.append(
-            f"  {'device':<20}{'weights':>10}{'KV':>10}{'compute':>10}{'other':>9}{'total':>10}{'of':>10}"
+            f"  {'device':<19}{'weights':>10}{'KV':>10}{'compute':>10}{'other':>9}{'total':>10}{'free':>10}"
         )
     for d in p.devices:
-        name = inert(d.name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", ""), max_chars=19)
+        name = inert(d.name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", ""), max_chars=18)
         if wide:
             lines.append(
-                f"  {name:<20}{_mib(d.weights_bytes):>10}{_mib(d.kv_bytes):>10}"
+                f"  {name:<19}{_mib(d.weights_bytes):>10}{_mib(d.kv_bytes):>10}"
                 f"{_mib(d.compute_bytes):>10}{_mib(d.other_bytes):>9}{_mib(d.total_bytes):>10}"
                 f"{_mib(d.free_bytes):>10}"
             )

@@ -1,0 +1,189 @@
+"""fit.plan on synthetic models: placement, KV sizes, solvers and bad settings."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gguf import GGMLQuantizationType as Q
+from synth import llama_like
+
+from llmtune.errors import FitError
+from llmtune.fit.plan import offload_curve, plan
+from llmtune.fit.settings import Settings
+from llmtune.hardware.host import host_device
+from llmtune.hardware.profiles import parse_gpu_spec
+from llmtune.model import read_spec
+from llmtune.units import GIB, MIB
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("fit") / "m.gguf"
+    llama_like(path, n_layer=8, n_embd=512, n_head=8, n_head_kv=2, n_ff=1024, n_vocab=2048)
+    return read_spec(path)
+
+
+HOST = host_device(ram_bytes=64 * GIB, bandwidth_gbps=51.2)
+
+
+def test_ngl_counts_the_output_layer(model) -> None:
+    gpu = parse_gpu_spec("rtx3060-12g")
+    one = plan(model, [gpu, HOST], Settings(n_gpu_layers=1))
+    assert one.gpus[0].n_layers == 0 and one.gpus[0].has_output
+    three = plan(model, [gpu, HOST], Settings(n_gpu_layers=3))
+    assert three.gpus[0].n_layers == 2 and three.gpus[0].has_output
+    assert three.host.n_layers == 6 and not three.host.has_output
+    every = plan(model, [gpu, HOST], Settings(n_gpu_layers=-1))
+    assert every.n_gpu_layers == 9 and every.gpus[0].n_layers == 8
+    # token_embd always stays on the host (load_tensors: dev_input is the CPU).
+    embd = next(t for t in model.tensors if t.name == "token_embd.weight")
+    assert every.host.weights_bytes >= embd.nbytes
+
+
+def test_weights_add_up_to_the_file_whatever_the_split(model) -> None:
+    gpu = parse_gpu_spec("rtx3060-12g")
+    for ngl in range(0, 10):
+        p = plan(model, [gpu, HOST], Settings(n_gpu_layers=ngl))
+        total = sum(d.weights_bytes for d in p.devices)
+        assert total == pytest.approx(model.tensor_bytes, rel=0.001), ngl
+
+
+def test_kv_cache_is_layers_times_cells_times_rows(model) -> None:
+    p = plan(model, [HOST], Settings(n_ctx=1000))
+    # n_ctx is padded to 256 cells; K and V rows are head_dim x n_head_kv in f16.
+    cells = 1024
+    row = 64 * 2 * 2
+    assert p.n_ctx == cells
+    assert p.host.kv_bytes == 8 * cells * row * 2
+    q8 = plan(model, [HOST], Settings(n_ctx=1000, cache_type_k="q8_0", cache_type_v="q8_0"))
+    assert q8.host.kv_bytes == 8 * cells * (128 // 32 * 34) * 2
+
+
+def test_two_gpus_split_by_free_memory(model) -> None:
+    a = parse_gpu_spec("24GiB", index=0)
+    b = parse_gpu_spec("24GiB", index=1)
+    p = plan(model, [a, b, HOST], Settings())
+    # 9 offloaded layers (8 + output) split at 0.5: il/9 < 0.5 for il 0..4, so the
+    # first GPU takes 5 blocks and the second 3 blocks and the output layer.
+    assert [g.n_layers for g in p.gpus] == [5, 3]
+    assert not p.gpus[0].has_output and p.gpus[1].has_output
+    skewed = plan(model, [a, b, HOST], Settings(tensor_split=(3, 1)))
+    assert skewed.gpus[0].n_layers > skewed.gpus[1].n_layers
+
+
+def test_max_gpu_layers_is_the_edge_of_fitting(tmp_path: Path) -> None:
+    path = tmp_path / "big.gguf"
+    llama_like(
+        path,
+        n_layer=40,
+        n_embd=4096,
+        n_head=32,
+        n_head_kv=8,
+        n_ff=11008,
+        n_vocab=32000,
+        weight_type=Q.Q4_K,
+        embd_type=Q.Q4_K,
+        output_type=Q.Q6_K,
+        file_type=15,
+    )
+    spec = read_spec(path)
+    gpu = parse_gpu_spec("4GiB")
+    p = plan(spec, [gpu, HOST], Settings())
+    assert 0 < p.max_gpu_layers < 41
+    at_max = plan(spec, [gpu, HOST], Settings(n_gpu_layers=p.max_gpu_layers))
+    over = plan(spec, [gpu, HOST], Settings(n_gpu_layers=p.max_gpu_layers + 1))
+    assert at_max.gpus[0].total_bytes <= gpu.free_bytes - at_max.settings.margin_bytes
+    assert over.gpus[0].total_bytes > gpu.free_bytes - over.settings.margin_bytes
+    curve = offload_curve(spec, [gpu, HOST], Settings())
+    assert len(curve) == 42
+    gpu_totals = [pt.gpu_bytes[0] for pt in curve]
+    assert gpu_totals == sorted(gpu_totals)
+    # more layers on the GPU: faster generation
+    assert curve[-1].tg_tokens_per_s > curve[0].tg_tokens_per_s
+
+
+def test_no_gpu_means_everything_on_the_host(model) -> None:
+    p = plan(model, [HOST], Settings(n_gpu_layers=-1))
+    assert p.n_gpu_layers == 0 and p.max_gpu_layers == 0
+    assert len(p.devices) == 1 and p.host.has_output
+    assert any("no GPU" in n for n in p.notes)
+
+
+def test_quantized_v_cache_needs_flash_attention(model) -> None:
+    with pytest.raises(FitError, match="flash attention"):
+        plan(model, [HOST], Settings(cache_type_v="q4_0", flash_attn="off"))
+    p = plan(model, [HOST], Settings(cache_type_v="q4_0"))
+    assert p.flash_attn and any("flash attention" in n for n in p.notes)
+
+
+def test_more_context_needs_more_memory(model) -> None:
+    small = plan(model, [HOST], Settings(n_ctx=2048))
+    large = plan(model, [HOST], Settings(n_ctx=8192))
+    assert large.host.kv_bytes == 4 * small.host.kv_bytes
+    assert large.host.total_bytes > small.host.total_bytes
+
+
+def _llmtune(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmtune.cli", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_fit_json_contract(model) -> None:
+    result = _llmtune("fit", model.path, "--gpu", "rtx3060-12g", "--ram", "64GiB", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("settings", "devices", "fits", "max_gpu_layers", "predicted"):
+        assert key in data
+    assert data["settings"]["n_gpu_layers"] == 9
+    gpu, host = data["devices"]
+    assert gpu["kind"] == "gpu" and host["kind"] == "cpu"
+    for d in data["devices"]:
+        assert d["total_bytes"] == (
+            d["weights_bytes"] + d["kv_bytes"] + d["compute_bytes"] + d["other_bytes"]
+        )
+    assert host["capacity_bytes"] == 64 * GIB
+    assert data["predicted"]["tg_tokens_per_s"] > 0
+    assert "-ngl 9" in data["command"]
+
+
+def test_fit_human_table_fits_80_columns(model) -> None:
+    result = _llmtune("fit", model.path, "--gpu", "rtx3060-12g", "--ngl", "4")
+    assert result.returncode == 0
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    assert "RTX 3060" in result.stdout and "llama-server" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ngl", "-3"], "--ngl"),
+        (["--ngl", "lots"], "whole number"),
+        (["--ctx", "-1"], "context"),
+        (["--cache-type-k", "q3_k"], "no KV cache type"),
+        (["--gpu", "rtx3061"], "did you mean"),
+        (["--gpu", "12XB"], "size"),
+        (["--cache-type-v", "q8_0", "--flash-attn", "off"], "flash attention"),
+        (["--ram", "lots"], "size"),
+    ],
+)
+def test_fit_bad_settings_are_one_line_errors(model, args: list[str], message: str) -> None:
+    result = _llmtune("fit", model.path, *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("llmtune: error:")
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_margin_is_what_makes_a_plan_tight(model) -> None:
+    total = plan(model, [HOST], Settings()).host.total_bytes
+    snug = host_device(ram_bytes=total + 10 * MIB)
+    p = plan(model, [snug], Settings())
+    assert p.host.verdict == "tight" and p.fits
+    short = host_device(ram_bytes=total - 10 * MIB)
+    assert plan(model, [short], Settings()).host.verdict == "over"
