@@ -113,6 +113,9 @@ def _fit_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--margin", default="1024MiB", metavar="SIZE", help="memory to keep free per GPU"
     )
+    parser.add_argument(
+        "--overhead", default="0", metavar="SIZE", help="per-GPU overhead (CUDA context), default 0"
+    )
     return parser
 
 
@@ -165,6 +168,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
         n_cpu_moe=-1 if args.cpu_moe else args.n_cpu_moe,
         use_mmap=not args.no_mmap,
         margin_bytes=parse_size(args.margin),
+        gpu_overhead_bytes=parse_size(args.overhead),
     )
     if args.n_cpu_moe < 0:
         raise ConfigError("--n-cpu-moe must be 0 or more (use --cpu-moe for all)", "--n-cpu-moe")

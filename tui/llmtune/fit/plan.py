@@ -440,6 +440,11 @@ def plan(spec: ModelSpec, devices: Sequence[Device], settings: Settings | None =
     notes: list[str] = []
     if s.cache_type_v in QUANTIZED_CACHE_TYPES and s.flash_attn == "auto":
         notes.append(f"a {s.cache_type_v} V cache turns flash attention on (llama.cpp requires it)")
+    if s.split_mode == "row" and len(gpus) > 1:
+        notes.append(
+            "split mode row: this llama.cpp's CUDA backend has no split buffers and refuses it; "
+            "planned as layer split"
+        )
     if not gpus:
         notes.append("no GPU: everything runs on the CPU (give --gpu to plan for one)")
     if s.n_ctx and spec.n_ctx_train and s.n_ctx > spec.n_ctx_train:

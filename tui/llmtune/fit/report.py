@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from typing import Any
 
 from llmtune.fit.commandline import llama_server_command
@@ -135,7 +136,7 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
         f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s on prompts"
     )
     for note in p.notes:
-        lines.append(_cut(f"note: {note}", w))
+        lines.extend(textwrap.wrap(f"note: {inert(note)}", w, subsequent_indent="      "))
     lines.append("")
     lines.append("llama.cpp:")
     command = llama_server_command(inert(spec.path, max_chars=None), s, p.n_gpu_layers, p.n_ctx)
