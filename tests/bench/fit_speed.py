@@ -19,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gguf import GGMLQuantizationType as Q  # noqa: E402
-from synth import llama_like  # noqa: E402
 
 from llmtune.fit.costs import model_costs  # noqa: E402
 from llmtune.fit.plan import offload_curve, plan  # noqa: E402
@@ -28,6 +27,7 @@ from llmtune.hardware.host import host_device  # noqa: E402
 from llmtune.hardware.profiles import parse_gpu_spec  # noqa: E402
 from llmtune.model import read_spec  # noqa: E402
 from llmtune.units import GIB  # noqa: E402
+from synth import llama_like  # noqa: E402
 
 
 def median_ms(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
@@ -42,8 +42,18 @@ def median_ms(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "llama-2-70b-shape.gguf")
-        llama_like(path, n_layer=80, n_embd=8192, n_head=64, n_head_kv=8, n_ff=28672,
-                   n_vocab=32000, weight_type=Q.Q4_K, output_type=Q.Q6_K, file_type=15)
+        llama_like(
+            path,
+            n_layer=80,
+            n_embd=8192,
+            n_head=64,
+            n_head_kv=8,
+            n_ff=28672,
+            n_vocab=32000,
+            weight_type=Q.Q4_K,
+            output_type=Q.Q6_K,
+            file_type=15,
+        )
         inspect_ms = median_ms(lambda: read_spec(path), 9)
         spec = read_spec(path)
         devices = [parse_gpu_spec("rtx3060-12g"), host_device(64 * GIB, 51.2)]
@@ -53,8 +63,10 @@ def main() -> int:
         i = iter(range(10**9))
         plan_ms = median_ms(lambda: plan(spec, devices, settings[next(i) % 82]), 500)
         curve_ms = median_ms(lambda: offload_curve(spec, devices, Settings()), 50)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, {date.today()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {date.today()}"
+    )
     print("model: synthetic Llama-2-70B shape (80 layers, Q4_K), header only")
     print(f"{'what':<40}{'ms':>10}  target")
     rows = [

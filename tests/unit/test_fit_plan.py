@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from gguf import GGMLQuantizationType as Q
-from synth import llama_like
 
 from llmtune.errors import FitError
 from llmtune.fit.plan import offload_curve, plan
@@ -18,6 +17,7 @@ from llmtune.hardware.host import host_device
 from llmtune.hardware.profiles import parse_gpu_spec
 from llmtune.model import read_spec
 from llmtune.units import GIB, MIB
+from synth import llama_like
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,10 @@ class ModelCosts:
     total_params: int
     active_params: int  # read per token (MoE: the experts used)
     bytes_per_param: float
+    ssm_inner: int
+    delta_net: bool
+    output_repack_bytes: int  # output.weight repacked when it stays on the CPU
+    cpu_mapped_span: int  # CPU_Mapped as llama.cpp logs it on a CPU-only run
 
 
 def model_costs(spec: ModelSpec) -> ModelCosts:
@@ -221,6 +225,23 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
         )
     other = sum(_padded(t.nbytes) for t in spec.other_tensors)
 
+    def repackable(t: TensorInfo) -> bool:
+        return t.type_name in REPACK_TYPES_AVX2 and _is_matmul_weight(t) and t.shape[1] % 8 == 0
+
+    # CPU_Mapped is a span, not a sum (llama-model.cpp load_tensors): from the
+    # first to the last byte of the tensors left in the plain CPU buffer, per
+    # file; repacked tensors inside the span still count. token_embd is read
+    # with GET_ROWS and never repacked.
+    output_repack = sum(_padded(t.nbytes) for t in spec.output_tensors if repackable(t))
+    spans: dict[int, tuple[int, int]] = {}
+    for t in spec.tensors:
+        if t.name.startswith("blk.") or t.name.startswith("output"):
+            if repackable(t):
+                continue
+        first, last = spans.get(t.shard, (t.offset, t.offset + t.nbytes))
+        spans[t.shard] = (min(first, t.offset), max(last, t.offset + t.nbytes))
+    cpu_mapped_span = sum(last - first for first, last in spans.values())
+
     n_expert = spec.n_expert
     n_used = spec.n_expert_used
     expert_params = sum(t.n_elements for g in groups for t in g.tensors if _EXPS_RE.search(t.name))
@@ -249,6 +270,10 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
         # token_embd is a row lookup, not read whole per token
         active_params=max(0, active - embd_params),
         bytes_per_param=(spec.tensor_bytes / total_params) if total_params else 2.0,
+        ssm_inner=spec.ssm_inner_size,
+        delta_net=spec.architecture in _HYBRID_BY_INTERVAL,
+        output_repack_bytes=output_repack,
+        cpu_mapped_span=cpu_mapped_span,
     )
 
 

@@ -60,6 +60,8 @@ class DevicePlan:
     n_layers: int
     has_output: bool
     margin_bytes: int
+    repack_bytes: int = 0  # in other_bytes: CPU_REPACK copies of weights
+    mapped_bytes: int = 0  # what llama.cpp will log as CPU_Mapped (a file span)
 
     @property
     def total_bytes(self) -> int:
@@ -143,10 +145,9 @@ class _Context:
     repack_prefix: tuple[int, ...]
     matmul_max_cpu: tuple[int, ...]  # largest matmul weights of layers [0, i)
     active_prefix: tuple[int, ...]  # bytes read per generated token
-    attn_peak: int
-    ffn_peak: int
-    out_peak: int
-    base_peak: int
+    layer_peak: int  # while the repeating layers run: mask + the largest layer op + residual
+    out_peak: int  # while the output layer runs: logits + residual
+    mask_bytes: int
     kv_read_fraction: float  # share of the cache read per token at the bench depth
 
 
@@ -211,23 +212,39 @@ def _context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> _Context:
     heads = costs.n_head
     attn_layers = [lc for lc in costs.layers if lc.k_width]
     attn_peak = 0
+    mask_bytes = 0
     if attn_layers:
-        n_kv = max(swa_cells if lc.is_swa else kv_cells for lc in attn_layers) // max(1, n_stream)
+        # The KQ mask is a graph input, alive through the whole graph: one per
+        # distinct cache size (full and sliding window), F16 with flash attention.
+        mask_elem = 2 if flash_attn else 4
+        sizes = {swa_cells if lc.is_swa else kv_cells for lc in attn_layers}
+        mask_bytes = sum(cells // max(1, n_stream) * t * mask_elem for cells in sizes)
+        n_kv = max(sizes) // max(1, n_stream)
         kqv = costs.n_head_v_dim * heads * t * 4
         if flash_attn:
-            # ggml_flash_attn_ext: no KQ matrix; F16 mask of n_kv x T.
-            attn_peak = kqv + n_kv * t * 2 + 2 * costs.n_embd * t * 4
+            # ggml_flash_attn_ext: no KQ matrix (llama-graph.cpp build_attn_mha).
+            attn_peak = kqv + 2 * costs.n_embd * t * 4
         else:
-            # KQ in F32 (soft_max in place), plus KQV.
-            attn_peak = n_kv * t * heads * 4 * n_stream + kqv + n_kv * t * 4
+            # KQ in F32, soft_max in place, then KQV.
+            attn_peak = n_kv * t * heads * 4 * n_stream + kqv
     if costs.n_expert:
         ffn_peak = (
             3 * costs.n_ff_exp + costs.n_embd
         ) * costs.n_expert_used * t * 4 + 2 * costs.n_expert * t * 4
     else:
         ffn_peak = 3 * costs.n_ff_max * t * 4
-    out_peak = costs.n_vocab * t * 4 + costs.n_embd * t * 4
-    base_peak = 3 * costs.n_embd * t * 4
+    if any(lc.recurrent_floats for lc in costs.layers):
+        # SSM scan and conv intermediates: about five d_inner x T tensors at once
+        # (measured against sched_reserve on mamba, mamba2 and granitehybrid).
+        ffn_peak = max(ffn_peak, 5 * costs.ssm_inner * t * 4)
+    out_peak = costs.n_vocab * t * 4
+    # Graph inputs such as the mask are freed after their last use, so the
+    # peak is either the layers' (mask live) or the output's (logits live).
+    # Gated delta-net models (models/delta-net-base.cpp) keep twice as many
+    # n_embd x T tensors alive beside the residual stream (measured on qwen3next).
+    residual_tensors = 6 if costs.delta_net else 3
+    base_peak = residual_tensors * costs.n_embd * t * 4
+    layer_peak = mask_bytes + max(attn_peak, ffn_peak) + base_peak
 
     def prefix(values: list[int]) -> tuple[int, ...]:
         return (0, *accumulate(values))
@@ -246,10 +263,9 @@ def _context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> _Context:
         repack_prefix=prefix(repack),
         matmul_max_cpu=tuple(matmul_max),
         active_prefix=prefix(active),
-        attn_peak=attn_peak,
-        ffn_peak=ffn_peak,
-        out_peak=out_peak,
-        base_peak=base_peak,
+        layer_peak=layer_peak,
+        out_peak=out_peak + base_peak,
+        mask_bytes=mask_bytes,
         kv_read_fraction=min(1.0, SPEED_DEPTH_TOKENS / max(1, kv_cells)),
     )
 
@@ -319,11 +335,9 @@ def _evaluate(
         n_layers = end - first
         compute = 0
         if n_layers or has_output:
-            compute = (
-                max(c.attn_peak if n_layers else 0, c.ffn_peak if n_layers else 0) + c.base_peak
-            )
+            compute = c.layer_peak if n_layers else 0
             if has_output:
-                compute = max(compute, c.out_peak + c.base_peak)
+                compute = max(compute, c.out_peak)
             if cpu_layers_end > 0 and c.n_ubatch >= 32:
                 # op offload: CPU weights are copied into the GPU's compute buffer
                 compute += c.matmul_max_cpu[cpu_layers_end]
@@ -357,16 +371,17 @@ def _evaluate(
         active_cpu += costs.output_bytes
     # CPU_REPACK: only without GPUs (a GPU's host buffer type wins the selection).
     repack = c.repack_prefix[cpu_layers_end] if not gpus else 0
+    if not gpus:
+        repack += costs.output_repack_bytes
     output_buffer = n_vocab_outputs
     host_compute = 0
     if cpu_layers_end > 0 or output_on_cpu:
-        host_compute = max(c.attn_peak, c.ffn_peak) + c.base_peak
+        host_compute = c.layer_peak if cpu_layers_end > 0 else 0
         if output_on_cpu:
-            host_compute = max(host_compute, c.out_peak + c.base_peak)
+            host_compute = max(host_compute, c.out_peak)
     else:
-        host_compute = costs.n_embd * c.n_ubatch * 4 + c.kv_cells * c.n_ubatch * 4 // max(
-            1, c.n_stream
-        )
+        # full offload: the host only builds inputs (embeddings, masks)
+        host_compute = costs.n_embd * c.n_ubatch * 4 + c.mask_bytes
     plans.append(
         DevicePlan(
             name=host.name,
@@ -381,6 +396,8 @@ def _evaluate(
             n_layers=cpu_layers_end,
             has_output=output_on_cpu,
             margin_bytes=s.margin_bytes,
+            repack_bytes=repack,
+            mapped_bytes=(costs.cpu_mapped_span if not gpus else host_weights) if s.use_mmap else 0,
         )
     )
     host_bw = host.bandwidth_gbps * 1e9 * CPU_BANDWIDTH_EFFICIENCY
