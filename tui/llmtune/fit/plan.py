@@ -32,6 +32,7 @@ from typing import Literal
 
 from llmtune.fit.costs import ModelCosts, model_costs, row_bytes
 from llmtune.fit.settings import QUANTIZED_CACHE_TYPES, Settings
+from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.hardware.device import Device
 from llmtune.model import ModelSpec
 
@@ -117,15 +118,6 @@ class FitPlan:
     @property
     def host(self) -> DevicePlan:
         return self.devices[-1]
-
-
-# Effective fraction of peak bandwidth and compute actually reached; calibrated
-# by measurements (engine) per machine later.
-GPU_BANDWIDTH_EFFICIENCY = 0.80
-CPU_BANDWIDTH_EFFICIENCY = 0.65
-GPU_COMPUTE_EFFICIENCY = 0.45
-CPU_COMPUTE_EFFICIENCY = 0.35
-PCIE_GBPS = 16.0  # PCIe 4.0 x16 in practice: what op offload copies weights over
 
 
 @dataclass(frozen=True)
@@ -306,6 +298,7 @@ def _evaluate(
     c: _Context,
     ngl: int,
     n_vocab_outputs: int,
+    speed: SpeedModel = DEFAULT_SPEED_MODEL,
 ) -> tuple[list[DevicePlan], float, float]:
     n_layer = len(costs.layers)
     ranges = _gpu_ranges(gpus, s, n_layer, ngl)
@@ -357,10 +350,10 @@ def _evaluate(
                 margin_bytes=s.margin_bytes,
             )
         )
-        bw = gpu.bandwidth_gbps * 1e9 * GPU_BANDWIDTH_EFFICIENCY
+        bw = gpu.bandwidth_gbps * 1e9 * speed.gpu_bandwidth_efficiency
         if bw:
             tg_time += (active + kv * c.kv_read_fraction) / bw
-        flops = gpu.fp16_tflops * 1e12 * GPU_COMPUTE_EFFICIENCY
+        flops = gpu.fp16_tflops * 1e12 * speed.gpu_compute_efficiency
         if flops:
             pp_time += 2.0 * active / costs.bytes_per_param / flops
     if output_on_cpu:
@@ -400,13 +393,13 @@ def _evaluate(
             mapped_bytes=(costs.cpu_mapped_span if not gpus else host_weights) if s.use_mmap else 0,
         )
     )
-    host_bw = host.bandwidth_gbps * 1e9 * CPU_BANDWIDTH_EFFICIENCY
+    host_bw = host.bandwidth_gbps * 1e9 * speed.cpu_bandwidth_efficiency
     if host_bw:
         tg_time += (active_cpu + host_kv * c.kv_read_fraction) / host_bw
-    host_flops = host.fp16_tflops * 1e12 * CPU_COMPUTE_EFFICIENCY
+    host_flops = host.fp16_tflops * 1e12 * speed.cpu_compute_efficiency
     if gpus and ngl > 0 and c.n_ubatch >= 32:
         # op offload: CPU-resident weights cross PCIe once per ubatch
-        pp_time += c.weights_prefix[cpu_layers_end] / (PCIE_GBPS * 1e9) / c.n_ubatch
+        pp_time += c.weights_prefix[cpu_layers_end] / (speed.pcie_gbps * 1e9) / c.n_ubatch
     elif host_flops:
         pp_time += 2.0 * active_cpu / costs.bytes_per_param / host_flops
     tg = 1.0 / tg_time if tg_time > 0 else 0.0
@@ -442,7 +435,12 @@ def _fits_gpus(plans: Sequence[DevicePlan]) -> bool:
     return all(p.total_bytes <= p.free_bytes - p.margin_bytes for p in plans if p.kind == "gpu")
 
 
-def plan(spec: ModelSpec, devices: Sequence[Device], settings: Settings | None = None) -> FitPlan:
+def plan(
+    spec: ModelSpec,
+    devices: Sequence[Device],
+    settings: Settings | None = None,
+    speed: SpeedModel = DEFAULT_SPEED_MODEL,
+) -> FitPlan:
     """Plan ``spec`` on ``devices`` (GPUs and the host) with ``settings``."""
     s = settings or Settings()
     s.validate()
@@ -452,7 +450,7 @@ def plan(spec: ModelSpec, devices: Sequence[Device], settings: Settings | None =
     c = _context(costs, s, spec.n_ctx_train)
     outputs = costs.n_vocab * max(1, s.n_parallel) * 4
     ngl = _resolve_ngl(s, n_layer, bool(gpus))
-    plans, tg, pp = _evaluate(costs, gpus, host, s, c, ngl, outputs)
+    plans, tg, pp = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
     max_ngl = _max_gpu_layers(costs, gpus, host, s, c, outputs)
     notes: list[str] = []
     if s.cache_type_v in QUANTIZED_CACHE_TYPES and s.flash_attn == "auto":
@@ -514,7 +512,10 @@ class CurvePoint:
 
 
 def offload_curve(
-    spec: ModelSpec, devices: Sequence[Device], settings: Settings | None = None
+    spec: ModelSpec,
+    devices: Sequence[Device],
+    settings: Settings | None = None,
+    speed: SpeedModel = DEFAULT_SPEED_MODEL,
 ) -> list[CurvePoint]:
     """Memory and predicted speed at every n_gpu_layers from 0 to n_layer + 1."""
     s = settings or Settings()
@@ -526,7 +527,7 @@ def offload_curve(
     points: list[CurvePoint] = []
     top = len(costs.layers) + 1 if gpus else 0
     for ngl in range(top + 1):
-        plans, tg, _pp = _evaluate(costs, gpus, host, s, c, ngl, outputs)
+        plans, tg, _pp = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
         points.append(
             CurvePoint(
                 n_gpu_layers=ngl,
