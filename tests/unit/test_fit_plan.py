@@ -187,3 +187,28 @@ def test_margin_is_what_makes_a_plan_tight(model) -> None:
     assert p.host.verdict == "tight" and p.fits
     short = host_device(ram_bytes=total - 10 * MIB)
     assert plan(model, [short], Settings()).host.verdict == "over"
+
+
+def test_max_context_is_the_largest_that_fits(model) -> None:
+    from llmtune.fit.plan import max_context
+
+    gpu = parse_gpu_spec("1200MiB")
+    s = Settings(margin_bytes=0)
+    largest = max_context(model, [gpu, HOST], s)
+    assert largest % 256 == 0 and 256 <= largest <= model.n_ctx_train
+    assert plan(model, [gpu, HOST], s.with_(n_ctx=largest)).gpus[0].verdict != "over"
+    if largest < model.n_ctx_train:
+        over = plan(model, [gpu, HOST], s.with_(n_ctx=largest + 256)).gpus[0]
+        assert over.verdict == "over"
+
+
+def test_fit_ctx_max_picks_a_context(model) -> None:
+    result = _llmtune(
+        "fit", model.path, "--gpu", "64MiB", "--ctx", "max", "--margin", "0", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert 256 <= data["settings"]["n_ctx"] < 4096
+    assert data["fits"]
+    none = _llmtune("fit", model.path, "--gpu", "1MiB", "--ctx", "max", "--margin", "0")
+    assert none.returncode == 2 and "not even 256 tokens" in none.stderr

@@ -61,6 +61,15 @@ def _int_or_max(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number or 'max': {text!r}") from None
 
 
+def _context_arg(text: str) -> int:
+    if text.strip().lower() == "max":
+        return -1
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"context must be positive (or max), not {value}")
+    return value
+
+
 def _whole(text: str) -> int:
     try:
         return int(text)
@@ -93,7 +102,10 @@ def _fit_parser() -> argparse.ArgumentParser:
         "--ngl", type=_int_or_max, default=-1, help="layers on the GPU, or max (default)"
     )
     parser.add_argument(
-        "--ctx", type=_whole, default=4096, help="context size (default 4096; 0: trained)"
+        "--ctx",
+        type=_context_arg,
+        default=4096,
+        help="context size (default 4096; 0: trained; max: the largest that fits)",
     )
     parser.add_argument("--batch", type=_whole, default=2048)
     parser.add_argument("--ubatch", type=_whole, default=512)
@@ -173,6 +185,15 @@ def cmd_fit(argv: Sequence[str]) -> int:
     if args.n_cpu_moe < 0:
         raise ConfigError("--n-cpu-moe must be 0 or more (use --cpu-moe for all)", "--n-cpu-moe")
     spec = read_spec(args.model)
+    if args.ctx == -1:
+        from llmtune.fit.plan import max_context
+
+        largest = max_context(spec, devices, settings.with_(n_ctx=256))
+        if largest == 0:
+            raise ConfigError(
+                "not even 256 tokens of context fit at this offload; lower --ngl", "--ctx max"
+            )
+        settings = settings.with_(n_ctx=largest)
     fit_plan = plan(spec, devices, settings)
     if args.json:
         _print_json(plan_dict(spec, fit_plan))
