@@ -20,7 +20,21 @@ from dataclasses import dataclass
 
 from llmtune.errors import FitError
 from llmtune.model.ggml_types import GGML_TYPE_BY_NAME
-from llmtune.model.gguf_file import T_UINT32, TensorInfo, Value
+from llmtune.model.gguf_file import (
+    T_BOOL,
+    T_FLOAT32,
+    T_FLOAT64,
+    T_INT8,
+    T_INT16,
+    T_INT32,
+    T_INT64,
+    T_UINT8,
+    T_UINT16,
+    T_UINT32,
+    T_UINT64,
+    TensorInfo,
+    Value,
+)
 from llmtune.model.spec import ModelSpec
 
 # llama-quant.cpp pads every tensor's data to GGUF_DEFAULT_ALIGNMENT, whatever the source used.
@@ -311,7 +325,6 @@ class _State:
     i_ffn_down: int = 0
     i_ffn_gate: int = 0
     i_ffn_up: int = 0
-    n_fallback: int = 0
 
     def layer_of(self, counter: int, name: str) -> int:
         """The layer an FFN tensor belongs to (layer_info): the counter, or the name for MoE."""
@@ -550,12 +563,11 @@ def _ffn_down_type(qs: _State, new_type: str, i: int, n: int) -> str:
     return new_type
 
 
-def _fallback(qs: _State, name: str, ne0: int, target: str) -> str:
+def _fallback(name: str, ne0: int, target: str) -> str:
     """tensor_type_fallback: a type whose blocks fit the row, else F16."""
     block = _block(target)
     if ne0 % block == 0:
         return target
-    qs.n_fallback += 1
     if target in _FALLBACK:
         chosen = _FALLBACK[target]
     elif block <= 32:
@@ -595,12 +607,11 @@ def _tensor_type(qs: _State, t: TensorInfo, default_type: str) -> str:
     ne2 = t.shape[2] if len(t.shape) > 2 else 1
     if not manual and not options.pure:
         new_type = _impl(qs, new_type, t.name, ne0, ne2, category)
-    return _fallback(qs, t.name, ne0, new_type)
+    return _fallback(t.name, ne0, new_type)
 
 
-def _check_type_name(type_name: str | None, what: str) -> str | None:
-    if type_name is None:
-        return None
+def _type_name(type_name: str, what: str) -> str:
+    """A ggml type name as the gguf package spells it, or a FitError naming close ones."""
     key = type_name.strip().upper()
     if key not in GGML_TYPE_BY_NAME:
         close = difflib.get_close_matches(key, list(GGML_TYPE_BY_NAME), n=4, cutoff=0.5)
@@ -609,15 +620,27 @@ def _check_type_name(type_name: str | None, what: str) -> str | None:
     return key
 
 
+def _pattern(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise FitError(f"invalid tensor name pattern '{pattern}': {exc}", "--tensor-type") from None
+    return pattern
+
+
 def _normalised(options: QuantOptions) -> QuantOptions:
+    output_type = options.output_tensor_type
+    embd_type = options.token_embedding_type
     return dataclasses.replace(
         options,
-        output_tensor_type=_check_type_name(options.output_tensor_type, "--output-tensor-type"),
-        token_embedding_type=_check_type_name(
-            options.token_embedding_type, "--token-embedding-type"
-        ),
+        output_tensor_type=None
+        if output_type is None
+        else _type_name(output_type, "--output-tensor-type"),
+        token_embedding_type=None
+        if embd_type is None
+        else _type_name(embd_type, "--token-embedding-type"),
         tensor_types=tuple(
-            (pattern, _check_type_name(t, "--tensor-type") or t)
+            (_pattern(pattern), _type_name(t, "--tensor-type"))
             for pattern, t in options.tensor_types
         ),
     )
@@ -651,14 +674,43 @@ def predict_tensor_types(
     return result
 
 
+# tensor_requires_imatrix: llama.cpp will not write these types without an importance matrix.
+_IMATRIX_TYPES = ("IQ3_XXS", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ1_M", "IQ1_S")
+
+
+def tensors_needing_imatrix(
+    spec: ModelSpec, ftype_name: str, options: QuantOptions | None = None
+) -> list[str]:
+    """The tensors for which llama.cpp refuses to quantize without an imatrix
+    (tensor_requires_imatrix); empty when the file type can be made without one."""
+    ft = file_type(ftype_name)
+    opts = options or QuantOptions()
+    types = predict_tensor_types(spec, ft.name, opts)
+    needing = []
+    for t in _llama_order(spec.tensors):
+        if t.name in ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"):
+            continue
+        if not allows_quantization(t.name, t.shape, spec.architecture, opts):
+            continue
+        target = types[t.name]
+        if target in _IMATRIX_TYPES or (target == "Q2_K" and ft.name == "Q2_K_S"):
+            needing.append(t.name)
+    return needing
+
+
 def _pad(n: int, alignment: int = QUANT_ALIGNMENT) -> int:
     return (n + alignment - 1) // alignment * alignment
 
 
+_SCALAR_WIDTHS = {
+    T_UINT8: 1, T_INT8: 1, T_BOOL: 1, T_UINT16: 2, T_INT16: 2, T_UINT32: 4, T_INT32: 4,
+    T_FLOAT32: 4, T_UINT64: 8, T_INT64: 8, T_FLOAT64: 8,
+}  # fmt: skip
+
+
 def _scalar_kv_bytes(key: str, type_id: int) -> int:
     """Bytes a scalar key/value pair takes in a GGUF header."""
-    widths = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-    return 8 + len(key.encode()) + 4 + widths.get(type_id, 4)
+    return 8 + len(key.encode()) + 4 + _SCALAR_WIDTHS.get(type_id, 4)
 
 
 _SPLIT_KEYS = ("split.no", "split.count", "split.tensors.count")
@@ -693,15 +745,17 @@ def requantize(spec: ModelSpec, ftype_name: str, options: QuantOptions | None = 
     offset = _pad(header_bytes)
     tensors: list[TensorInfo] = []
     for t in _llama_order(spec.tensors):
-        ggml = GGML_TYPE_BY_NAME[types[t.name]]
-        if ggml.id == t.ggml_type:
-            nbytes = t.nbytes
+        target = types[t.name]
+        if target == t.type_name:
+            # Copied as it is (possibly in a type llmtune does not know).
+            ggml_type, nbytes = t.ggml_type, t.nbytes
         else:
+            ggml = GGML_TYPE_BY_NAME[target]
             # llama.cpp sizes it as rows x ggml_row_size(type, ne0).
             ne0 = t.shape[0] if t.shape else 1
-            nbytes = t.n_elements // max(ne0, 1) * ggml.row_bytes(ne0)
+            ggml_type, nbytes = ggml.id, t.n_elements // max(ne0, 1) * ggml.row_bytes(ne0)
         tensors.append(
-            dataclasses.replace(t, ggml_type=ggml.id, offset=offset, nbytes=nbytes, shard=0)
+            dataclasses.replace(t, ggml_type=ggml_type, offset=offset, nbytes=nbytes, shard=0)
         )
         offset += _pad(nbytes)
     metadata: dict[str, Value] = {k: v for k, v in spec.metadata.items() if k not in _SPLIT_KEYS}
