@@ -82,5 +82,7 @@ def compare(family: str, path: str, n_ctx: int, cache: str, flash_attn: str) -> 
     # Totals as llama.cpp logs them: the mapped span counts in place of the
     # weights' own bytes on both sides.
     measured["total"] = sum(measured[k] for k in ("weights", "kv", "compute", "output"))
-    predicted["total"] = host.total_bytes - host.weights_bytes + host.mapped_bytes
+    predicted["total"] = (
+        host.mapped_bytes + host.repack_bytes + host.kv_bytes + host.compute_bytes + output
+    )
     return Row(family, n_ctx, cache, flash_attn, predicted, measured)

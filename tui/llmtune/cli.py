@@ -126,6 +126,11 @@ def _fit_parser() -> argparse.ArgumentParser:
         "--margin", default="1024MiB", metavar="SIZE", help="memory to keep free per GPU"
     )
     parser.add_argument(
+        "--quant",
+        metavar="FTYPE",
+        help="plan as if quantized to FTYPE (Q4_K_M, Q8_0, ...); 'all' prints every file type",
+    )
+    parser.add_argument(
         "--overhead", default="0", metavar="SIZE", help="per-GPU overhead (CUDA context), default 0"
     )
     return parser
@@ -185,6 +190,21 @@ def cmd_fit(argv: Sequence[str]) -> int:
     if args.n_cpu_moe < 0:
         raise ConfigError("--n-cpu-moe must be 0 or more (use --cpu-moe for all)", "--n-cpu-moe")
     spec = read_spec(args.model)
+    if args.quant and args.quant.lower() == "all":
+        from llmtune.fit.report import quant_json, quant_text
+        from llmtune.fit.whatif import quant_rows
+
+        rows = quant_rows(spec, devices, settings)
+        if args.json:
+            _print_json(quant_json(spec, rows))
+        else:
+            width = min(shutil.get_terminal_size((80, 24)).columns, 100)
+            sys.stdout.write(quant_text(spec, rows, width=width))
+        return 0
+    if args.quant:
+        from llmtune.fit.quant import requantize
+
+        spec = requantize(spec, args.quant)
     if args.ctx == -1:
         from llmtune.fit.plan import max_context
 

@@ -74,6 +74,8 @@ class DevicePlan:
 
     @property
     def verdict(self) -> Verdict:
+        if self.total_bytes == 0:
+            return "fits"
         if self.total_bytes > self.free_bytes:
             return "over"
         if self.total_bytes > self.free_bytes - self.margin_bytes:
@@ -363,9 +365,12 @@ def _evaluate(
             host_weights += costs.output_bytes
         active_cpu += costs.output_bytes
     # CPU_REPACK: only without GPUs (a GPU's host buffer type wins the selection).
+    # Repacked weights live in anonymous memory; their pages in the mapped file
+    # are read once and left to the page cache, so they count once, as repack.
     repack = c.repack_prefix[cpu_layers_end] if not gpus else 0
     if not gpus:
         repack += costs.output_repack_bytes
+    host_weights -= repack
     output_buffer = n_vocab_outputs
     host_compute = 0
     if cpu_layers_end > 0 or output_on_cpu:

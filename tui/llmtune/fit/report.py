@@ -8,6 +8,7 @@ from typing import Any
 
 from llmtune.fit.commandline import llama_server_command
 from llmtune.fit.plan import FitPlan
+from llmtune.fit.whatif import QuantRow
 from llmtune.model import ModelSpec
 from llmtune.textsafe import inert
 from llmtune.units import format_bytes
@@ -168,3 +169,68 @@ def _wrap_command(command: str, width: int) -> list[str]:
 
 def plan_text(spec: ModelSpec, p: FitPlan, width: int = 80) -> str:
     return "\n".join(plan_lines(spec, p, width)) + "\n"
+
+
+def quant_json(spec: ModelSpec, rows: list[QuantRow]) -> dict[str, Any]:
+    return {
+        "model": os.path.abspath(spec.path),
+        "file_type": spec.file_type_name,
+        "parameters": spec.parameters,
+        "rows": [
+            {
+                "file_type": r.file_type,
+                "file_bytes": r.file_bytes,
+                "bits_per_weight": round(r.bits_per_weight, 4),
+                "fits": r.plan.fits,
+                "verdict": r.plan.verdict,
+                "max_gpu_layers": r.plan.max_gpu_layers,
+                "n_gpu_layers": r.plan.n_gpu_layers,
+                "host_bytes": r.plan.host.total_bytes,
+                "tg_tokens_per_s": round(r.plan.predicted.tg_tokens_per_s, 3),
+                "quality": r.quality,
+                "current": r.is_current,
+            }
+            for r in rows
+        ],
+    }
+
+
+def quant_text(spec: ModelSpec, rows: list[QuantRow], width: int = 80) -> str:
+    w = max(50, width)
+    lines = [
+        _cut(
+            f"{inert(spec.name, max_chars=w)}: {format_bytes(spec.file_bytes)} as {spec.file_type_name}",
+            w,
+        )
+    ]
+    has_gpu = bool(rows and rows[0].plan.gpus)
+    lines.append("")
+    head = f"  {'type':<8}{'size':>10}{'bits/w':>7}  {'verdict':<13}"
+    head += f"{'layers':>7}" if has_gpu else ""
+    head += f"{'tok/s':>7}"
+    wide = w >= 78
+    if wide:
+        head += "  quality"
+    lines.append(head)
+    for r in rows:
+        mark = "*" if r.is_current else " "
+        verdict = _VERDICT_WORDS[r.plan.verdict]
+        line = f"{mark} {r.file_type:<8}{format_bytes(r.file_bytes):>10}{r.bits_per_weight:>7.2f}  {verdict:<13}"
+        if has_gpu:
+            line += f"{r.plan.max_gpu_layers:>4}/{r.plan.n_layer + 1:<2}"
+        line += f"{r.plan.predicted.tg_tokens_per_s:>7.1f}"
+        if wide:
+            line += f"  {r.quality}"
+        lines.append(_cut(line, w))
+    lines.append("")
+    lines.append("* the file's own type. Sizes follow llama-quantize's per-tensor rules;")
+    lines.append("  speed is with the most layers that fit on the GPU.")
+    if spec.file_type_name not in ("F32", "F16", "BF16"):
+        lines.extend(
+            textwrap.wrap(
+                f"Requantizing from {spec.file_type_name} cannot bring back what it lost: "
+                "quantize from the F16/BF16 original where you can.",
+                w,
+            )
+        )
+    return "\n".join(lines) + "\n"
