@@ -1,0 +1,114 @@
+"""fit.plan options beyond the defaults: MoE experts on the CPU, KV on the host,
+parallel sequences, GPU specs and profiles."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from llmtune.errors import ConfigError
+from llmtune.fit.plan import plan
+from llmtune.fit.settings import Settings
+from llmtune.hardware.host import host_device
+from llmtune.hardware.profiles import GPU_PROFILES, parse_gpu_spec
+from llmtune.model import read_spec
+from llmtune.units import GIB
+from synth_arch import build_gemma2, build_qwen3moe
+
+HOST = host_device(ram_bytes=64 * GIB, bandwidth_gbps=51.2)
+GPU = parse_gpu_spec("rtx4090")
+
+
+@pytest.fixture(scope="module")
+def moe(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("moe") / "moe.gguf"
+    build_qwen3moe(path, n_layer=8, n_embd=1024, n_vocab=8000)
+    return read_spec(path)
+
+
+def test_cpu_moe_moves_every_expert_to_the_host(moe) -> None:
+    experts = sum(t.nbytes for g in moe.layers for t in g.tensors if "_exps" in t.name)
+    normal = plan(moe, [GPU, HOST], Settings())
+    cpu_moe = plan(moe, [GPU, HOST], Settings(n_cpu_moe=-1))
+    moved = normal.gpus[0].weights_bytes - cpu_moe.gpus[0].weights_bytes
+    assert moved == pytest.approx(experts, rel=0.001)
+    assert cpu_moe.host.weights_bytes - normal.host.weights_bytes == moved
+    # --n-cpu-moe N counts from the first layer
+    first_two = plan(moe, [GPU, HOST], Settings(n_cpu_moe=2))
+    per_layer = experts / 8
+    assert normal.gpus[0].weights_bytes - first_two.gpus[0].weights_bytes == pytest.approx(
+        2 * per_layer, rel=0.01
+    )
+
+
+def test_moe_generation_reads_only_the_experts_used(moe) -> None:
+    # 2 of 8 experts are read per token, so the MoE predicts faster than its
+    # size alone would suggest on the same device.
+    p = plan(moe, [HOST], Settings())
+    bytes_per_s = HOST.bandwidth_gbps * 1e9 * 0.65
+    assert p.predicted.tg_tokens_per_s > 1.5 * bytes_per_s / moe.tensor_bytes
+
+
+def test_no_kv_offload_keeps_the_cache_on_the_host(moe) -> None:
+    on_gpu = plan(moe, [GPU, HOST], Settings())
+    on_host = plan(moe, [GPU, HOST], Settings(no_kv_offload=True))
+    assert on_host.gpus[0].kv_bytes == 0
+    assert on_host.host.kv_bytes == on_gpu.gpus[0].kv_bytes + on_gpu.host.kv_bytes
+
+
+def test_parallel_sequences_split_and_pad_the_context(moe) -> None:
+    # n_ctx 1000 over 3 sequences: each gets pad(333, 256) = 512 cells,
+    # 1536 in all (llama_context: "rounding down" that rounds up).
+    p = plan(moe, [HOST], Settings(n_ctx=1000, n_parallel=3))
+    assert p.n_ctx_seq == 512 and p.kv_cells == 1536
+    unified = plan(moe, [HOST], Settings(n_ctx=1000, n_parallel=3, kv_unified=True))
+    assert unified.kv_cells == 1024
+
+
+def test_sliding_window_layers_hold_fewer_cells(tmp_path) -> None:
+    path = os.path.join(tmp_path, "g2.gguf")
+    build_gemma2(path)
+    spec = read_spec(path)
+    p = plan(spec, [HOST], Settings(n_ctx=32768))
+    assert p.swa_cells < p.kv_cells == 32768
+    full = plan(spec, [HOST], Settings(n_ctx=32768, swa_full=True))
+    assert full.swa_cells == 32768 and full.host.kv_bytes > p.host.kv_bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "capacity", "bandwidth"),
+    [
+        ("12GiB", 12 * GIB, None),
+        ("24GB:1008GB/s", 24 * 10**9, 1008.0),
+        ("RTX 3090", 24576 * 2**20, 936.0),
+        ("rtx3060_12g", 12288 * 2**20, 360.0),
+    ],
+)
+def test_gpu_specs(text: str, capacity: int, bandwidth: float | None) -> None:
+    device = parse_gpu_spec(text)
+    assert device.capacity_bytes == capacity and device.kind == "gpu"
+    if bandwidth is not None:
+        assert device.bandwidth_gbps == bandwidth
+
+
+@pytest.mark.parametrize("text", ["12XB", "0GiB", "rtx9999", "24GB:-5GB/s", ""])
+def test_bad_gpu_specs_are_config_errors(text: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_gpu_spec(text)
+
+
+def test_the_profiles_cover_the_cards_users_ask_about() -> None:
+    keys = {p.key for p in GPU_PROFILES}
+    for key in (
+        "rtx3060-12g",
+        "rtx3090",
+        "rtx4090",
+        "rtx5090",
+        "t4",
+        "a100-80g",
+        "h100-sxm",
+        "h200",
+    ):
+        assert key in keys
+    assert all(p.memory_mib > 4000 and p.bandwidth_gbps > 100 for p in GPU_PROFILES)
