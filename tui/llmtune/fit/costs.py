@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from llmtune.fit.settings import CACHE_TYPES
 from llmtune.model import ModelSpec, TensorInfo
-from llmtune.model.ggml_types import GGML_TYPES
 
 # Expert tensors, as --cpu-moe matches them (common.h LLM_FFN_EXPS_REGEX).
 _EXPS_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
@@ -69,6 +69,7 @@ class ModelCosts:
     input_bytes: int
     output_bytes: int  # output + output_norm, or the tied copy of token_embd
     output_is_tied_copy: bool
+    output_own_bytes: int  # the output layer's own tensors, without a tied copy of token_embd
     other_bytes: int
     n_vocab: int
     n_embd: int
@@ -255,6 +256,7 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
         input_bytes=inputs,
         output_bytes=output_bytes,
         output_is_tied_copy=tied,
+        output_own_bytes=sum(_padded(t.nbytes) for t in outputs),
         other_bytes=other,
         n_vocab=spec.n_vocab,
         n_embd=spec.n_embd,
@@ -279,14 +281,5 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
 
 def row_bytes(cache_type: str, width: int) -> int:
     """ggml_row_size for a KV cache type."""
-    from llmtune.fit.settings import CACHE_TYPES
-
     block, size = CACHE_TYPES[cache_type]
     return width // block * size
-
-
-def ggml_type_bits(name: str) -> float:
-    for t in GGML_TYPES.values():
-        if t.name == name:
-            return t.bits_per_weight
-    return 16.0

@@ -359,10 +359,8 @@ def _evaluate(
         if flops:
             pp_time += 2.0 * active / costs.bytes_per_param / flops
     if output_on_cpu:
-        if costs.output_is_tied_copy:
-            host_weights += 0  # the tied output is token_embd itself on the host
-        else:
-            host_weights += costs.output_bytes
+        # A tied output on the host is token_embd itself (TENSOR_DUPLICATED reuses it).
+        host_weights += costs.output_own_bytes
         active_cpu += costs.output_bytes
     # CPU_REPACK: only without GPUs (a GPU's host buffer type wins the selection).
     # Repacked weights live in anonymous memory; their pages in the mapped file
