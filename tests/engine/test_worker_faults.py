@@ -1,0 +1,251 @@
+"""Faults: the worker dies or fails, the caller gets events and carries on.
+
+Real llama.cpp: the demo model, a synthetic model whose tensor shapes
+contradict its metadata, and one whose vocabulary has no byte tokens (llama.cpp
+then throws inside ``llama_tokenize`` and the C++ runtime aborts the process).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmtune.engine.config import RunConfig
+from llmtune.engine.protocol import Event, Exited, Failed, Loaded, Progress, Stats, Token
+from llmtune.engine.supervisor import Supervisor
+from synth import Tensor, llama_like, write_gguf
+
+TIMEOUT_S = 30.0
+
+
+def until(sup: Supervisor, *kinds: type) -> list[Event]:
+    seen: list[Event] = []
+    while True:
+        event = sup.next_event(TIMEOUT_S)
+        assert event is not None, f"no {[k.__name__ for k in kinds]} within {TIMEOUT_S} s: {seen}"
+        seen.append(event)
+        if isinstance(event, kinds):
+            return seen
+
+
+@pytest.fixture
+def sup() -> Iterator[Supervisor]:
+    s = Supervisor()
+    yield s
+    s.shutdown()
+
+
+def demo_config(demo_model: Path, **changes: Any) -> RunConfig:
+    return RunConfig(str(demo_model), n_ctx=1024, threads=2, **changes)
+
+
+def is_gone(pid: int) -> bool:
+    """No such process, or a zombie waiting for a reaper (it runs no more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def assert_reaped(pid: int) -> None:
+    """The supervisor waited for ``pid``: it is no child of ours any more, not even a zombie."""
+    assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} is still in the process table"
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def assert_works(sup: Supervisor, demo_model: Path) -> None:
+    """A fresh worker loads the demo model and generates."""
+    sup.start()
+    sup.load(demo_config(demo_model))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    sup.generate("Hello", max_tokens=3, ignore_eos=True)
+    stats = until(sup, Stats, Failed)[-1]
+    assert isinstance(stats, Stats) and stats.n_gen == 3, stats
+
+
+def killed_worker(sup: Supervisor, pid: int) -> Exited:
+    events = until(sup, Exited)
+    exited = events[-1]
+    assert isinstance(exited, Exited)
+    assert exited.pid == pid and exited.returncode == -signal.SIGKILL and exited.signal == 9
+    failed = [e for e in events if isinstance(e, Failed)]
+    assert failed and failed[-1].fatal and "SIGKILL" in failed[-1].reason
+    assert not sup.alive
+    assert_reaped(pid)
+    return exited
+
+
+def test_kill_9_while_loading(sup: Supervisor, demo_model: Path) -> None:
+    pid = sup.start()
+    sup.load(demo_config(demo_model, use_mmap=False))  # read, not mapped: the slower load
+    until(sup, Progress)
+    os.kill(pid, signal.SIGKILL)
+    killed_worker(sup, pid)
+    assert_works(sup, demo_model)
+
+
+def test_kill_9_while_generating(sup: Supervisor, demo_model: Path) -> None:
+    pid = sup.start()
+    sup.load(demo_config(demo_model))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    sup.generate("Once upon a time", max_tokens=1000, ignore_eos=True)
+    until(sup, Token)
+    sup.kill()
+    killed_worker(sup, pid)
+    assert_works(sup, demo_model)
+
+
+def write_bad_shapes(path: Path) -> None:
+    """Metadata says 128 wide; token_embd is 64 wide."""
+    n_vocab = 64
+    kv = [
+        ("general.name", "contradiction"),
+        ("llama.block_count", 1),
+        ("llama.context_length", 512),
+        ("llama.embedding_length", 128),
+        ("llama.feed_forward_length", 256),
+        ("llama.attention.head_count", 4),
+        ("llama.attention.head_count_kv", 4),
+        ("llama.attention.layer_norm_rms_epsilon", 1e-5),
+        ("tokenizer.ggml.model", "llama"),
+        ("tokenizer.ggml.tokens", [f"t{i}" for i in range(n_vocab)]),
+    ]
+    tensors = [Tensor("token_embd.weight", (64, n_vocab)), Tensor("output_norm.weight", (64,))]
+    write_gguf(path, kv, tensors)
+
+
+def test_contradicting_shapes_fail_with_llama_cpp_lines(
+    sup: Supervisor, demo_model: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad-shapes.gguf"
+    write_bad_shapes(path)
+    sup.start()
+    sup.load(RunConfig(str(path), n_ctx=256, threads=1))
+    failed = until(sup, Failed, Loaded)[-1]
+    assert isinstance(failed, Failed), failed
+    assert not failed.fatal
+    assert "wrong shape" in failed.reason and "token_embd.weight" in failed.reason
+    assert any("wrong shape" in line for line in failed.log_tail), failed.log_tail
+    # The same worker is still there and loads a good model.
+    assert sup.alive
+    sup.load(demo_config(demo_model))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+
+
+def test_llama_cpp_abort_is_reported_and_survived(
+    sup: Supervisor, demo_model: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "no-byte-tokens.gguf"
+    llama_like(path, n_layer=1, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=64)
+    pid = sup.start()
+    sup.load(RunConfig(str(path), n_ctx=256, threads=1))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    sup.generate("h\u00e9llo \u2603", max_tokens=4)  # no <0xC3> token: std::out_of_range
+    events = until(sup, Exited)
+    exited = events[-1]
+    assert isinstance(exited, Exited) and exited.returncode == -signal.SIGABRT
+    failed = [e for e in events if isinstance(e, Failed)]
+    assert len(failed) == 1 and failed[0].fatal
+    assert "SIGABRT" in failed[0].reason and "out_of_range" in failed[0].reason
+    assert any("terminate called" in line for line in failed[0].log_tail), failed[0].log_tail
+    assert_reaped(pid)
+    assert_works(sup, demo_model)
+
+
+def test_out_of_memory_names_the_buffer(sup: Supervisor, demo_model: Path) -> None:
+    """An address-space limit 64 MiB above what the worker uses once the model
+    is loaded: the 720 MiB KV cache of a 32k context cannot be allocated."""
+    sup.start()
+    sup.load(
+        RunConfig(
+            str(demo_model),
+            n_ctx=32768,
+            threads=2,
+            oom_headroom_bytes=64 << 20,
+            oom_stage="context",
+        )
+    )
+    failed = until(sup, Failed, Loaded)[-1]
+    assert isinstance(failed, Failed), failed
+    assert failed.reason.startswith("out of memory") and "KV buffer" in failed.reason, failed
+    assert any("failed to allocate" in line for line in failed.log_tail)
+    # The limit was the test's only: the same worker loads the model afterwards.
+    assert sup.alive
+    sup.load(demo_config(demo_model))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+
+
+def test_out_of_memory_while_loading_names_the_buffer(sup: Supervisor, demo_model: Path) -> None:
+    sup.start()
+    sup.load(
+        RunConfig(
+            str(demo_model),
+            use_mmap=False,
+            threads=2,
+            oom_headroom_bytes=32 << 20,
+            oom_stage="load",
+        )
+    )
+    failed = until(sup, Failed, Loaded)[-1]
+    assert isinstance(failed, Failed), failed
+    assert "out of memory" in failed.reason and "CPU buffer" in failed.reason, failed
+
+
+_PARENT = textwrap.dedent(
+    """
+    import sys, threading, time
+    from llmtune.engine.config import RunConfig
+    from llmtune.engine.protocol import Token
+    from llmtune.engine.supervisor import Supervisor
+
+    sup = Supervisor()
+    if sys.argv[2] == "thread":  # the parent-death signal is not armed: end of file must do
+        t = threading.Thread(target=sup.start)
+        t.start(); t.join()
+    else:
+        sup.start()
+    sup.load(RunConfig(sys.argv[1], n_ctx=1024, threads=2))
+    sup.generate("Once upon a time", max_tokens=100000, ignore_eos=True)
+    while not isinstance(sup.next_event(30), Token):
+        pass
+    print(sup.pid, flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.mark.parametrize("started_from", ["main", "thread"])
+def test_worker_dies_with_its_parent(demo_model: Path, started_from: str) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(demo_model), started_from],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    worker_pid = 0
+    try:
+        assert parent.stdout is not None
+        worker_pid = int(parent.stdout.readline())  # the worker is generating now
+        assert not is_gone(worker_pid)
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 2.0
+        while not is_gone(worker_pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert is_gone(worker_pid), f"worker {worker_pid} outlived its parent by 2 s"
+    finally:
+        parent.kill()
+        parent.wait()
+        if worker_pid and not is_gone(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)

@@ -1,0 +1,197 @@
+"""The llama.cpp worker on the demo model: load, stream tokens, stop, compare with the plan.
+
+Real llama.cpp in a child process started by ``Supervisor``; each test owns
+its worker and shuts it down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from llmtune.engine.compare import compare
+from llmtune.engine.config import RunConfig
+from llmtune.engine.protocol import (
+    Event,
+    Exited,
+    Failed,
+    Loaded,
+    Progress,
+    Started,
+    Stats,
+    Token,
+)
+from llmtune.engine.supervisor import Supervisor
+from llmtune.fit.plan import plan
+from llmtune.fit.settings import Settings
+from llmtune.hardware.host import host_device
+from llmtune.model import read_spec
+
+TIMEOUT_S = 30.0
+PROMPT = "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"
+
+
+def until(sup: Supervisor, *kinds: type) -> list[Event]:
+    """Events up to and including the first of ``kinds`` (fails on a timeout)."""
+    seen: list[Event] = []
+    while True:
+        event = sup.next_event(TIMEOUT_S)
+        assert event is not None, f"no {[k.__name__ for k in kinds]} within {TIMEOUT_S} s: {seen}"
+        seen.append(event)
+        if isinstance(event, kinds):
+            return seen
+
+
+@pytest.fixture
+def sup() -> Iterator[Supervisor]:
+    s = Supervisor()
+    yield s
+    s.shutdown()
+
+
+def config(demo_model: Path, **changes: object) -> RunConfig:
+    base = RunConfig.from_settings(demo_model, Settings(n_ctx=2048, threads=2))
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_load_generate_streams_tokens_and_stats(sup: Supervisor, demo_model: Path) -> None:
+    sup.start()
+    # --cpu-moe on a dense model: the override array reaches llama.cpp and matches nothing.
+    sup.load(config(demo_model, n_cpu_moe=-1))
+    events = until(sup, Loaded, Failed)
+    assert isinstance(events[0], Started)
+    loaded = events[-1]
+    assert isinstance(loaded, Loaded), events[-1]
+    progress = [e.fraction for e in events if isinstance(e, Progress)]
+    assert progress and progress[-1] == 1.0 and progress == sorted(progress)
+    assert loaded.load_s > 0 and loaded.n_ctx == 2048
+    kinds = {b.kind for b in loaded.buffers}
+    assert {"model", "kv", "compute", "output"} <= kinds
+    assert set(loaded.by_device()) == {"CPU"}
+    assert any("experts" in note for note in loaded.notes), loaded.notes
+
+    sup.generate(PROMPT, max_tokens=8, ignore_eos=True)
+    events = until(sup, Stats, Failed)
+    tokens = [e for e in events if isinstance(e, Token)]
+    stats = events[-1]
+    assert isinstance(stats, Stats), stats
+    assert len(tokens) == stats.n_gen == 8
+    assert stats.finish == "length"
+    assert stats.n_prompt > 5
+    assert stats.pp_tokens_per_s > 0 and stats.tg_tokens_per_s > 0
+    times = [t.t for t in tokens]
+    assert times == sorted(times) and times[-1] > times[0]
+    assert "".join(t.text for t in tokens).strip()
+
+    sup.shutdown()
+    exited = sup.next_event(TIMEOUT_S)
+    assert isinstance(exited, Exited) and exited.returncode == 0
+
+
+def test_stop_ends_generation_promptly(sup: Supervisor, demo_model: Path) -> None:
+    sup.start()
+    sup.load(config(demo_model))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    sup.generate(PROMPT, max_tokens=1500, ignore_eos=True)
+    before = [e for e in until(sup, Token) if isinstance(e, Token)]
+    while len(before) < 5:
+        before += [e for e in until(sup, Token) if isinstance(e, Token)]
+    assert sup.stop()
+    after = until(sup, Stats, Failed)
+    stats = after[-1]
+    assert isinstance(stats, Stats), stats
+    assert stats.finish == "stop"
+    late = [e for e in after if isinstance(e, Token)]
+    # Tokens already on their way plus at most the one being decoded.
+    assert len(late) <= 3, late
+    assert stats.n_gen == len(before) + len(late)
+
+    # The worker keeps its model and generates again.
+    sup.generate("Hello", max_tokens=3, ignore_eos=True)
+    again = until(sup, Stats, Failed)[-1]
+    assert isinstance(again, Stats) and again.n_gen == 3 and again.finish == "length"
+
+
+def test_stop_cancels_a_long_prompt_decode(sup: Supervisor, demo_model: Path) -> None:
+    sup.start()
+    sup.load(config(demo_model, n_ctx=4096, n_ubatch=256))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    sup.generate("the cat sat on the mat " * 500, max_tokens=50)  # ~3000 tokens: 12 ubatches
+    sup.stop()
+    events = until(sup, Stats, Failed)
+    stats = events[-1]
+    assert isinstance(stats, Stats), stats
+    assert stats.finish == "stop" and stats.n_gen == 0
+    assert not any(isinstance(e, Token) for e in events)
+
+
+def test_compare_weights_with_the_plan(sup: Supervisor, demo_model: Path) -> None:
+    settings = Settings(n_ctx=2048, threads=2)
+    sup.start()
+    sup.load(RunConfig.from_settings(demo_model, settings))
+    loaded = until(sup, Loaded, Failed)[-1]
+    assert isinstance(loaded, Loaded), loaded
+    predicted = plan(read_spec(demo_model), [host_device()], settings)
+    result = compare(loaded, predicted)
+    assert result.devices() == ("CPU",)
+    weights = result.row("CPU", "weights")
+    assert weights.measured_bytes > 90 << 20
+    assert weights.error_pct is not None and abs(weights.error_pct) <= 0.5, weights
+    kv = result.row("CPU", "kv")
+    assert kv.error_pct is not None and abs(kv.error_pct) <= 1.0, kv
+    output = result.row("CPU", "output")
+    assert abs(output.error_bytes) <= output.precision_bytes, output
+
+
+def test_from_settings_matches_the_plan_settings(demo_model: Path) -> None:
+    s = Settings(
+        n_gpu_layers=7,
+        n_ctx=8192,
+        n_batch=1024,
+        n_ubatch=256,
+        n_parallel=4,
+        kv_unified=True,
+        cache_type_k="q8_0",
+        cache_type_v="q8_0",
+        flash_attn="on",
+        swa_full=True,
+        no_kv_offload=True,
+        split_mode="row",
+        main_gpu=1,
+        tensor_split=(3.0, 1.0),
+        n_cpu_moe=5,
+        use_mmap=False,
+        threads=3,
+    )
+    c = RunConfig.from_settings(demo_model, s)
+    assert (c.n_gpu_layers, c.n_ctx, c.n_batch, c.n_ubatch, c.n_seq_max) == (7, 8192, 1024, 256, 4)
+    assert (c.cache_type_k, c.cache_type_v, c.flash_attn) == ("q8_0", "q8_0", "on")
+    assert c.kv_unified and c.swa_full and not c.offload_kqv and not c.use_mmap
+    assert (c.split_mode, c.main_gpu, c.tensor_split) == ("row", 1, (3.0, 1.0))
+    assert (c.n_cpu_moe, c.threads, c.load_mode) == (5, 3, 0)
+    assert "--n-cpu-moe" in c.command_line() and "--no-mmap" in c.command_line()
+    c.validate()
+
+
+def test_moe_experts_stay_on_the_cpu(tmp_path: Path) -> None:
+    """--n-cpu-moe 2 reaches llama.cpp as tensor_buft_overrides: it logs each override."""
+    from synth_arch import FAMILIES
+
+    path = tmp_path / "moe.gguf"
+    FAMILIES["qwen3moe"](str(path), n_layer=4, n_embd=256, n_vocab=1000)
+    sup = Supervisor(log_lines=5000)
+    try:
+        sup.start()
+        sup.load(RunConfig(str(path), n_ctx=256, threads=1, n_cpu_moe=2))
+        assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+        sup.shutdown()  # joins the log reader: every line is in
+        overridden = [
+            line for line in sup.log_tail(5000) if "buffer type overridden to CPU" in line
+        ]
+    finally:
+        sup.shutdown()
+    layers = {line.split("blk.")[1].split(".")[0] for line in overridden}
+    assert layers == {"0", "1"}, overridden

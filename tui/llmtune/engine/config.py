@@ -1,0 +1,218 @@
+"""RunConfig: every llama.cpp setting the worker passes, explicitly, to the C API.
+
+One RunConfig describes one model load plus one context. It is built from the
+user's :class:`~llmtune.fit.settings.Settings` (``RunConfig.from_settings``) so
+the plan, the worker and the hand-off command line describe one configuration;
+llama-server's defaults come with the Settings, and the worker never relies on
+the C API's own defaults (which differ: n_batch 512, ``swa_full`` on).
+
+Field by field, the llama-cpp-python 0.3.36 structures they set:
+
+- ``llama_model_params``: ``n_gpu_layers``, ``main_gpu``, ``split_mode``,
+  ``tensor_split`` (a float array of ``llama_max_devices()``), ``load_mode``
+  (this version has no ``use_mmap``/``use_mlock``: ``use_mmap`` and
+  ``use_mlock`` map to ``LLAMA_LOAD_MODE_NONE/MMAP/MLOCK/MMAP_MLOCK``),
+  ``use_extra_bufts`` (CPU_REPACK) and ``tensor_buft_overrides``.
+- ``llama_context_params``: ``n_ctx``, ``n_batch``, ``n_ubatch``,
+  ``n_seq_max``, ``n_threads``/``n_threads_batch``, ``flash_attn_type``,
+  ``type_k``/``type_v``, ``offload_kqv``, ``op_offload``, ``swa_full``,
+  ``kv_unified``.
+
+MoE expert placement (``--n-cpu-moe N`` / ``--cpu-moe``): the binding declares
+``tensor_buft_overrides`` as an untyped pointer ("unused"), so the worker
+builds the NULL-terminated ``llama_model_tensor_buft_override`` array itself
+with the CPU buffer type from ``ggml_backend_dev_buffer_type`` and the
+patterns of llama.cpp's ``common/common.h`` (``blk\\.N\\.ffn_(up|down|gate)_(ch|)exps``).
+If the ggml symbols cannot be found the worker loads without the override and
+says so in the log (``unsupported`` in :func:`moe_override_patterns`'s caller).
+Other ``--override-tensor`` rules are not exposed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from llmtune.fit.settings import CACHE_TYPES, FlashAttn, Settings, SplitMode
+
+# enum ggml_type values of the KV cache types llama.cpp accepts (ggml.h).
+GGML_TYPES: dict[str, int] = {
+    "f32": 0,
+    "f16": 1,
+    "q4_0": 2,
+    "q4_1": 3,
+    "q5_0": 6,
+    "q5_1": 7,
+    "q8_0": 8,
+    "iq4_nl": 20,
+    "bf16": 30,
+}
+FLASH_ATTN_TYPES: dict[str, int] = {"auto": -1, "off": 0, "on": 1}  # enum llama_flash_attn_type
+SPLIT_MODES: dict[str, int] = {"none": 0, "layer": 1, "row": 2}  # enum llama_split_mode
+# llama_cpp.LLAMA_LOAD_MODE_*: (use_mmap, use_mlock) -> enum llama_load_mode
+LOAD_MODES: dict[tuple[bool, bool], int] = {
+    (False, False): 0,
+    (True, False): 1,
+    (False, True): 2,
+    (True, True): 3,
+}
+# common/common.h: LLM_FFN_EXPS_REGEX
+FFN_EXPS_REGEX = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+
+OomStage = Literal["load", "context"]
+
+
+def default_threads() -> int:
+    """llama.cpp's default thread count: the physical cores (common's cpu_get_num_math)."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except Exception:  # psutil missing or unable to count: fall back to logical CPUs
+        n = None
+    return max(1, int(n or os.cpu_count() or 1))
+
+
+def moe_override_patterns(n_cpu_moe: int, n_layer: int | None = None) -> tuple[str, ...]:
+    """Tensor-name patterns whose tensors stay in host memory (llama-server's --n-cpu-moe).
+
+    -1 (``--cpu-moe``) keeps every expert on the CPU; N keeps those of layers 0..N-1.
+    """
+    if n_cpu_moe == 0:
+        return ()
+    if n_cpu_moe < 0:
+        return (FFN_EXPS_REGEX,)
+    count = n_cpu_moe if n_layer is None else min(n_cpu_moe, n_layer)
+    return tuple(rf"blk\.{i}{FFN_EXPS_REGEX}" for i in range(count))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One model load and one context, as the worker asks llama.cpp for them."""
+
+    model_path: str
+    n_gpu_layers: int = -1  # -1: all layers, the output layer included
+    main_gpu: int = 0
+    tensor_split: tuple[float, ...] = ()
+    split_mode: SplitMode = "layer"
+    n_ctx: int = 4096  # all sequences; 0: the trained context
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    threads: int = 0  # 0: physical cores
+    threads_batch: int = 0  # 0: as threads
+    flash_attn: FlashAttn = "auto"
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    offload_kqv: bool = True
+    op_offload: bool = True
+    use_mmap: bool = True
+    use_mlock: bool = False
+    use_extra_bufts: bool = True  # CPU_REPACK
+    n_seq_max: int = 1
+    kv_unified: bool = False
+    swa_full: bool = False
+    n_cpu_moe: int = 0  # experts of the first N layers on the CPU; -1: all
+    # Test hook: limit the worker's address space (RLIMIT_AS) to what it uses
+    # just before ``oom_stage`` plus this many bytes, to simulate running out of memory.
+    oom_headroom_bytes: int | None = None
+    oom_stage: OomStage = "context"
+
+    @classmethod
+    def from_settings(cls, model_path: str | os.PathLike[str], settings: Settings) -> RunConfig:
+        """The configuration ``fit.plan(spec, devices, settings)`` describes."""
+        s = settings
+        return cls(
+            model_path=str(Path(model_path)),
+            n_gpu_layers=s.n_gpu_layers,
+            main_gpu=s.main_gpu,
+            tensor_split=tuple(s.tensor_split),
+            split_mode=s.split_mode,
+            n_ctx=s.n_ctx,
+            n_batch=s.n_batch,
+            n_ubatch=s.n_ubatch,
+            threads=s.threads,
+            flash_attn=s.flash_attn,
+            cache_type_k=s.cache_type_k,
+            cache_type_v=s.cache_type_v,
+            offload_kqv=not s.no_kv_offload,
+            use_mmap=s.use_mmap,
+            n_seq_max=s.n_parallel,
+            kv_unified=s.kv_unified,
+            swa_full=s.swa_full,
+            n_cpu_moe=s.n_cpu_moe,
+        )
+
+    def validate(self) -> None:
+        """Raise ConfigError for values llama.cpp would refuse or misread."""
+        from llmtune.errors import ConfigError
+
+        for name, value in (("K", self.cache_type_k), ("V", self.cache_type_v)):
+            if value not in GGML_TYPES or value not in CACHE_TYPES:
+                raise ConfigError(f"llama.cpp has no {name} cache type {value!r}", "RunConfig")
+        if self.flash_attn not in FLASH_ATTN_TYPES:
+            raise ConfigError(f"flash attention is on, off or auto, not {self.flash_attn!r}")
+        if self.split_mode not in SPLIT_MODES:
+            raise ConfigError(f"split mode is layer, row or none, not {self.split_mode!r}")
+        limits: tuple[tuple[str, int, int], ...] = (
+            ("n_ctx", self.n_ctx, 0),
+            ("n_batch", self.n_batch, 1),
+            ("n_ubatch", self.n_ubatch, 1),
+            ("n_seq_max", self.n_seq_max, 1),
+            ("threads", self.threads, 0),
+            ("threads_batch", self.threads_batch, 0),
+        )
+        for field_name, number, low in limits:
+            if number < low:
+                raise ConfigError(f"{field_name} must be at least {low}, not {number}", "RunConfig")
+
+    @property
+    def load_mode(self) -> int:
+        """enum llama_load_mode for ``use_mmap`` and ``use_mlock``."""
+        return LOAD_MODES[(self.use_mmap, self.use_mlock)]
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or default_threads()
+
+    @property
+    def n_threads_batch(self) -> int:
+        return self.threads_batch or self.n_threads
+
+    def command_line(self) -> list[str]:
+        """The llama-server arguments for the same configuration (the hand-off)."""
+        ngl = "all" if self.n_gpu_layers < 0 else str(self.n_gpu_layers)
+        args = ["-m", self.model_path, "-ngl", ngl, "-c", str(self.n_ctx)]
+        args += ["-b", str(self.n_batch), "-ub", str(self.n_ubatch)]
+        args += ["-fa", self.flash_attn, "-ctk", self.cache_type_k, "-ctv", self.cache_type_v]
+        args += ["-np", str(self.n_seq_max)]
+        if self.threads:
+            args += ["-t", str(self.threads)]
+        if self.threads_batch:
+            args += ["-tb", str(self.threads_batch)]
+        if self.split_mode != "layer":
+            args += ["-sm", self.split_mode]
+        if self.main_gpu:
+            args += ["-mg", str(self.main_gpu)]
+        if self.tensor_split:
+            args += ["-ts", ",".join(f"{x:g}" for x in self.tensor_split)]
+        if not self.offload_kqv:
+            args.append("-nkvo")
+        if not self.op_offload:
+            args.append("--no-op-offload")
+        if not self.use_mmap:
+            args.append("--no-mmap")
+        if self.use_mlock:
+            args.append("--mlock")
+        if not self.use_extra_bufts:
+            args.append("--no-repack")
+        if self.kv_unified:
+            args.append("--kv-unified")
+        if self.swa_full:
+            args.append("--swa-full")
+        if self.n_cpu_moe < 0:
+            args.append("--cpu-moe")
+        elif self.n_cpu_moe > 0:
+            args += ["--n-cpu-moe", str(self.n_cpu_moe)]
+        return args

@@ -1,0 +1,176 @@
+"""Messages between the supervisor (parent) and the worker (child).
+
+Commands flow down, events flow up, each a frozen dataclass pickled over one
+``socket.socketpair`` wrapped in ``multiprocessing.connection.Connection``
+(length-prefixed pickle frames). Both ends are the same user's processes
+running llmtune's own code.
+
+Timestamps (``Token.t``) are ``time.monotonic()`` in the worker; on Linux that
+clock is system-wide, so the parent can compare them with its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from llmtune.engine.config import RunConfig
+from llmtune.engine.logparse import Buffer, LlamaLog
+
+LLAMA_DEFAULT_SEED = 0xFFFFFFFF  # llama.h: a random seed
+
+
+# ---- commands (parent -> worker) ---------------------------------------------
+@dataclass(frozen=True)
+class Load:
+    config: RunConfig
+
+
+@dataclass(frozen=True)
+class Generate:
+    """Generate up to ``max_tokens`` after ``prompt``; temperature 0 samples greedily."""
+
+    prompt: str
+    max_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    seed: int = LLAMA_DEFAULT_SEED
+    add_special: bool = True  # BOS etc. as the vocabulary asks
+    parse_special: bool = True  # "<|im_start|>" in the prompt is one token
+    ignore_eos: bool = False  # benchmarks generate exactly max_tokens
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Cancel the running generation (or prompt decode) at once."""
+
+
+@dataclass(frozen=True)
+class Unload:
+    pass
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+Command = Load | Generate | Stop | Unload | Shutdown
+
+
+# ---- events (worker -> parent; Exited comes from the supervisor) --------------
+@dataclass(frozen=True)
+class Started:
+    """The worker is up and waits for commands."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Model load progress from llama.cpp's progress callback, 0.0 to 1.0."""
+
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The model and its context exist; ``buffers`` as llama.cpp logged them."""
+
+    buffers: tuple[Buffer, ...]
+    load_s: float  # llama_model_load_from_file
+    context_s: float  # llama_init_from_model
+    n_ctx: int
+    n_ctx_seq: int
+    n_batch: int
+    n_ubatch: int
+    n_seq_max: int
+    n_threads: int
+    model_bytes: int  # llama_model_size
+    n_params: int
+    n_layer: int
+    log: LlamaLog = field(default_factory=LlamaLog)
+    notes: tuple[str, ...] = ()
+
+    def by_device(self) -> dict[str, dict[str, int]]:
+        """``{device: {buffer kind: bytes}}``; host buffer types (CPU*, *_Host) count as ``CPU``."""
+        from llmtune.engine.compare import device_of
+
+        out: dict[str, dict[str, int]] = {}
+        for b in self.buffers:
+            kinds = out.setdefault(device_of(b.name), {})
+            kinds[b.kind] = kinds.get(b.kind, 0) + b.bytes
+        return out
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str  # may be "" while a multi-byte character is incomplete
+    t: float  # time.monotonic() when the token was sampled
+
+
+FinishReason = Literal["eog", "length", "stop", "context"]
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The last event of every generation."""
+
+    n_prompt: int
+    n_gen: int
+    pp_tokens_per_s: float
+    tg_tokens_per_s: float
+    prompt_s: float
+    gen_s: float
+    finish: FinishReason
+
+
+@dataclass(frozen=True)
+class Unloaded:
+    pass
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A command failed (the worker may still be alive) or the worker died.
+
+    ``log_tail``: llama.cpp's last log lines (its stderr), oldest first.
+    """
+
+    reason: str
+    log_tail: tuple[str, ...] = ()
+    fatal: bool = False  # the worker is gone
+
+
+@dataclass(frozen=True)
+class Exited:
+    """The worker process ended and was reaped.
+
+    ``returncode`` as Popen reports it: the exit status, or minus the signal.
+    """
+
+    returncode: int
+    pid: int
+
+    @property
+    def signal(self) -> int | None:
+        return -self.returncode if self.returncode < 0 else None
+
+    @property
+    def describe(self) -> str:
+        import signal as _signal
+
+        sig = self.signal
+        if sig is None:
+            return f"exit status {self.returncode}"
+        try:
+            name = _signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        return f"killed by {name}"
+
+
+Event = Started | Progress | Loaded | Token | Stats | Unloaded | Failed | Exited
