@@ -51,3 +51,20 @@ def host_device(
         bandwidth_known=bandwidth_gbps is not None,
         source="detected" if ram_bytes is None else "spec",
     )
+
+
+def host_device_measured(
+    ram_bytes: int | None = None,
+    name: str | None = None,
+    probe: bool = False,
+) -> Device:
+    """The host with this machine's measured bandwidth when the probe has run
+    (``llmtune.hardware.bandwidth``); ``probe=True`` runs it (about a second)
+    if nothing is cached. Planning for another machine's RAM ignores the
+    measurement: it describes this one."""
+    bandwidth: float | None = None
+    if ram_bytes is None:
+        from llmtune.hardware.bandwidth import host_bandwidth_gbps
+
+        bandwidth = host_bandwidth_gbps(probe=probe)
+    return host_device(ram_bytes=ram_bytes, bandwidth_gbps=bandwidth, name=name)

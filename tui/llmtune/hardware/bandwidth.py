@@ -1,0 +1,213 @@
+"""A short host memory-bandwidth probe, cached per machine.
+
+Token generation on the CPU reads every weight once per token, so it runs at
+memory bandwidth; the speed model needs a number for this machine rather than a
+guess. The probe copies a 256 MiB array with numpy a few times, split across the
+physical cores (numpy releases the GIL while copying, and llama.cpp also reads
+with every core), and keeps the best run. Bytes moved count the read and the
+write (STREAM's "Copy" convention: 2 x size per copy).
+
+The result is kept in ``host_bandwidth.json`` in the user cache directory
+(``LLMTUNE_CACHE_DIR`` overrides it), keyed on CPU model and RAM size, so the
+probe runs once per machine. Nothing here runs implicitly: ``host_device()``
+stays pure and fast, ``host_device_measured()`` reads the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from llmtune.units import GIB, MIB
+
+logger = logging.getLogger(__name__)
+
+PROBE_BYTES = 256 * MIB
+PROBE_REPEATS = 5
+PROBE_BUDGET_S = 1.0
+CACHE_FILE = "host_bandwidth.json"
+CACHE_VERSION = 1
+_MAX_THREADS = 16
+_MIN_CHUNK_BYTES = 8 * MIB
+
+
+@dataclass(frozen=True)
+class BandwidthMeasurement:
+    bandwidth_gbps: float
+    array_bytes: int
+    repeats: int
+    threads: int
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name ('AMD Ryzen 9 7950X 16-Core Processor'), or the architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _ram_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except Exception:
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return 0
+
+
+def machine_key() -> str:
+    """CPU model and RAM (to the nearest GiB, which the kernel's reserve does not move)."""
+    return f"{cpu_model_name()} | {round(_ram_bytes() / GIB)} GiB"
+
+
+def cache_path() -> Path:
+    from llmtune.model.demo import cache_dir
+
+    return cache_dir() / CACHE_FILE
+
+
+def _physical_cores() -> int:
+    try:
+        import psutil
+
+        return int(psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+    except Exception:
+        return os.cpu_count() or 1
+
+
+def measure_host_bandwidth(
+    array_bytes: int = PROBE_BYTES,
+    repeats: int = PROBE_REPEATS,
+    threads: int | None = None,
+    budget_s: float = PROBE_BUDGET_S,
+) -> BandwidthMeasurement:
+    """Copy ``array_bytes`` ``repeats`` times (at least twice, fewer once ``budget_s`` of
+    copying is spent) and keep the best run."""
+    import numpy as np
+
+    n = max(int(array_bytes), MIB)
+    src = np.ones(n, dtype=np.uint8)
+    dst = np.zeros(n, dtype=np.uint8)
+    dst[::4096] = 1  # touch every page so the first copy does not pay page faults
+    wanted = threads if threads is not None else min(_physical_cores(), _MAX_THREADS)
+    workers = max(1, min(wanted, n // _MIN_CHUNK_BYTES))
+    bounds = [(i * n // workers, (i + 1) * n // workers) for i in range(workers)]
+
+    def copy(bound: tuple[int, int]) -> None:
+        lo, hi = bound
+        np.copyto(dst[lo:hi], src[lo:hi])
+
+    best = math.inf
+    done = 0
+    wanted_repeats = max(1, repeats)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        # The budget starts after allocation, whose page faults vary a lot between
+        # runs; at least two copies, as the first may still be warming caches and TLBs.
+        started = time.perf_counter()
+        while done < wanted_repeats:
+            t0 = time.perf_counter()
+            list(pool.map(copy, bounds))
+            best = min(best, time.perf_counter() - t0)
+            done += 1
+            if done >= 2 and time.perf_counter() - started > budget_s:
+                break
+    gbps = 2 * n / max(best, 1e-9) / 1e9
+    return BandwidthMeasurement(bandwidth_gbps=gbps, array_bytes=n, repeats=done, threads=workers)
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    """The cache's machines; an unreadable or malformed file is treated as empty."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as err:
+        logger.info("ignoring unreadable bandwidth cache %s: %s", path, err)
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+        return {}
+    machines = data.get("machines")
+    return dict(machines) if isinstance(machines, dict) else {}
+
+
+def cached_host_bandwidth_gbps(key: str | None = None) -> float | None:
+    """The measured bandwidth of this machine (or ``key``), if the probe ever ran."""
+    entry = _read_cache(cache_path()).get(key or machine_key())
+    if not isinstance(entry, dict):
+        return None
+    value = entry.get("bandwidth_gbps")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
+def store_host_bandwidth(measurement: BandwidthMeasurement, key: str | None = None) -> None:
+    """Add this machine's result to the cache, atomically (write a temp file, then rename)."""
+    path = cache_path()
+    machines = _read_cache(path)
+    machines[key or machine_key()] = {
+        "bandwidth_gbps": round(measurement.bandwidth_gbps, 2),
+        "array_bytes": measurement.array_bytes,
+        "repeats": measurement.repeats,
+        "threads": measurement.threads,
+        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    text = json.dumps({"version": CACHE_VERSION, "machines": machines}, indent=1, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".host_bandwidth.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def host_bandwidth_gbps(probe: bool = True, array_bytes: int = PROBE_BYTES) -> float | None:
+    """This machine's bandwidth: the cached value, else (when ``probe``) measure and cache it.
+
+    Never raises: a failed probe or an unwritable cache gives the measurement
+    (or None) without storing it.
+    """
+    try:
+        cached = cached_host_bandwidth_gbps()
+    except Exception as err:
+        logger.info("bandwidth cache unavailable: %r", err)
+        cached = None
+    if cached is not None or not probe:
+        return cached
+    try:
+        measurement = measure_host_bandwidth(array_bytes=array_bytes)
+    except Exception as err:  # MemoryError on a small machine, numpy missing
+        logger.warning("host bandwidth probe failed: %r", err)
+        return None
+    try:
+        store_host_bandwidth(measurement)
+    except Exception as err:
+        logger.info("could not cache the host bandwidth: %r", err)
+    return measurement.bandwidth_gbps
