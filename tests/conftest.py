@@ -17,3 +17,9 @@ def demo_model() -> Path:
     from llmtune.model.demo import fetch_demo_model
 
     return fetch_demo_model()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_config_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests never read or write the user's own calibration and settings."""
+    os.environ["LLMTUNE_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))

@@ -12,12 +12,17 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from llmtune import __version__
 from llmtune.errors import LlmtuneError
 
-SUBCOMMANDS = ("inspect", "fit")
+if TYPE_CHECKING:
+    from llmtune.fit.settings import Settings
+    from llmtune.fit.speed import SpeedModel
+    from llmtune.hardware.device import Device
+
+SUBCOMMANDS = ("inspect", "fit", "bench")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,6 +87,26 @@ def _fit_parser() -> argparse.ArgumentParser:
         prog="llmtune fit",
         description="Plan a model on this machine (or on --gpu/--ram) before loading it.",
     )
+    _add_settings_options(parser)
+    return parser
+
+
+def _bench_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="llmtune bench",
+        description="Load the model in llama.cpp on this machine and measure it, like llama-bench.",
+    )
+    _add_settings_options(parser)
+    parser.add_argument("--prompt-tokens", type=_whole, default=512, metavar="N")
+    parser.add_argument("--gen-tokens", type=_whole, default=128, metavar="N")
+    parser.add_argument("--repeat", type=_whole, default=3, metavar="N")
+    parser.add_argument(
+        "--no-calibrate", action="store_true", help="do not keep the measured speed for fit"
+    )
+    return parser
+
+
+def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a .gguf file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -133,41 +158,42 @@ def _fit_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--overhead", default="0", metavar="SIZE", help="per-GPU overhead (CUDA context), default 0"
     )
-    return parser
 
 
-def cmd_fit(argv: Sequence[str]) -> int:
-    if "--list-gpus" in argv:
-        from llmtune.hardware.profiles import GPU_PROFILES
-
-        for p in GPU_PROFILES:
-            print(
-                f"{p.key:<15} {p.memory_mib / 1024:6.1f} GiB {p.bandwidth_gbps:7.0f} GB/s  {p.name}"
-            )
-        return 0
-    args = _fit_parser().parse_args(argv)
+def _devices_from_args(args: argparse.Namespace) -> tuple[list[Device], bool]:
+    """The devices to plan on, and whether they are this machine's own."""
     from llmtune.errors import ConfigError
-    from llmtune.fit.plan import plan
-    from llmtune.fit.report import plan_dict, plan_text
-    from llmtune.fit.settings import Settings
     from llmtune.hardware.host import host_device
     from llmtune.hardware.profiles import host_profile, parse_gpu_spec
-    from llmtune.model import read_spec
     from llmtune.units import parse_size
 
-    devices = [parse_gpu_spec(text, index=i) for i, text in enumerate(args.gpu)]
     ram = parse_size(args.ram) if args.ram else None
     if ram is not None and ram <= 0:
         raise ConfigError("host RAM must be more than 0", "--ram")
     bandwidth = host_profile(args.host).bandwidth_gbps if args.host else None
+    if not args.gpu and ram is None and bandwidth is None:
+        from llmtune.hardware.detect import detect
+
+        return list(detect()), True
+    devices = [parse_gpu_spec(text, index=i) for i, text in enumerate(args.gpu)]
     devices.append(host_device(ram_bytes=ram, bandwidth_gbps=bandwidth))
+    return devices, False
+
+
+def _settings_from_args(args: argparse.Namespace) -> Settings:
+    from llmtune.errors import ConfigError
+    from llmtune.fit.settings import Settings
+    from llmtune.units import parse_size
+
     try:
         split = tuple(float(x) for x in args.tensor_split.split(",") if x.strip())
     except ValueError:
         raise ConfigError(
             f"not a list of numbers: {args.tensor_split!r}", "--tensor-split"
         ) from None
-    settings = Settings(
+    if args.n_cpu_moe < 0:
+        raise ConfigError("--n-cpu-moe must be 0 or more (use --cpu-moe for all)", "--n-cpu-moe")
+    return Settings(
         n_gpu_layers=args.ngl,
         n_ctx=args.ctx,
         n_batch=args.batch,
@@ -187,8 +213,37 @@ def cmd_fit(argv: Sequence[str]) -> int:
         margin_bytes=parse_size(args.margin),
         gpu_overhead_bytes=parse_size(args.overhead),
     )
-    if args.n_cpu_moe < 0:
-        raise ConfigError("--n-cpu-moe must be 0 or more (use --cpu-moe for all)", "--n-cpu-moe")
+
+
+def _speed_model(this_machine: bool) -> SpeedModel:
+    """This machine's calibrated speed model; the defaults for other hardware."""
+    from llmtune.fit.speed import DEFAULT_SPEED_MODEL
+
+    if not this_machine:
+        return DEFAULT_SPEED_MODEL
+    from llmtune.engine.calibration import load_speed_model
+
+    return load_speed_model()
+
+
+def cmd_fit(argv: Sequence[str]) -> int:
+    if "--list-gpus" in argv:
+        from llmtune.hardware.profiles import GPU_PROFILES
+
+        for p in GPU_PROFILES:
+            print(
+                f"{p.key:<15} {p.memory_mib / 1024:6.1f} GiB {p.bandwidth_gbps:7.0f} GB/s  {p.name}"
+            )
+        return 0
+    args = _fit_parser().parse_args(argv)
+    from llmtune.errors import ConfigError
+    from llmtune.fit.plan import plan
+    from llmtune.fit.report import plan_dict, plan_text
+    from llmtune.model import read_spec
+
+    devices, this_machine = _devices_from_args(args)
+    settings = _settings_from_args(args)
+    speed = _speed_model(this_machine)
     spec = read_spec(args.model)
     if args.quant and args.quant.lower() == "all":
         from llmtune.fit.report import quant_json, quant_text
@@ -214,12 +269,78 @@ def cmd_fit(argv: Sequence[str]) -> int:
                 "not even 256 tokens of context fit at this offload; lower --ngl", "--ctx max"
             )
         settings = settings.with_(n_ctx=largest)
-    fit_plan = plan(spec, devices, settings)
+    fit_plan = plan(spec, devices, settings, speed)
     if args.json:
         _print_json(plan_dict(spec, fit_plan))
     else:
         width = min(shutil.get_terminal_size((80, 24)).columns, 100)
         sys.stdout.write(plan_text(spec, fit_plan, width=width))
+    return 0
+
+
+def cmd_bench(argv: Sequence[str]) -> int:
+    args = _bench_parser().parse_args(argv)
+    from llmtune.engine.bench import run_bench
+    from llmtune.engine.calibration import record
+    from llmtune.engine.config import RunConfig
+    from llmtune.errors import ConfigError
+    from llmtune.fit.plan import plan
+    from llmtune.fit.report import bench_dict, bench_text
+    from llmtune.model import read_spec
+
+    if args.gpu or args.ram or args.host or args.quant:
+        raise ConfigError(
+            "bench runs the model on this machine; --gpu, --ram, --host and --quant are for fit",
+            "llmtune bench",
+        )
+    if args.ctx == -1:
+        raise ConfigError("give bench a context size; fit --ctx max finds one", "--ctx")
+    for flag, value in (("--prompt-tokens", args.prompt_tokens), ("--gen-tokens", args.gen_tokens)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1", flag)
+    if not 1 <= args.repeat <= 100:
+        raise ConfigError("--repeat must be 1 to 100", "--repeat")
+    devices, _ = _devices_from_args(args)
+    settings = _settings_from_args(args)
+    speed = _speed_model(True)
+    spec = read_spec(args.model)
+    fit_plan = plan(spec, devices, settings, speed)
+    config = RunConfig.from_settings(spec.path, fit_plan.settings)
+    interactive = sys.stderr.isatty() and not args.json
+
+    def progress(line: str) -> None:
+        if interactive:
+            sys.stderr.write(f"\r\x1b[2K{line}")
+            sys.stderr.flush()
+
+    try:
+        result = run_bench(
+            config,
+            fit_plan,
+            prompt_tokens=args.prompt_tokens,
+            gen_tokens=args.gen_tokens,
+            repeat=args.repeat,
+            on_progress=progress,
+        )
+    finally:
+        if interactive:
+            sys.stderr.write("\r\x1b[2K")
+    calibrated = None
+    all_on_one_kind = fit_plan.n_gpu_layers in (0, fit_plan.n_layer + 1) and len(fit_plan.gpus) <= 1
+    if not args.no_calibrate and all_on_one_kind:
+        calibrated = record(
+            on_gpu=bool(fit_plan.gpus) and fit_plan.n_gpu_layers > 0,
+            predicted_tg=fit_plan.predicted.tg_tokens_per_s,
+            measured_tg=result.tg.mean,
+            predicted_pp=fit_plan.predicted.pp_tokens_per_s,
+            measured_pp=result.pp.mean,
+            speed=speed,
+        )
+    if args.json:
+        _print_json(bench_dict(spec, fit_plan, result, calibrated is not None))
+    else:
+        width = min(shutil.get_terminal_size((80, 24)).columns, 100)
+        sys.stdout.write(bench_text(spec, fit_plan, result, calibrated is not None, width=width))
     return 0
 
 
@@ -273,6 +394,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_inspect(args[1:])
         if args and args[0] == "fit":
             return cmd_fit(args[1:])
+        if args and args[0] == "bench":
+            return cmd_bench(args[1:])
         return cmd_app(args)
     except LlmtuneError as exc:
         if os.environ.get("LLMTUNE_DEBUG"):

@@ -9,8 +9,9 @@ from llmtune.hardware.device import Device
 # Without a measurement or a profile, assume dual-channel DDR4-3200 (51.2 GB/s):
 # the most common desktop memory. The bandwidth probe refines it per machine.
 DEFAULT_HOST_BANDWIDTH_GBPS = 51.2
-# Effective FP32 FLOP/s per core for quantized matmuls with AVX2 (~30 GFLOP/s).
-HOST_TFLOPS_PER_CORE = 0.03
+# Peak FP32 FLOP/s per core with AVX-512 FMA at ~3 GHz; the speed model applies
+# its efficiency (measured: 70 GFLOP/s per core on an EPYC with the demo model).
+HOST_TFLOPS_PER_CORE = 0.2
 
 
 def _physical_cores() -> int:

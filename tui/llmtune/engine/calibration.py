@@ -1,0 +1,117 @@
+"""Per-machine calibration of the speed model from measured runs.
+
+``llmtune bench`` compares the generation and prompt speeds it measured with
+what the plan predicted and keeps the ratio as this machine's efficiency
+(``fit.speed.SpeedModel``): the next ``llmtune fit`` on this machine predicts
+with it. Only runs that exercise one kind of device calibrate it (all on the
+CPU, or all on one GPU); a partial offload mixes both and is not used.
+
+The file lives in the user's config directory; it is written atomically, and a
+missing, unreadable or corrupt file means no calibration, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
+
+FILE_NAME = "calibration.json"
+_BOUNDS = (0.02, 1.0)
+
+
+def config_dir() -> Path:
+    override = os.environ.get("LLMTUNE_CONFIG_DIR")
+    if override:
+        return Path(override)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("llmtune"))
+
+
+def machine_key() -> str:
+    """This machine's CPU model and core count (calibration does not travel)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model} x{os.cpu_count() or 1}"
+
+
+def _read() -> dict[str, Any]:
+    try:
+        data = json.loads((config_dir() / FILE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _clamp(value: float) -> float:
+    return min(_BOUNDS[1], max(_BOUNDS[0], value))
+
+
+def load_speed_model() -> SpeedModel:
+    """The speed model calibrated for this machine, or the defaults."""
+    entry = _read().get(machine_key())
+    if not isinstance(entry, dict):
+        return DEFAULT_SPEED_MODEL
+    model = DEFAULT_SPEED_MODEL
+    for name in (
+        "cpu_bandwidth_efficiency",
+        "gpu_bandwidth_efficiency",
+        "cpu_compute_efficiency",
+        "gpu_compute_efficiency",
+    ):
+        value = entry.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            model = replace(model, **{name: _clamp(float(value))})
+    return model
+
+
+def record(
+    *,
+    on_gpu: bool,
+    predicted_tg: float,
+    measured_tg: float,
+    predicted_pp: float,
+    measured_pp: float,
+    speed: SpeedModel,
+) -> SpeedModel | None:
+    """Fold one measurement into this machine's calibration; returns the new
+    model, or None when nothing could be written (the run still counts)."""
+    if predicted_tg <= 0 or measured_tg <= 0:
+        return None
+    kind = "gpu" if on_gpu else "cpu"
+    bandwidth_name = f"{kind}_bandwidth_efficiency"
+    compute_name = f"{kind}_compute_efficiency"
+    new_bandwidth = _clamp(getattr(speed, bandwidth_name) * measured_tg / predicted_tg)
+    changes: dict[str, float] = {bandwidth_name: new_bandwidth}
+    if predicted_pp > 0 and measured_pp > 0:
+        changes[compute_name] = _clamp(getattr(speed, compute_name) * measured_pp / predicted_pp)
+    calibrated = replace(speed, **changes)
+    data = _read()
+    entry = data.get(machine_key())
+    entry = dict(entry) if isinstance(entry, dict) else {}
+    entry.update(changes)
+    data[machine_key()] = entry
+    try:
+        folder = config_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".calibration-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+        os.replace(tmp, folder / FILE_NAME)
+    except OSError:
+        return None
+    return calibrated
