@@ -215,6 +215,22 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
+def _machine_notes(devices: Sequence[Device]) -> tuple[str, ...]:
+    """What this machine's GPUs and llama.cpp build mean for the plan, in words."""
+    from llmtune.hardware.detect import gpu_build_warning, supports_gpu_offload
+    from llmtune.hardware.nvml import nvml_status
+
+    notes: list[str] = []
+    available, sentence = nvml_status()
+    if not available:
+        notes.append(sentence)
+    if any(d.is_gpu for d in devices):
+        warning = gpu_build_warning(devices, supports_gpu_offload())
+        if warning:
+            notes.append(warning)
+    return tuple(notes)
+
+
 def _speed_model(this_machine: bool) -> SpeedModel:
     """This machine's calibrated speed model; the defaults for other hardware."""
     from llmtune.fit.speed import DEFAULT_SPEED_MODEL
@@ -270,6 +286,15 @@ def cmd_fit(argv: Sequence[str]) -> int:
             )
         settings = settings.with_(n_ctx=largest)
     fit_plan = plan(spec, devices, settings, speed)
+    if this_machine:
+        import dataclasses
+
+        machine = _machine_notes(devices)
+        fit_plan = dataclasses.replace(fit_plan, notes=machine + fit_plan.notes)
+        if not args.json:
+            for note in machine:
+                if "CPU-only" in note and "reinstall" in note:
+                    print(f"llmtune: warning: {note}", file=sys.stderr)
     if args.json:
         _print_json(plan_dict(spec, fit_plan))
     else:
