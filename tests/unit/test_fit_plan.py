@@ -164,6 +164,7 @@ def test_fit_human_table_fits_80_columns(model) -> None:
         (["--ngl", "-3"], "--ngl"),
         (["--ngl", "lots"], "whole number"),
         (["--ctx", "-1"], "context"),
+        (["--ctx", "0"], "context must be at least 1"),
         (["--cache-type-k", "q3_k"], "no KV cache type"),
         (["--gpu", "rtx3061"], "did you mean"),
         (["--gpu", "12XB"], "size"),

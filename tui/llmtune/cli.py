@@ -67,11 +67,17 @@ def _int_or_max(text: str) -> int:
 
 
 def _context_arg(text: str) -> int:
-    if text.strip().lower() == "max":
+    """A context size; ``max`` (-1): the largest that fits; ``train`` (0): the trained one."""
+    word = text.strip().lower()
+    if word == "max":
         return -1
+    if word in ("train", "trained"):
+        return 0
     value = _whole(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"context must be positive (or max), not {value}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"context must be at least 1 token, not {value} (or 'max', or 'train')"
+        )
     return value
 
 
@@ -130,7 +136,7 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
         "--ctx",
         type=_context_arg,
         default=4096,
-        help="context size (default 4096; 0: trained; max: the largest that fits)",
+        help="context size (default 4096; train: the trained context; max: the largest that fits)",
     )
     parser.add_argument("--batch", type=_whole, default=2048)
     parser.add_argument("--ubatch", type=_whole, default=512)
