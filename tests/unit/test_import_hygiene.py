@@ -56,10 +56,11 @@ def _import_in_child(*packages: str) -> dict[str, object]:
 
 
 def test_core_packages_and_cli_do_not_import_textual() -> None:
-    result = _import_in_child(*CORE_PACKAGES, "llmtune.cli")
+    result = _import_in_child(*CORE_PACKAGES, "llmtune.cli", "llmtune.clipboard")
     imported = result["imported"]
     assert isinstance(imported, list)
     assert "llmtune.model" in imported and "llmtune.cli" in imported
+    assert "llmtune.clipboard" in imported  # the app's OSC 52 helper is core code
     assert result["textual_from"] is None, (
         f"importing {result['textual_from']} loads textual; the core must not import the UI"
     )

@@ -180,39 +180,39 @@ class RunConfig:
     def n_threads_batch(self) -> int:
         return self.threads_batch or self.n_threads
 
+    def settings(self) -> Settings:
+        """The Settings this configuration runs (the inverse of :meth:`from_settings`)."""
+        return Settings(
+            n_gpu_layers=self.n_gpu_layers,
+            n_ctx=self.n_ctx,
+            n_batch=self.n_batch,
+            n_ubatch=self.n_ubatch,
+            n_parallel=self.n_seq_max,
+            kv_unified=self.kv_unified,
+            cache_type_k=self.cache_type_k,
+            cache_type_v=self.cache_type_v,
+            flash_attn=self.flash_attn,
+            swa_full=self.swa_full,
+            no_kv_offload=not self.offload_kqv,
+            split_mode=self.split_mode,
+            main_gpu=self.main_gpu,
+            tensor_split=self.tensor_split,
+            n_cpu_moe=self.n_cpu_moe,
+            use_mmap=self.use_mmap,
+            threads=self.threads,
+        )
+
     def command_line(self) -> list[str]:
-        """The llama-server arguments for the same configuration (the hand-off)."""
-        ngl = "all" if self.n_gpu_layers < 0 else str(self.n_gpu_layers)
-        args = ["-m", self.model_path, "-ngl", ngl, "-c", str(self.n_ctx)]
-        args += ["-b", str(self.n_batch), "-ub", str(self.n_ubatch)]
-        args += ["-fa", self.flash_attn, "-ctk", self.cache_type_k, "-ctv", self.cache_type_v]
-        args += ["-np", str(self.n_seq_max)]
-        if self.threads:
-            args += ["-t", str(self.threads)]
-        if self.threads_batch:
-            args += ["-tb", str(self.threads_batch)]
-        if self.split_mode != "layer":
-            args += ["-sm", self.split_mode]
-        if self.main_gpu:
-            args += ["-mg", str(self.main_gpu)]
-        if self.tensor_split:
-            args += ["-ts", ",".join(f"{x:g}" for x in self.tensor_split)]
-        if not self.offload_kqv:
-            args.append("-nkvo")
-        if not self.op_offload:
-            args.append("--no-op-offload")
-        if not self.use_mmap:
-            args.append("--no-mmap")
-        if self.use_mlock:
-            args.append("--mlock")
-        if not self.use_extra_bufts:
-            args.append("--no-repack")
-        if self.kv_unified:
-            args.append("--kv-unified")
-        if self.swa_full:
-            args.append("--swa-full")
-        if self.n_cpu_moe < 0:
-            args.append("--cpu-moe")
-        elif self.n_cpu_moe > 0:
-            args += ["--n-cpu-moe", str(self.n_cpu_moe)]
-        return args
+        """The llama-server arguments (after the program name) for the same configuration.
+
+        Built by :func:`llmtune.fit.commandline.llama_args`, llmtune's one builder.
+        """
+        from llmtune.fit.commandline import Extras, llama_args
+
+        extras = Extras(
+            threads_batch=self.threads_batch,
+            use_mlock=self.use_mlock,
+            use_extra_bufts=self.use_extra_bufts,
+            op_offload=self.op_offload,
+        )
+        return llama_args(self.model_path, self.settings(), self.n_gpu_layers, self.n_ctx, extras)

@@ -14,7 +14,8 @@ DEFAULT_HOST_BANDWIDTH_GBPS = 51.2
 HOST_TFLOPS_PER_CORE = 0.2
 
 
-def _physical_cores() -> int:
+def physical_cores() -> int:
+    """Physical CPU cores: llama.cpp's default thread count (common's cpu_get_num_math)."""
     try:
         import psutil
 
@@ -48,7 +49,7 @@ def host_device(
         capacity_bytes=total,
         free_bytes=free,
         bandwidth_gbps=bandwidth_gbps or DEFAULT_HOST_BANDWIDTH_GBPS,
-        fp16_tflops=_physical_cores() * HOST_TFLOPS_PER_CORE,
+        fp16_tflops=physical_cores() * HOST_TFLOPS_PER_CORE,
         bandwidth_known=bandwidth_gbps is not None,
         source="detected" if ram_bytes is None else "spec",
     )
