@@ -170,6 +170,11 @@ def test_fit_human_table_fits_80_columns(model) -> None:
         (["--gpu", "12XB"], "size"),
         (["--cache-type-v", "q8_0", "--flash-attn", "off"], "flash attention"),
         (["--ram", "lots"], "size"),
+        (["--ctx", "99999999999999999999"], "more than llama.cpp takes (2,147,483,647)"),
+        (["--batch", "4294967296"], "more than llama.cpp takes"),
+        (["--tensor-split", "nan,1", "--gpu", "8GiB", "--gpu", "8GiB"], "finite numbers"),
+        (["--tensor-split=-1,2", "--gpu", "8GiB", "--gpu", "8GiB"], "must not be negative"),
+        (["--split-mode", "none", "--main-gpu", "1", "--gpu", "8GiB"], "there is 1 GPU"),
     ],
 )
 def test_fit_bad_settings_are_one_line_errors(model, args: list[str], message: str) -> None:

@@ -429,7 +429,8 @@ def _split_devices(devices: Sequence[Device], s: Settings) -> tuple[list[Device]
         if not 0 <= s.main_gpu < len(gpus):
             from llmtune.errors import FitError
 
-            raise FitError(f"--main-gpu {s.main_gpu} but there are {len(gpus)} GPUs", "--main-gpu")
+            there = "there is 1 GPU" if len(gpus) == 1 else f"there are {len(gpus)} GPUs"
+            raise FitError(f"--main-gpu {s.main_gpu} but {there}", "--main-gpu")
         gpus = [gpus[s.main_gpu]]
     return gpus, hosts[0]
 

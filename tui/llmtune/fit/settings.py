@@ -8,6 +8,7 @@ describe one configuration.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -34,6 +35,8 @@ SplitMode = Literal["layer", "row", "none"]
 
 DEFAULT_CTX = 4096  # common/fit.cpp's fit_params_min_ctx; n_ctx 0 means the trained context
 DEFAULT_MARGIN_BYTES = 1024 * MIB  # common_params::fit_params_target
+# llama-server reads -c, -b and -ub with std::stoi (common/arg.cpp): at most INT32_MAX.
+MAX_TOKENS = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,16 @@ class Settings:
             raise FitError(f"batch must be at least 1, not {self.n_batch}", "--batch")
         if self.n_ubatch < 1:
             raise FitError(f"ubatch must be at least 1, not {self.n_ubatch}", "--ubatch")
+        for flag, what, tokens in (
+            ("--ctx", "context", self.n_ctx),
+            ("--batch", "batch", self.n_batch),
+            ("--ubatch", "ubatch", self.n_ubatch),
+        ):
+            if tokens > MAX_TOKENS:
+                raise FitError(
+                    f"{what} of {tokens:,} tokens is more than llama.cpp takes ({MAX_TOKENS:,})",
+                    flag,
+                )
         if not 1 <= self.n_parallel <= 256:
             raise FitError(
                 f"parallel sequences must be 1 to 256, not {self.n_parallel}", "--parallel"
@@ -101,6 +114,8 @@ class Settings:
                 "llama.cpp refuses it with --flash-attn off",
                 "--cache-type-v",
             )
+        if not all(math.isfinite(f) for f in self.tensor_split):
+            raise FitError("tensor split proportions must be finite numbers", "--tensor-split")
         if any(f < 0 for f in self.tensor_split):
             raise FitError("tensor split proportions must not be negative", "--tensor-split")
         if self.margin_bytes < 0:
