@@ -1,13 +1,23 @@
-"""What `llmtune fit` says about this machine: CPU-only mode and a CPU-only build."""
+"""What `llmtune fit` says about this machine: CPU-only mode, a CPU-only build, and
+the host's measured memory bandwidth in its speed prediction."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_pynvml import FakeGPU, FakeNVML, install
 
 from llmtune import cli
+from llmtune.hardware import bandwidth
 from llmtune.hardware import detect as detect_module
 from llmtune.hardware.detect import detect
+from synth import llama_like
 
 
 def test_gpu_with_a_cpu_only_build_warns_with_the_reinstall_command(
@@ -15,7 +25,7 @@ def test_gpu_with_a_cpu_only_build_warns_with_the_reinstall_command(
 ) -> None:
     install(monkeypatch, FakeNVML(gpus=[FakeGPU()]))
     monkeypatch.setattr(detect_module, "supports_gpu_offload", lambda: False)
-    devices = detect()
+    devices = detect(probe_bandwidth=False)
     assert devices[0].is_gpu and "3090" in devices[0].name
     notes = cli._machine_notes(devices)
     assert any(
@@ -25,7 +35,43 @@ def test_gpu_with_a_cpu_only_build_warns_with_the_reinstall_command(
 
 def test_no_driver_is_cpu_only_in_one_sentence(monkeypatch: pytest.MonkeyPatch) -> None:
     install(monkeypatch, FakeNVML(init_error=12))  # NVML_ERROR_LIBRARY_NOT_FOUND
-    devices = detect()
+    devices = detect(probe_bandwidth=False)
     assert [d.kind for d in devices] == ["cpu"]
     notes = cli._machine_notes(devices)
     assert len(notes) == 1 and "CPU-only" in notes[0]
+
+
+def _fit_here(model: Path, cache: Path, config: Path) -> dict[str, Any]:
+    """`llmtune fit --json` planning this machine (no --gpu/--ram), as a user runs it."""
+    env = dict(os.environ, LLMTUNE_CACHE_DIR=str(cache), LLMTUNE_CONFIG_DIR=str(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "llmtune.cli", "fit", str(model), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_fit_here_measures_the_host_bandwidth_once_and_predicts_with_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (model,) = llama_like(tmp_path / "m.gguf", n_layer=4, n_embd=512, n_ff=1024, n_vocab=1000)
+    cache = tmp_path / "cache"
+    config = tmp_path / "config"  # no calibration: the default efficiencies
+    first = _fit_here(model, cache, config)
+    # The first plan on a machine runs the probe and keeps this machine's figure.
+    monkeypatch.setenv("LLMTUNE_CACHE_DIR", str(cache))
+    measured = bandwidth.cached_host_bandwidth_gbps()
+    assert measured is not None and measured > 0
+    assert first["predicted"]["tg_tokens_per_s"] > 0
+
+    # Generation is memory-bound: the prediction follows the measured bandwidth.
+    speeds = []
+    for gbps in (10.0, 40.0):
+        bandwidth.store_host_bandwidth(bandwidth.BandwidthMeasurement(gbps, 256 << 20, 5, 2))
+        speeds.append(_fit_here(model, cache, config)["predicted"]["tg_tokens_per_s"])
+    assert speeds[1] == pytest.approx(4 * speeds[0], rel=0.01)
+    assert bandwidth.cached_host_bandwidth_gbps() == 40.0  # read, not measured again

@@ -52,17 +52,24 @@ CUDA_BUILD_INFO = (
 )
 
 
+PROBE_BYTES = 4 * MIB
+
+
 @pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    """A fresh NVML session and an empty cache; a probe would fail the test."""
+def probes(monkeypatch, tmp_path):
+    """A fresh NVML session and an empty cache; counts the bandwidth probes,
+    each a real measurement of a small array."""
     monkeypatch.setenv("LLMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    runs = []
+    real = bandwidth.measure_host_bandwidth
 
-    def no_probe(*args, **kwargs):
-        raise AssertionError("detection must not run the bandwidth probe")
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return real(array_bytes=PROBE_BYTES, repeats=2)
 
-    monkeypatch.setattr(bandwidth, "measure_host_bandwidth", no_probe)
+    monkeypatch.setattr(bandwidth, "measure_host_bandwidth", counted)
     nvml.reset()
-    yield
+    yield runs
     nvml.reset()
 
 
@@ -93,8 +100,7 @@ def test_detect_gpus_then_host(monkeypatch):
     assert mystery.bandwidth_gbps == DEFAULT_GPU_BANDWIDTH_GBPS
     assert not mystery.bandwidth_known and mystery.profile == ""
 
-    assert host.kind == "cpu"
-    assert host.bandwidth_gbps == DEFAULT_HOST_BANDWIDTH_GBPS and not host.bandwidth_known
+    assert host.kind == "cpu" and host.bandwidth_known  # measured by the probe
 
 
 def test_detect_without_nvml_is_just_the_host(monkeypatch):
@@ -114,11 +120,30 @@ def test_detect_skips_lost_gpus_and_gpus_without_memory(monkeypatch):
     assert [(d.kind, d.index) for d in devices] == [("gpu", 0), ("cpu", 0)]
 
 
-def test_detect_uses_the_cached_host_bandwidth(monkeypatch):
+def test_detect_uses_the_cached_host_bandwidth(monkeypatch, probes):
     install(monkeypatch, FakeNVML())
     bandwidth.store_host_bandwidth(bandwidth.BandwidthMeasurement(87.5, 256 * MIB, 5, 8))
     (host,) = detect()
     assert host.bandwidth_gbps == 87.5 and host.bandwidth_known
+    assert probes == []
+
+
+def test_first_detection_measures_the_host_bandwidth_once(monkeypatch, probes):
+    install(monkeypatch, FakeNVML())
+    (host,) = detect()
+    # This machine's measured bandwidth, not the DDR4-3200 guess, and it is kept.
+    assert host.bandwidth_known and host.bandwidth_gbps > 0
+    assert host.bandwidth_gbps == bandwidth.cached_host_bandwidth_gbps()
+    assert probes == [1]
+    (again,) = detect()
+    assert again.bandwidth_gbps == host.bandwidth_gbps and probes == [1]
+
+
+def test_detection_that_must_not_wait_never_probes(monkeypatch, probes):
+    install(monkeypatch, FakeNVML())
+    (host,) = detect(probe_bandwidth=False)
+    assert host.bandwidth_gbps == DEFAULT_HOST_BANDWIDTH_GBPS and not host.bandwidth_known
+    assert probes == []
 
 
 @pytest.mark.parametrize(

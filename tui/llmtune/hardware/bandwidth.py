@@ -9,8 +9,10 @@ write (STREAM's "Copy" convention: 2 x size per copy).
 
 The result is kept in ``host_bandwidth.json`` in the user cache directory
 (``LLMTUNE_CACHE_DIR`` overrides it), keyed on CPU model and RAM size, so the
-probe runs once per machine. Nothing here runs implicitly: ``host_device()``
-stays pure and fast, ``host_device_measured()`` reads the cache.
+probe runs once per machine: ``hardware.detect()`` (what ``llmtune fit`` and
+``llmtune bench`` plan this machine with) runs it when nothing is cached.
+``host_device()`` stays pure and fast; ``host_device_measured()`` reads the
+cache and probes only when asked.
 """
 
 from __future__ import annotations
@@ -210,4 +212,5 @@ def host_bandwidth_gbps(probe: bool = True, array_bytes: int = PROBE_BYTES) -> f
         store_host_bandwidth(measurement)
     except Exception as err:
         logger.info("could not cache the host bandwidth: %r", err)
-    return measurement.bandwidth_gbps
+    # As cached, so the first plan on a machine predicts what the later ones do.
+    return round(measurement.bandwidth_gbps, 2)

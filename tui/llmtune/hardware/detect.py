@@ -264,11 +264,13 @@ def gpu_device(state: GPUState) -> Device | None:
     )
 
 
-def detect(exclude_pids: Iterable[int] = (), probe_bandwidth: bool = False) -> list[Device]:
-    """The GPUs NVML sees, then the host (with its cached measured bandwidth, if any).
+def detect(exclude_pids: Iterable[int] = (), probe_bandwidth: bool = True) -> list[Device]:
+    """The GPUs NVML sees, then the host with its measured memory bandwidth.
 
-    ``probe_bandwidth`` runs the host bandwidth probe (about a second) when nothing
-    is cached; by default detection stays quick.
+    The host's bandwidth feeds the speed prediction, so the first detection on a
+    machine runs the bandwidth probe (about a second) and caches the result; later
+    ones read the cache. ``probe_bandwidth=False`` never probes (the cached value,
+    else the DDR4-3200 default) for a caller that must not wait.
     """
     devices = [d for d in (gpu_device(s) for s in snapshot(exclude_pids)) if d is not None]
     try:
