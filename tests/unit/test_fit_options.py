@@ -11,7 +11,7 @@ from llmtune.errors import ConfigError
 from llmtune.fit.plan import plan
 from llmtune.fit.settings import Settings
 from llmtune.hardware.host import host_device
-from llmtune.hardware.profiles import GPU_PROFILES, parse_gpu_spec
+from llmtune.hardware.profiles import GPU_PROFILES, host_profile, parse_gpu_spec
 from llmtune.model import read_spec
 from llmtune.units import GIB
 from synth_arch import build_gemma2, build_qwen3moe
@@ -98,17 +98,29 @@ def test_bad_gpu_specs_are_config_errors(text: str) -> None:
         parse_gpu_spec(text)
 
 
-def test_the_profiles_cover_the_cards_users_ask_about() -> None:
-    keys = {p.key for p in GPU_PROFILES}
-    for key in (
-        "rtx3060-12g",
-        "rtx3090",
-        "rtx4090",
-        "rtx5090",
-        "t4",
-        "a100-80g",
-        "h100-sxm",
-        "h200",
-    ):
-        assert key in keys
-    assert all(p.memory_mib > 4000 and p.bandwidth_gbps > 100 for p in GPU_PROFILES)
+# Every card issue 3 names, as a user types it: (spec, memory GiB, bandwidth GB/s).
+CARDS = [
+    ("rtx3060-12g", 12, 360), ("rtx3070", 8, 448), ("rtx3080-10g", 10, 760),
+    ("rtx3080-12g", 12, 912), ("rtx3090", 24, 936), ("rtx4060ti-8g", 8, 288),
+    ("rtx4060ti-16g", 16, 288), ("rtx4070", 12, 504), ("rtx4070ti", 12, 504),
+    ("rtx4080", 16, 717), ("rtx4090", 24, 1008), ("rtx5080", 16, 960), ("rtx5090", 32, 1792),
+    ("t4", 15, 320), ("v100", 32, 900), ("v100-16g", 16, 900), ("a10", 22.5, 600),
+    ("l4", 22.5, 300), ("l40s", 45, 864), ("a100-40g", 40, 1555), ("a100-80g", 80, 2039),
+    ("h100-pcie", 80, 2000), ("h100-sxm", 80, 3350), ("h200", 140, 4800),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("key", "gib", "gbps"), CARDS, ids=[c[0] for c in CARDS])
+def test_the_profiles_cover_the_cards_users_ask_about(key: str, gib: float, gbps: float) -> None:
+    device = parse_gpu_spec(key)
+    assert device.capacity_bytes / GIB == pytest.approx(gib, rel=0.02)
+    assert device.bandwidth_gbps == gbps and device.bandwidth_known
+    assert key in {p.key for p in GPU_PROFILES}
+
+
+@pytest.mark.parametrize(("key", "gbps"), [("ddr4-3200", 51.2), ("ddr5-5600", 89.6)])
+def test_host_profiles_are_dual_channel_peaks(key: str, gbps: float) -> None:
+    # two channels x 8 bytes x the transfer rate
+    rate = int(key.split("-")[1])
+    assert host_profile(key).bandwidth_gbps == pytest.approx(2 * 8 * rate / 1000) == gbps
+    assert "dual channel" in host_profile(key).name
