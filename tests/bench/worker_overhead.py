@@ -113,13 +113,20 @@ class WorkerPath:
     def __init__(self, config: RunConfig) -> None:
         self.events: queue.Queue[tuple[float, Event]] = queue.Queue()
         # The callback runs on the supervisor's reader thread: stamp each event as it arrives.
-        self.sup = Supervisor(lambda e: self.events.put((time.monotonic(), e)))
+        self.sup = Supervisor(lambda e: self.events.put((time.monotonic(), e)), log_lines=2000)
         self.sup.start()
         self.sup.load(config)
         loaded = self._until(Loaded)
         assert isinstance(loaded, Loaded)
         self.loaded = loaded
-        self.log = "\n".join(self.sup.log_tail(lines=200))
+        # The log comes over the worker's stderr, read by its own thread: Loaded
+        # (over the socket) can arrive before the context's lines have been read.
+        deadline = time.monotonic() + 5.0
+        while True:
+            self.log = "\n".join(self.sup.log_tail(lines=2000))
+            if "llama_kv_cache: size" in self.log or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
 
     def _until(self, kind: type, tokens: list[tuple[float, Token]] | None = None) -> Event:
         deadline = time.monotonic() + TIMEOUT_S
@@ -127,7 +134,9 @@ class WorkerPath:
             try:
                 received, event = self.events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise RuntimeError(f"the worker sent no {kind.__name__} in {TIMEOUT_S:g} s") from None
+                raise RuntimeError(
+                    f"the worker sent no {kind.__name__} in {TIMEOUT_S:g} s"
+                ) from None
             if isinstance(event, (Failed, Exited)):
                 raise RuntimeError(f"worker: {event}")
             if isinstance(event, Token) and tokens is not None:
@@ -216,7 +225,9 @@ class PlainPath:
 
     def _decode(self, tokens: Any, offset: int, count: int) -> None:
         L = llama_cpp
-        ptr = ctypes.cast(ctypes.byref(tokens, offset * ctypes.sizeof(L.llama_token)), L.llama_token_p)
+        ptr = ctypes.cast(
+            ctypes.byref(tokens, offset * ctypes.sizeof(L.llama_token)), L.llama_token_p
+        )
         rc = int(L.llama_decode(self.ctx, L.llama_batch_get_one(ptr, count)))
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
