@@ -438,3 +438,43 @@ def test_shard_without_a_split_name_is_refused(tmp_path: Path) -> None:
     renamed = paths[0].rename(tmp_path / "model.gguf")
     with pytest.raises(GGUFError, match="name does not follow"):
         read_spec(renamed)
+
+
+# ---- sliding-window layers --------------------------------------------------------------
+
+
+def _swa_model(tmp_path: Path, arch: str, extra: list[tuple[str, Any]]) -> Path:
+    kv = [(f"{arch}.block_count", 12), (f"{arch}.attention.head_count", 8), *extra]
+    return write_gguf(tmp_path / f"{arch}.gguf", kv, arch=arch)[0]
+
+
+@pytest.mark.parametrize(
+    ("arch", "extra", "window", "sliding"),
+    [
+        # gemma2 slides on even layers; without the key its window is 4096
+        ("gemma2", [("gemma2.attention.sliding_window", 256)], 256, [0, 2, 4, 6, 8, 10]),
+        ("gemma2", [], 4096, [0, 2, 4, 6, 8, 10]),
+        # gemma3: five sliding layers, then one global (set_swa_pattern(6))
+        ("gemma3", [("gemma3.attention.sliding_window", 512)], 512, [0, 1, 2, 3, 4, 6, 7, 8, 9, 10]),
+        ("gemma3", [], 0, []),  # no window, no sliding layers
+        # the file's pattern wins: a period, or a flag per layer
+        ("gemma3", [("gemma3.attention.sliding_window", 512),
+                    ("gemma3.attention.sliding_window_pattern", 3)], 512, [0, 1, 3, 4, 6, 7, 9, 10]),
+        ("llama", [("llama.attention.sliding_window", 128),
+                   ("llama.attention.sliding_window_pattern", [True, False] * 6)], 128,
+         [0, 2, 4, 6, 8, 10]),
+        ("llama", [("llama.attention.sliding_window", 128)], 128, []),  # llama has no pattern
+    ],
+)  # fmt: skip
+def test_sliding_window_and_its_pattern(
+    tmp_path: Path, arch: str, extra: list[tuple[str, Any]], window: int, sliding: list[int]
+) -> None:
+    spec = read_spec(_swa_model(tmp_path, arch, extra))
+    assert spec.swa_window == window
+    assert [i for i, slides in enumerate(spec.swa_layers) if slides] == sliding
+    assert inspect_dict(spec)["swa_layers"] == sliding
+    text = "\n".join(inspect_lines(spec))
+    if sliding:
+        assert f"sliding window {window:,} in {len(sliding)} of 12 layers" in text
+    else:
+        assert " in 0 of " not in text

@@ -16,23 +16,6 @@ from llmtune.model import ModelSpec, TensorInfo
 # Expert tensors, as --cpu-moe matches them (common.h LLM_FFN_EXPS_REGEX).
 _EXPS_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 
-# Archs whose sliding-window layers follow a period (src/models/*.cpp
-# load_swa_pattern(ml, n, dense_first)): (default period, dense first, default window).
-_SWA_PATTERNS: dict[str, tuple[int, bool, int]] = {
-    "gemma2": (2, False, 4096),
-    "gemma3": (6, False, 0),
-    "gemma3n": (5, False, 0),
-    "cohere2": (4, False, 0),
-    "cohere2moe": (4, True, 0),
-    "gpt-oss": (2, False, 0),
-    "openai-moe": (2, False, 0),
-    "llama4": (4, False, 8192),
-    "afmoe": (4, False, 0),
-    "exaone-moe": (4, False, 0),
-    "olmo2": (4, False, 0),
-    "smallthinker": (4, True, 4096),
-    "plamo3": (8, False, 0),
-}
 # Architectures llama.cpp runs as pure recurrent models (llm_arch_is_recurrent).
 _RECURRENT = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
 # Hybrids whose recurrent layers are those with no KV heads (create_memory).
@@ -98,29 +81,6 @@ def model_costs(spec: ModelSpec) -> ModelCosts:
     return cached
 
 
-def swa_layers(spec: ModelSpec) -> tuple[bool, ...]:
-    """Which layers use the sliding window (llama_hparams::set_swa_pattern)."""
-    n = spec.n_layer
-    arch = spec.architecture
-    explicit = spec.arch_value("attention.sliding_window_pattern")
-    if isinstance(explicit, list) and explicit and all(isinstance(v, bool) for v in explicit):
-        flags = [bool(v) for v in explicit][:n]
-        return tuple(flags + [False] * (n - len(flags)))
-    if arch not in _SWA_PATTERNS:
-        return (False,) * n
-    period, dense_first, default_window = _SWA_PATTERNS[arch]
-    window = spec.sliding_window or default_window
-    if arch in ("gemma3", "olmo2", "smallthinker", "plamo3", "llama4") and not window:
-        return (False,) * n
-    if isinstance(explicit, int) and not isinstance(explicit, bool):
-        period = explicit
-    if period == 0:
-        return (True,) * n
-    if dense_first:
-        return tuple(il % period != 0 for il in range(n))
-    return tuple(il % period < period - 1 for il in range(n))
-
-
 def _recurrent_layers(spec: ModelSpec) -> tuple[bool, ...]:
     n = spec.n_layer
     arch = spec.architecture
@@ -161,7 +121,7 @@ def _is_matmul_weight(t: TensorInfo) -> bool:
 
 def _compute_costs(spec: ModelSpec) -> ModelCosts:
     n_layer = spec.n_layer
-    swa = swa_layers(spec)
+    swa = spec.swa_layers
     recurrent = _recurrent_layers(spec)
     rec_floats = _recurrent_floats(spec) if any(recurrent) else 0
     is_mla = (
@@ -266,7 +226,7 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
         n_ff_exp=spec.n_ff_exp,
         n_expert=n_expert,
         n_expert_used=n_used,
-        n_swa=spec.sliding_window or _SWA_PATTERNS.get(spec.architecture, (0, False, 0))[2],
+        n_swa=spec.swa_window,
         is_mla=is_mla,
         total_params=total_params,
         # token_embd is a row lookup, not read whole per token

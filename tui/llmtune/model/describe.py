@@ -84,6 +84,7 @@ def inspect_dict(spec: ModelSpec) -> dict[str, Any]:
         "n_expert_used": spec.n_expert_used,
         "n_ff_exp": spec.n_ff_exp,
         "sliding_window": spec.sliding_window,
+        "swa_layers": [i for i, slides in enumerate(spec.swa_layers) if slides],
         "kv_lora_rank": spec.kv_lora_rank,
         "tokenizer": spec.tokenizer_model,
         "chat_template_chars": len(spec.chat_template),
@@ -167,7 +168,10 @@ def inspect_lines(spec: ModelSpec, width: int = 80) -> list[str]:
         pairs.append(
             ("experts", f"{spec.n_expert} ({spec.n_expert_used} used, FFN {spec.n_ff_exp:,})")
         )
-    if spec.sliding_window:
+    n_swa = sum(spec.swa_layers)
+    if n_swa and spec.swa_window:
+        pairs.append(("sliding window", f"{spec.swa_window:,} in {n_swa} of {spec.n_layer} layers"))
+    elif spec.sliding_window:
         pairs.append(("sliding window", f"{spec.sliding_window:,}"))
     if spec.kv_lora_rank:
         pairs.append(("MLA KV rank", f"{spec.kv_lora_rank}"))

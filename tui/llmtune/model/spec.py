@@ -35,6 +35,26 @@ _OUTPUT_PREFIXES = ("output.", "output_norm", "output_b", "cls")
 # the cap also keeps a crafted block_count from building billions of layer entries.
 MAX_LAYERS = 512
 
+# Archs whose sliding-window layers follow a period (llama.cpp src/models/*.cpp,
+# load_swa_pattern(ml, n, dense_first)): (default period, dense first, default window).
+SWA_PATTERNS: dict[str, tuple[int, bool, int]] = {
+    "gemma2": (2, False, 4096),
+    "gemma3": (6, False, 0),
+    "gemma3n": (5, False, 0),
+    "cohere2": (4, False, 0),
+    "cohere2moe": (4, True, 0),
+    "gpt-oss": (2, False, 0),
+    "openai-moe": (2, False, 0),
+    "llama4": (4, False, 8192),
+    "afmoe": (4, False, 0),
+    "exaone-moe": (4, False, 0),
+    "olmo2": (4, False, 0),
+    "smallthinker": (4, True, 4096),
+    "plamo3": (8, False, 0),
+}
+# Of those, the archs that slide only when the file gives (or defaults) a window.
+_SWA_NEEDS_WINDOW = frozenset({"gemma3", "olmo2", "smallthinker", "plamo3", "llama4"})
+
 
 def _as_int(value: Value | None) -> int | None:
     """A metadata number as an int; None for NaN, infinities and non-numbers."""
@@ -219,6 +239,35 @@ class ModelSpec:
     @property
     def sliding_window(self) -> int:
         return self.arch_int("attention.sliding_window")
+
+    @property
+    def swa_window(self) -> int:
+        """The sliding window in tokens: the file's, else the architecture's default."""
+        return self.sliding_window or SWA_PATTERNS.get(self.architecture, (0, False, 0))[2]
+
+    @property
+    def swa_layers(self) -> tuple[bool, ...]:
+        """Which layers attend through the sliding window (llama_hparams::set_swa_pattern):
+        ``attention.sliding_window_pattern`` as a per-layer array or a period, else
+        the architecture's own pattern."""
+        n = self.n_layer
+        arch = self.architecture
+        explicit = self.arch_value("attention.sliding_window_pattern")
+        if isinstance(explicit, list) and explicit and all(isinstance(v, bool) for v in explicit):
+            flags = [bool(v) for v in explicit][:n]
+            return tuple(flags + [False] * (n - len(flags)))
+        if arch not in SWA_PATTERNS:
+            return (False,) * n
+        period, dense_first, _ = SWA_PATTERNS[arch]
+        if arch in _SWA_NEEDS_WINDOW and not self.swa_window:
+            return (False,) * n
+        if isinstance(explicit, int) and not isinstance(explicit, bool):
+            period = explicit
+        if period <= 0:
+            return (True,) * n
+        if dense_first:
+            return tuple(il % period != 0 for il in range(n))
+        return tuple(il % period < period - 1 for il in range(n))
 
     @property
     def kv_lora_rank(self) -> int:
