@@ -190,3 +190,53 @@ def test_failure_reports_llama_cpp_reason(tmp_path: Path) -> None:
     failed = measure(model.path, n_ctx=512, type_v="q8_0", flash_attn="off", check=False)
     assert failed.model_loaded and not failed.context_created and not failed.ok
     assert failed.log.total("model") > 0 and failed.log.of_kind("kv") == ()
+
+
+def _info_value(text: str) -> int | tuple[int, ...]:
+    """A print_info number, or a per-layer array llama.cpp prints as ``[0, 0, 2]``."""
+    if text.startswith("["):
+        return tuple(int(v) for v in text.strip("[]").split(","))
+    return int(text)
+
+
+def _per_layer(values: tuple[int, ...]) -> int | tuple[int, ...]:
+    """How llama.cpp's print_arr shows a per-layer value: one number when all agree."""
+    return values[0] if len(set(values)) == 1 else values
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_model_spec_reads_the_hyper_parameters_llama_cpp_reads(
+    family: str, models: dict[str, SynthModel], measured: dict[tuple[str, int], Measurement]
+) -> None:
+    """ModelSpec against llama.cpp's print_info (llama_model::print_info) for the same file:
+    shape, per-layer head counts, sliding window, experts, MLA ranks, recurrent state."""
+    from llmtune.model import read_spec
+
+    spec = read_spec(models[family].path)
+    info = dict(measured[family, 512].log.print_info)
+    ours: dict[str, int | tuple[int, ...]] = {
+        "n_layer": spec.n_layer,
+        "n_embd": spec.n_embd,
+        "n_ctx_train": spec.n_ctx_train,
+        "n_head": _per_layer(spec.n_head_per_layer),
+        "n_head_kv": _per_layer(spec.n_head_kv_per_layer),
+        "n_ff": _per_layer(spec.n_ff_per_layer),
+        "n_swa": spec.swa_window if any(spec.swa_layers) else 0,
+        "is_swa_any": int(any(spec.swa_layers)),
+        "n_expert": spec.n_expert,
+        "n_expert_used": spec.n_expert_used,
+    }
+    optional = {  # printed only for the architectures that have them
+        "n_ff_exp": spec.n_ff_exp,
+        "n_lora_q": spec.q_lora_rank,
+        "n_lora_kv": spec.kv_lora_rank,
+        "ssm_d_conv": spec.ssm_conv_kernel,
+        "ssm_d_inner": spec.ssm_inner_size,
+        "ssm_d_state": spec.ssm_state_size,
+    }
+    ours.update({key: value for key, value in optional.items() if key in info})
+    assert {key: _info_value(info[key]) for key in ours} == ours
+    if family == "deepseek2":
+        assert {"n_lora_q", "n_lora_kv", "n_ff_exp"} <= ours.keys()
+    if family in RECURRENT_ONLY | HYBRID:
+        assert {"ssm_d_conv", "ssm_d_inner", "ssm_d_state"} <= ours.keys()
