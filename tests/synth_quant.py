@@ -435,5 +435,39 @@ def _child() -> None:
         print(json.dumps({"status": status, "log": log, "seconds": seconds}), flush=True)
 
 
+def write_imatrix_gguf(model: str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
+    """An importance matrix for ``model`` in llama-imatrix's GGUF format, every value 2.0
+    (sums 20 over 10 tokens); returns the number of entries."""
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(os.fspath(path), "imatrix")
+    writer.add_array("imatrix.datasets", ["synthetic.txt"])
+    writer.add_uint32("imatrix.chunk_count", 10)
+    writer.add_uint32("imatrix.chunk_size", 512)
+    entries = imatrix_entries(model)
+    for name, size in entries:
+        writer.add_tensor(f"{name}.in_sum2", np.full(size, 20.0, dtype=np.float32))
+        writer.add_tensor(f"{name}.counts", np.full(1, 10.0, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return len(entries)
+
+
+def write_imatrix_dat(model: str | os.PathLike[str], path: str | os.PathLike[str]) -> int:
+    """The same importance matrix in the legacy .dat format (ncall 10, sums 20)."""
+    import struct
+
+    entries = imatrix_entries(model)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<i", len(entries)))
+        for name, size in entries:
+            encoded = name.encode()
+            fh.write(struct.pack("<i", len(encoded)) + encoded + struct.pack("<ii", 10, size))
+            fh.write(np.full(size, 20.0, dtype="<f4").tobytes())
+    return len(entries)
+
+
 if __name__ == "__main__":
     _child()

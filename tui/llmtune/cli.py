@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from llmtune.fit.speed import SpeedModel
     from llmtune.hardware.device import Device
 
-SUBCOMMANDS = ("inspect", "fit", "bench")
+SUBCOMMANDS = ("inspect", "fit", "bench", "quantize")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,6 +109,38 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-calibrate", action="store_true", help="do not keep the measured speed for fit"
     )
+    return parser
+
+
+def _quantize_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="llmtune quantize",
+        description="Quantize a GGUF model with llama.cpp's quantizer: a dry run first, "
+        "then a temporary file that gets its name only when complete.",
+    )
+    parser.add_argument("model", help="the .gguf file to read (F16/BF16/F32 is best)")
+    parser.add_argument(
+        "--to", required=True, metavar="FTYPE", help="file type: Q4_K_M, Q8_0, Q2_K, IQ4_XS, ..."
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="the file to write (default: beside MODEL, its quant tag replaced by FTYPE)",
+    )
+    parser.add_argument(
+        "--allow-requantize",
+        action="store_true",
+        help="quantize an already quantized model (costs quality, as llama.cpp warns)",
+    )
+    parser.add_argument(
+        "--imatrix", metavar="FILE", help="importance matrix from llama-imatrix (.gguf or .dat)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument(
+        "--threads", type=_whole, default=0, metavar="N", help="quantizer threads (default: all)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -375,6 +407,85 @@ def cmd_bench(argv: Sequence[str]) -> int:
     return 0
 
 
+class _ProgressLine:
+    """Progress on stderr: one rewritten line on a terminal, else a line per tenth."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.interactive = enabled and sys.stderr.isatty()
+        self.tenths = -1
+
+    def show(self, line: str, fraction: float) -> None:
+        if not self.enabled:
+            return
+        if self.interactive:
+            sys.stderr.write(f"\r\x1b[2K{line}")
+            sys.stderr.flush()
+        elif int(fraction * 10) > self.tenths:
+            self.tenths = int(fraction * 10)
+            print(line, file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        if self.interactive:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+
+
+def cmd_quantize(argv: Sequence[str]) -> int:
+    args = _quantize_parser().parse_args(argv)
+    import contextlib
+
+    from llmtune.engine.quantize import (
+        QuantizePlan,
+        QuantizeResult,
+        QuantizeStep,
+        prepare_quantize,
+        run_quantize,
+    )
+    from llmtune.engine.report import (
+        quantize_dict,
+        quantize_plan_lines,
+        quantize_result_line,
+        quantize_step_line,
+    )
+
+    job = prepare_quantize(
+        args.model,
+        args.to,
+        args.output,
+        allow_requantize=args.allow_requantize,
+        imatrix=args.imatrix,
+        force=args.force,
+        threads=args.threads,
+    )
+    if not args.json:
+        for warning in job.warnings:
+            print(f"llmtune: warning: {warning}", file=sys.stderr)
+    progress = _ProgressLine(not args.json)
+    result = None
+    try:
+        with contextlib.closing(run_quantize(job)) as updates:
+            for update in updates:
+                if isinstance(update, QuantizePlan) and not args.json:
+                    print("\n".join(quantize_plan_lines(update)), flush=True)
+                elif isinstance(update, QuantizeStep):
+                    progress.show(quantize_step_line(update, job), update.fraction)
+                elif isinstance(update, QuantizeResult):
+                    result = update
+    except KeyboardInterrupt:
+        progress.clear()
+        print("llmtune: quantization cancelled; nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        progress.clear()
+    assert result is not None
+    if args.json:
+        _print_json(quantize_dict(result))
+    else:
+        print(quantize_result_line(result))
+    return 0
+
+
 def _print_json(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
@@ -427,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_fit(args[1:])
         if args and args[0] == "bench":
             return cmd_bench(args[1:])
+        if args and args[0] == "quantize":
+            return cmd_quantize(args[1:])
         return cmd_app(args)
     except LlmtuneError as exc:
         if os.environ.get("LLMTUNE_DEBUG"):

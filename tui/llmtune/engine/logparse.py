@@ -440,3 +440,55 @@ def parse_log(text: str) -> LlamaLog:
         flash_attn_resolved=fa_resolved,
         print_info=pairs,
     )
+
+
+# ---- the quantizer (src/llama-quant.cpp, llama_model_quantize_impl) -----------------------
+
+# One line per tensor, in pieces: "[%4d/%4d] %-36s - [%s], type = %6s, ", then for a real
+# run "converting to %s .. " when the type changes, then "size = %8.2f MiB -> %8.2f MiB\n"
+# (a dry run adds " (%s)", the new type) or "size = %8.3f MiB\n" for a tensor kept as it is.
+QUANT_TENSOR_START_RE = re.compile(rf"\[{_S}*(\d+)/{_S}*(\d+)\]{_S}+(\S+)")
+_QUANT_TENSOR_RE = re.compile(
+    rf"\[{_S}*(\d+)/{_S}*(\d+)\]{_S}+(\S+){_S}+-{_S}+\[[^\]\n]*\],{_S}*type{_S}*={_S}*(\S+),"
+    rf"{_S}*(?:converting{_S}+to{_S}+(\S+){_S}+\.\.{_S}*)?size{_S}*={_S}*{_NUM}{_S}*MiB"
+    rf"(?:{_S}*->{_S}*{_NUM}{_S}*MiB(?:{_S}*\((\S+)\))?)?"
+)
+_QUANT_TOTAL_RE = re.compile(rf"(model|quant){_S}+size{_S}*={_S}*{_NUM}{_S}*MiB")
+_QUANT_FAILED_RE = re.compile(r"failed to quantize: ([^\n]+)")
+_QUANT_IMATRIX_RE = re.compile(r"have importance matrix data with (\d+) entries")
+
+
+@dataclass(frozen=True)
+class QuantLog:
+    """What llama.cpp logs while it quantizes (or dry-runs) a model."""
+
+    tensor_types: tuple[tuple[str, str], ...] = ()  # (tensor, type written), upper case
+    n_tensors: int = 0
+    source_tensor_bytes: int | None = None  # "model size = %8.2f MiB"
+    quant_tensor_bytes: int | None = None  # "quant size = %8.2f MiB"
+    needs_imatrix: bool = False  # a dry run's warning that the real run needs an imatrix
+    imatrix_entries: int = 0
+    error: str | None = None  # "failed to quantize: ..."
+
+
+def parse_quantize_log(text: str) -> QuantLog:
+    types: list[tuple[str, str]] = []
+    n_tensors = 0
+    for m in _QUANT_TENSOR_RE.finditer(text):
+        new_type = m.group(8) or m.group(5) or m.group(4)
+        types.append((m.group(3), new_type.upper()))
+        n_tensors = int(m.group(2))
+    totals: dict[str, int] = {}
+    for m in _QUANT_TOTAL_RE.finditer(text):
+        totals[m.group(1)] = mib_to_bytes(m.group(2))[0]
+    failed = _QUANT_FAILED_RE.findall(text)
+    imatrix = _QUANT_IMATRIX_RE.findall(text)
+    return QuantLog(
+        tensor_types=tuple(types),
+        n_tensors=n_tensors,
+        source_tensor_bytes=totals.get("model"),
+        quant_tensor_bytes=totals.get("quant"),
+        needs_imatrix="will require an imatrix" in text,
+        imatrix_entries=int(imatrix[-1]) if imatrix else 0,
+        error=failed[-1].strip() if failed else None,
+    )

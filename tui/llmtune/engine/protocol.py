@@ -43,6 +43,29 @@ class Generate:
 
 
 @dataclass(frozen=True)
+class Quantize:
+    """Run llama.cpp's quantizer (``llama_model_quantize``) from ``source`` to ``output``.
+
+    An empty ``output`` is a dry run (``llama_model_quantize_params.dry_run``): the
+    types and sizes llama.cpp would write, and nothing written. The quantizer cannot
+    be interrupted: on ``Stop`` the worker deletes ``output`` and exits.
+    """
+
+    source: str
+    output: str
+    ftype: int  # enum llama_ftype
+    allow_requantize: bool = False
+    imatrix_path: str = ""
+    threads: int = 0  # 0: every hardware thread (llama.cpp's default for quantizing)
+    # Test hook: RLIMIT_FSIZE while writing, so a write fails as on a full disk.
+    file_size_limit_bytes: int | None = None
+
+    @property
+    def dry_run(self) -> bool:
+        return not self.output
+
+
+@dataclass(frozen=True)
 class Stop:
     """Cancel the running generation (or prompt decode) at once."""
 
@@ -57,7 +80,7 @@ class Shutdown:
     pass
 
 
-Command = Load | Generate | Stop | Unload | Shutdown
+Command = Load | Generate | Quantize | Stop | Unload | Shutdown
 
 
 # ---- events (worker -> parent; Exited comes from the supervisor) --------------
@@ -134,6 +157,29 @@ class Unloaded:
 
 
 @dataclass(frozen=True)
+class QuantizeProgress:
+    """llama.cpp started on tensor ``index`` of ``count`` (1-based, as it logs them)."""
+
+    index: int
+    count: int
+    tensor: str
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """The quantizer finished (or its dry run did); sizes as llama.cpp logged them."""
+
+    dry_run: bool
+    seconds: float
+    tensor_types: tuple[tuple[str, str], ...]  # (tensor, ggml type written), llama.cpp's order
+    source_tensor_bytes: int  # "model size", MiB with two decimals
+    quant_tensor_bytes: int  # "quant size", MiB with two decimals
+    needs_imatrix: bool = False  # a dry run says the real run will need an imatrix
+    imatrix_entries: int = 0
+    output_bytes: int = 0  # the file written; 0 for a dry run
+
+
+@dataclass(frozen=True)
 class Failed:
     """A command failed (the worker may still be alive) or the worker died.
 
@@ -173,4 +219,15 @@ class Exited:
         return f"killed by {name}"
 
 
-Event = Started | Progress | Loaded | Token | Stats | Unloaded | Failed | Exited
+Event = (
+    Started
+    | Progress
+    | Loaded
+    | Token
+    | Stats
+    | Unloaded
+    | QuantizeProgress
+    | Quantized
+    | Failed
+    | Exited
+)

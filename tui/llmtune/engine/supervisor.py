@@ -38,6 +38,7 @@ from llmtune.engine.protocol import (
     Failed,
     Generate,
     Load,
+    Quantize,
     Shutdown,
     Stop,
     Unload,
@@ -200,6 +201,10 @@ class Supervisor:
 
     def generate(self, prompt: str, max_tokens: int = 128, **sampling: object) -> bool:
         return self.send(Generate(prompt, max_tokens, **sampling))  # type: ignore[arg-type]
+
+    def quantize(self, command: Quantize) -> bool:
+        """Start llama.cpp's quantizer; events: QuantizeProgress..., then Quantized or Failed."""
+        return self.send(command)
 
     def stop(self) -> bool:
         return self.send(Stop())

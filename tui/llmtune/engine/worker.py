@@ -16,6 +16,12 @@ that carries pickled commands and events (:mod:`llmtune.engine.protocol`).
   llama.cpp's abort callback (installed only for the prompt: it is called for
   every graph node, too often for token-by-token generation) and during a load
   through the progress callback.
+- ``Quantize`` runs ``llama_model_quantize``; llama.cpp's per-tensor log lines
+  become ``QuantizeProgress`` events. The quantizer has no cancel hook: a
+  ``Stop`` seen at the next tensor deletes the unfinished output and ends the
+  worker (the supervisor's caller deletes it too, for a kill or a crash).
+- SIGINT is ignored: Ctrl-C in a terminal reaches the whole process group, and
+  the parent, not the terminal, decides when the worker stops.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import queue
 import re
 import resource
+import signal
 import sys
 import threading
 import time
@@ -41,7 +48,7 @@ from llmtune.engine.config import (
     RunConfig,
     moe_override_patterns,
 )
-from llmtune.engine.logparse import parse_log
+from llmtune.engine.logparse import QUANT_TENSOR_START_RE, parse_log, parse_quantize_log
 from llmtune.engine.protocol import (
     Command,
     Failed,
@@ -49,6 +56,9 @@ from llmtune.engine.protocol import (
     Load,
     Loaded,
     Progress,
+    Quantize,
+    Quantized,
+    QuantizeProgress,
     Shutdown,
     Started,
     Stats,
@@ -156,6 +166,7 @@ class Worker:
         self._no_abort_cb = llama_cpp.ggml_abort_callback()  # NULL
         self._progress_cb = llama_cpp.llama_progress_callback(self._on_progress)
         self._last_progress = -1.0
+        self._quantizing: Quantize | None = None
 
     # ---- callbacks from llama.cpp ----------------------------------------
     def _on_log(self, level: int, text: bytes | None, user_data: object) -> None:
@@ -165,6 +176,23 @@ class Worker:
             except OSError:
                 pass
             self.log_chunks.append(text.decode("utf-8", "replace"))
+            if self._quantizing is not None:
+                self._on_quantize_log(self._quantizing, text)
+
+    def _on_quantize_log(self, q: Quantize, text: bytes) -> None:
+        """Each tensor's first log line: report it, or stop here when asked to."""
+        m = QUANT_TENSOR_START_RE.match(text.decode("utf-8", "replace"))
+        if m is None or q.dry_run:
+            return
+        if self._cancel_pending():
+            # llama_model_quantize cannot be interrupted: leave no partial file and go.
+            try:
+                os.unlink(q.output)
+            except OSError:
+                pass
+            self.send(Failed("quantization cancelled; the unfinished file was deleted", fatal=True))
+            os._exit(0)
+        self.send(QuantizeProgress(int(m.group(1)), int(m.group(2)), m.group(3)))
 
     def _cancel_pending(self) -> bool:
         return self.stops_received > self.stops_handled or self.shutdown_received
@@ -214,6 +242,8 @@ class Worker:
                 self.load(cmd.config)
             elif isinstance(cmd, Generate):
                 self.generate(cmd)
+            elif isinstance(cmd, Quantize):
+                self.quantize(cmd)
             elif isinstance(cmd, Unload):
                 self.unload()
                 self.send(Unloaded())
@@ -369,6 +399,65 @@ class Worker:
             )
         )
 
+    def quantize(self, q: Quantize) -> None:
+        L = self.L
+        params = L.llama_model_quantize_default_params()
+        params.nthread = q.threads
+        params.ftype = q.ftype
+        params.allow_requantize = q.allow_requantize
+        params.dry_run = q.dry_run
+        keep: list[object] = []
+        if q.imatrix_path:
+            from llmtune.engine.imatrix import imatrix_struct, load_imatrix
+
+            try:
+                pointer, keep = imatrix_struct(load_imatrix(q.imatrix_path), L)
+            except Exception as exc:  # LlmtuneError with a message for users, or a bug
+                self.send(Failed(str(exc)))
+                return
+            params.imatrix = pointer
+        self.log_chunks.clear()
+        old_limit = None
+        if q.file_size_limit_bytes is not None and not q.dry_run:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failing write, not a signal
+            old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (q.file_size_limit_bytes, old_limit[1]))
+        self._quantizing = q
+        t0 = time.perf_counter()
+        try:
+            # llama.cpp opens no output file in a dry run; it still wants a name.
+            output = (q.output or os.devnull).encode()
+            status = int(L.llama_model_quantize(q.source.encode(), output, ctypes.byref(params)))
+        finally:
+            self._quantizing = None
+            if old_limit is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+            del keep
+        seconds = time.perf_counter() - t0
+        log = parse_quantize_log(self.log_text())
+        if status != 0:
+            why = log.error or f"llama_model_quantize returned {status}"
+            self._fail(f"llama.cpp could not quantize: {why}")
+            return
+        output_bytes = 0
+        if not q.dry_run:
+            try:
+                output_bytes = os.path.getsize(q.output)
+            except OSError:
+                pass
+        self.send(
+            Quantized(
+                dry_run=q.dry_run,
+                seconds=seconds,
+                tensor_types=log.tensor_types,
+                source_tensor_bytes=log.source_tensor_bytes or 0,
+                quant_tensor_bytes=log.quant_tensor_bytes or 0,
+                needs_imatrix=log.needs_imatrix,
+                imatrix_entries=log.imatrix_entries,
+                output_bytes=output_bytes,
+            )
+        )
+
     def _tokenize(self, vocab: Any, text: str, add_special: bool, parse_special: bool) -> list[int]:
         L = self.L
         data = text.encode("utf-8")
@@ -503,9 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pdeathsig", action="store_true", help="die with the parent thread")
     args = parser.parse_args(argv)
     os.environ["GGML_NO_BACKTRACE"] = "1"  # no gdb on an abort (ggml.c ggml_print_backtrace)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides (see the docstring)
     if args.pdeathsig:
-        import signal
-
         set_parent_death_signal(signal.SIGKILL)
     if args.parent and os.getppid() != args.parent:
         return 0  # the parent died before the signal was armed

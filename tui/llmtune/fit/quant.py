@@ -698,6 +698,19 @@ def tensors_needing_imatrix(
     return needing
 
 
+def requantized_tensors(
+    spec: ModelSpec, ftype_name: str, options: QuantOptions | None = None
+) -> list[str]:
+    """Tensors already quantized that would get another type: llama.cpp refuses these
+    without ``allow_requantize`` ("requantizing from type %s is disabled")."""
+    types = predict_tensor_types(spec, ftype_name, options)
+    return [
+        t.name
+        for t in _llama_order(spec.tensors)
+        if _is_quantized(t.type_name) and types[t.name] != t.type_name
+    ]
+
+
 def _pad(n: int, alignment: int = QUANT_ALIGNMENT) -> int:
     return (n + alignment - 1) // alignment * alignment
 
