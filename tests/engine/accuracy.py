@@ -55,13 +55,48 @@ def build(family: str, folder: str) -> str:
     return path
 
 
-def compare(family: str, path: str, n_ctx: int, cache: str, flash_attn: str) -> Row:
+def compare(
+    family: str,
+    path: str,
+    n_ctx: int,
+    cache: str,
+    flash_attn: str,
+    *,
+    cache_v: str | None = None,
+    n_parallel: int = 1,
+    kv_unified: bool = False,
+    swa_full: bool = False,
+    n_batch: int = 2048,
+    n_ubatch: int = 512,
+) -> Row:
+    """One model and one context: the plan's host buffers beside llama.cpp's, same settings."""
     spec = read_spec(path)
-    settings = Settings(n_ctx=n_ctx, cache_type_k=cache, cache_type_v=cache, flash_attn=flash_attn)  # type: ignore[arg-type]
+    type_v = cache_v or cache
+    settings = Settings(
+        n_ctx=n_ctx,
+        cache_type_k=cache,
+        cache_type_v=type_v,
+        flash_attn=flash_attn,  # type: ignore[arg-type]
+        n_parallel=n_parallel,
+        kv_unified=kv_unified,
+        swa_full=swa_full,
+        n_batch=n_batch,
+        n_ubatch=n_ubatch,
+    )
     host = plan(spec, [HOST], settings).host
-    result = measure(path, n_ctx=n_ctx, type_k=cache, type_v=cache, flash_attn=flash_attn)  # type: ignore[arg-type]
+    result = measure(
+        path,
+        n_ctx=n_ctx,
+        type_k=cache,
+        type_v=type_v,
+        flash_attn=flash_attn,  # type: ignore[arg-type]
+        n_seq_max=n_parallel,
+        kv_unified=kv_unified,
+        swa_full=swa_full,
+        n_batch=n_batch,
+        n_ubatch=n_ubatch,
+    )
     log = result.log
-    output = spec.n_vocab * 4
     measured = {
         # CPU_Mapped spans the tensor data; CPU_REPACK holds repacked copies.
         "mapped": log.total("model", "CPU_Mapped"),
@@ -77,12 +112,10 @@ def compare(family: str, path: str, n_ctx: int, cache: str, flash_attn: str) -> 
         "weights": host.mapped_bytes + host.repack_bytes,
         "kv": host.kv_bytes,
         "compute": host.compute_bytes,
-        "output": output,
+        "output": host.other_bytes - host.repack_bytes,  # the logits buffer
     }
     # Totals as llama.cpp logs them: the mapped span counts in place of the
     # weights' own bytes on both sides.
-    measured["total"] = sum(measured[k] for k in ("weights", "kv", "compute", "output"))
-    predicted["total"] = (
-        host.mapped_bytes + host.repack_bytes + host.kv_bytes + host.compute_bytes + output
-    )
+    for side in (measured, predicted):
+        side["total"] = sum(side[k] for k in ("weights", "kv", "compute", "output"))
     return Row(family, n_ctx, cache, flash_attn, predicted, measured)
