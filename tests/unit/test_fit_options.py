@@ -124,3 +124,32 @@ def test_host_profiles_are_dual_channel_peaks(key: str, gbps: float) -> None:
     rate = int(key.split("-")[1])
     assert host_profile(key).bandwidth_gbps == pytest.approx(2 * 8 * rate / 1000) == gbps
     assert "dual channel" in host_profile(key).name
+
+
+def test_gpus_split_in_proportion_to_free_memory(moe) -> None:
+    # llama.cpp's load_tensors: layer il goes to the GPU whose cumulative share of
+    # free memory first exceeds (il - first) / n_offloaded. 24 + 8 GiB: 3/4 and 1/4.
+    big, small = parse_gpu_spec("24GiB", index=0), parse_gpu_spec("8GiB", index=1)
+    p = plan(moe, [big, small, HOST], Settings())
+    assert [(g.n_layers, g.has_output) for g in p.gpus] == [(7, False), (1, True)]
+    even = plan(moe, [big, small, HOST], Settings(tensor_split=(1, 1)))
+    assert [(g.n_layers, g.has_output) for g in even.gpus] == [(5, False), (3, True)]
+
+
+def test_split_mode_none_puts_everything_on_the_main_gpu(moe) -> None:
+    a, b = parse_gpu_spec("24GiB", index=0), parse_gpu_spec("24GiB", index=1)
+    p = plan(moe, [a, b, HOST], Settings(split_mode="none", main_gpu=1))
+    (gpu,) = p.gpus
+    assert gpu.index == 1 and gpu.n_layers == 8 and gpu.has_output
+
+
+def test_gpu_overhead_is_added_to_each_gpu_in_use(moe) -> None:
+    a, b = parse_gpu_spec("24GiB", index=0), parse_gpu_spec("24GiB", index=1)
+    overhead = 300 * 2**20
+    only_first = Settings(n_gpu_layers=2, tensor_split=(1, 0))
+    base = plan(moe, [a, b, HOST], only_first)
+    p = plan(moe, [a, b, HOST], only_first.with_(gpu_overhead_bytes=overhead))
+    assert [g.n_layers + g.has_output for g in p.gpus] == [2, 0]
+    assert p.gpus[0].other_bytes == overhead
+    assert p.gpus[0].total_bytes == base.gpus[0].total_bytes + overhead
+    assert p.gpus[1].total_bytes == 0  # an idle GPU gets no CUDA context
