@@ -218,3 +218,18 @@ def test_fit_ctx_max_picks_a_context(model) -> None:
     assert data["fits"]
     none = _llmtune("fit", model.path, "--gpu", "1MiB", "--ctx", "max", "--margin", "0")
     assert none.returncode == 2 and "not even 256 tokens" in none.stderr
+
+
+def test_human_table_shows_capacity_when_others_hold_part_of_a_device(model) -> None:
+    from dataclasses import replace
+
+    from llmtune.fit.report import plan_lines
+
+    gpu = replace(parse_gpu_spec("rtx3090"), free_bytes=20 * GIB)  # 4 GiB held by others
+    lines = plan_lines(model, plan(model, [gpu, HOST], Settings()), width=80)
+    verdicts = [line for line in lines if line.startswith("    fits:")]
+    assert verdicts[0].endswith("capacity 24.0 GiB")
+    assert "capacity" not in verdicts[1]  # the planned host is all free
+    header = next(line for line in lines if line.strip().startswith("device"))
+    assert header.split()[-1] == "free"
+    assert all(len(line) <= 80 for line in lines)

@@ -126,8 +126,17 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
         layers = f"{d.n_layers} layer{'s' if d.n_layers != 1 else ''}" + (
             " + output" if d.has_output else ""
         )
+        # "free" is what the plan may use; a device's capacity differs when others hold part of it.
+        capacity = (
+            f", capacity {format_bytes(d.capacity_bytes)}"
+            if d.capacity_bytes != d.free_bytes
+            else ""
+        )
         lines.append(
-            _cut(f"    {_VERDICT_WORDS[d.verdict]}: {layers}, {_headroom(d.headroom_bytes)}", w)
+            _cut(
+                f"    {_VERDICT_WORDS[d.verdict]}: {layers}, {_headroom(d.headroom_bytes)}{capacity}",
+                w,
+            )
         )
     lines.append("")
     if p.gpus:
