@@ -198,3 +198,29 @@ def test_moe_experts_stay_on_the_cpu(tmp_path: Path) -> None:
         sup.shutdown()
     layers = {line.split("blk.")[1].split(".")[0] for line in overridden}
     assert layers == {"0", "1"}, overridden
+
+
+def test_unload_frees_the_model_and_the_worker_stays(sup: Supervisor, demo_model: Path) -> None:
+    from llmtune.engine.protocol import Unloaded
+    from llmtune.hardware.detect import process_rss_bytes
+
+    pid = sup.start()
+    sup.load(config(demo_model, use_mmap=False))  # weights in the worker's own memory
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    loaded_rss = process_rss_bytes(pid)
+    sup.unload()
+    assert isinstance(until(sup, Unloaded, Failed)[-1], Unloaded)
+    unloaded_rss = process_rss_bytes(pid)
+    assert loaded_rss is not None and unloaded_rss is not None
+    # the 92 MiB of weights and the 45 MiB KV cache are given back
+    assert loaded_rss - unloaded_rss > 100 << 20, (loaded_rss, unloaded_rss)
+
+    sup.generate("Hello", max_tokens=3)
+    failed = until(sup, Failed, Stats)[-1]
+    assert isinstance(failed, Failed) and not failed.fatal and "no model" in failed.reason
+    assert sup.alive and sup.pid == pid
+    sup.load(config(demo_model))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    sup.generate("Hello", max_tokens=3, ignore_eos=True)
+    stats = until(sup, Stats, Failed)[-1]
+    assert isinstance(stats, Stats) and stats.n_gen == 3
