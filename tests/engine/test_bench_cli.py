@@ -114,11 +114,12 @@ def test_bench_table_and_progress_line(demo_model: Path, tmp_path: Path) -> None
     assert not (tmp_path / "calibration.json").exists()
 
 
-def test_bench_reports_the_vram_the_model_took(
+def test_bench_reports_the_vram_the_model_took_and_the_cpu_only_build(
     demo_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With a GPU present, bench reports how much more of its memory is used once
-    the model is loaded (NVML stands in for the GPU this machine lacks)."""
+    the model is loaded, and that this CPU-only build cannot use it (NVML stands in
+    for the GPU this machine lacks)."""
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "unit"))
     from fake_pynvml import GIB, FakeGPU, FakeNVML, install
     from llmtune.engine.bench import run_bench
@@ -152,5 +153,8 @@ def test_bench_reports_the_vram_the_model_took(
     finally:
         nvml.reset()
     assert result.vram_delta_bytes == GIB
+    # This llama-cpp-python is the CPU build: with a GPU present, bench says why it
+    # will not see a speed-up, with the command that fixes it.
+    assert any('CMAKE_ARGS="-DGGML_CUDA=on"' in note for note in result.notes), result.notes
     assert any(line.startswith("loading") for line in lines)
     assert lines[-1] == "run 1/1: 16 prompt + 4 generated tokens"

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_pynvml import FakeGPU, FakeNVML, install
 
+from fake_pynvml import FakeGPU, FakeNVML, install
 from llmtune import cli
-from llmtune.hardware import bandwidth
+from llmtune.hardware import bandwidth, nvml
 from llmtune.hardware import detect as detect_module
-from llmtune.hardware.detect import detect
+from llmtune.hardware.detect import CUDA_REINSTALL_COMMAND, detect
 from synth import llama_like
 
 
@@ -75,3 +75,28 @@ def test_fit_here_measures_the_host_bandwidth_once_and_predicts_with_it(
         speeds.append(_fit_here(model, cache, config)["predicted"]["tg_tokens_per_s"])
     assert speeds[1] == pytest.approx(4 * speeds[0], rel=0.01)
     assert bandwidth.cached_host_bandwidth_gbps() == 40.0  # read, not measured again
+
+
+def test_fit_here_says_prominently_that_the_build_cannot_use_the_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (model,) = llama_like(tmp_path / "m.gguf", n_layer=2)
+    monkeypatch.setenv("LLMTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LLMTUNE_CONFIG_DIR", str(tmp_path / "config"))
+    bandwidth.store_host_bandwidth(bandwidth.BandwidthMeasurement(20.0, 256 << 20, 5, 2))
+    install(monkeypatch, FakeNVML(gpus=[FakeGPU()]))
+    monkeypatch.setattr(detect_module, "supports_gpu_offload", lambda: False)
+    try:
+        assert cli.main(["fit", str(model)]) == 0
+        human = capsys.readouterr()
+        assert cli.main(["fit", str(model), "--json"]) == 0
+        machine = capsys.readouterr()
+    finally:
+        nvml.reset()
+    (warning,) = human.err.splitlines()
+    assert warning.startswith("llmtune: warning: NVIDIA GeForce RTX 3090 found, but this ")
+    assert warning.endswith(CUDA_REINSTALL_COMMAND)
+    assert "RTX 3090" in human.out  # the plan is still for the GPU found
+    # --json: one object on stdout, the warning among its notes, nothing on stderr
+    assert machine.err == ""
+    assert any(CUDA_REINSTALL_COMMAND in note for note in json.loads(machine.out)["notes"])

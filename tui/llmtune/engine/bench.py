@@ -78,6 +78,19 @@ def _peak_rss(pid: int) -> int | None:
         return None
 
 
+def _build_warning() -> str | None:
+    """The CPU-only-build warning when NVIDIA GPUs are here (hardware.detect):
+    a benchmark that shows no speed-up from a GPU must say why."""
+    try:
+        from llmtune.hardware.detect import gpu_build_warning, gpu_device, supports_gpu_offload
+        from llmtune.hardware.nvml import snapshot
+
+        gpus = [d for d in (gpu_device(s) for s in snapshot()) if d is not None]
+        return gpu_build_warning(gpus, supports_gpu_offload()) if gpus else None
+    except Exception:
+        return None
+
+
 def _gpu_used_bytes() -> int | None:
     try:
         from llmtune.hardware.nvml import snapshot
@@ -123,12 +136,22 @@ def run_bench(
     gen_tokens: int = 128,
     repeat: int = 3,
     on_progress: Callable[[str], None] = lambda line: None,
+    supervisor: Supervisor | None = None,
+    on_started: Callable[[int], None] = lambda pid: None,
 ) -> BenchResult:
-    """Load ``config`` in a fresh worker, run ``repeat`` rounds, shut it down."""
+    """Load ``config`` in a fresh worker, run ``repeat`` rounds, shut it down.
+
+    ``supervisor``: run in this one's worker instead (started here; the caller may
+    kill it from another thread to cancel, and shuts it down). ``on_started`` gets
+    the worker's pid once it runs.
+    """
     vram_before = _gpu_used_bytes()
-    supervisor = Supervisor()
+    warning = _build_warning()
+    owned = supervisor is None
+    if supervisor is None:
+        supervisor = Supervisor()
     try:
-        supervisor.start()
+        on_started(supervisor.start())
         started = time.monotonic()
         supervisor.load(config)
         loaded = _await(supervisor, Loaded, LOAD_TIMEOUT_S, on_progress)
@@ -152,7 +175,8 @@ def run_bench(
         pid = supervisor.pid
         peak = _peak_rss(pid) if pid is not None else None
     finally:
-        supervisor.shutdown()
+        if owned:
+            supervisor.shutdown()
     delta = None
     if vram_before is not None and vram_after is not None:
         delta = vram_after - vram_before
@@ -167,5 +191,5 @@ def run_bench(
         comparison=compare(loaded, fit_plan),
         peak_rss_bytes=peak,
         vram_delta_bytes=delta,
-        notes=tuple(loaded.notes),
+        notes=tuple(loaded.notes) + ((warning,) if warning else ()),
     )
