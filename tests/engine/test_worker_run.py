@@ -224,3 +224,39 @@ def test_unload_frees_the_model_and_the_worker_stays(sup: Supervisor, demo_model
     sup.generate("Hello", max_tokens=3, ignore_eos=True)
     stats = until(sup, Stats, Failed)[-1]
     assert isinstance(stats, Stats) and stats.n_gen == 3
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Settings(n_ctx=3000, n_batch=1024, n_ubatch=256, n_parallel=2, kv_unified=True,
+                 cache_type_k="q8_0", cache_type_v="q4_0", flash_attn="on", threads=1,
+                 use_mmap=False),
+        Settings(n_ctx=1024, n_batch=64, n_ubatch=32, n_parallel=4, cache_type_k="f32",
+                 cache_type_v="f16", flash_attn="off", threads=2),
+    ],
+    ids=["quantized-unified", "four-streams-no-fa"],
+)  # fmt: skip
+def test_every_setting_reaches_llama_cpp(
+    sup: Supervisor, demo_model: Path, settings: Settings
+) -> None:
+    """The worker passes each setting explicitly: llama.cpp's own log says what it built,
+    and the plan of the same settings predicts the same context."""
+    sup.start()
+    sup.load(RunConfig.from_settings(demo_model, settings))
+    loaded = until(sup, Loaded, Failed)[-1]
+    assert isinstance(loaded, Loaded), loaded
+    log = loaded.log
+    predicted = plan(read_spec(demo_model), [host_device()], settings)
+    assert (log.context.n_ctx, log.context.n_ctx_seq) == (predicted.n_ctx, predicted.n_ctx_seq)
+    assert (log.context.n_batch, log.context.n_ubatch) == (settings.n_batch, settings.n_ubatch)
+    assert log.context.n_seq_max == loaded.n_seq_max == settings.n_parallel
+    assert log.context.kv_unified == settings.kv_unified
+    assert log.flash_attn_resolved == (settings.flash_attn == "on")
+    assert loaded.n_threads == settings.threads
+    assert log.load_mode == ("mmap" if settings.use_mmap else "none")
+    (cache,) = log.kv_caches
+    assert (cache.type_k, cache.type_v) == (settings.cache_type_k, settings.cache_type_v)
+    assert cache.cells * cache.n_stream == predicted.kv_cells
+    kv = compare(loaded, predicted).row("CPU", "kv")
+    assert abs(kv.error_bytes) <= kv.precision_bytes, kv
