@@ -233,3 +233,32 @@ def test_human_table_shows_capacity_when_others_hold_part_of_a_device(model) -> 
     header = next(line for line in lines if line.strip().startswith("device"))
     assert header.split()[-1] == "free"
     assert all(len(line) <= 80 for line in lines)
+
+
+def _read_per_token(spec, n_layers: range, output: bool, kv_per_layer: float) -> float:
+    """Weights a generated token reads (token_embd is a row lookup), plus the KV cache
+    read at the speed model's depth."""
+    weights = sum(spec.layers[i].nbytes for i in n_layers)
+    if output:
+        weights += sum(t.nbytes for t in spec.output_tensors)
+    return weights + kv_per_layer * len(n_layers)
+
+
+def test_generation_speed_is_memory_traffic_over_bandwidth(model) -> None:
+    from llmtune.fit.plan import SPEED_DEPTH_TOKENS
+    from llmtune.fit.speed import DEFAULT_SPEED_MODEL as SPEED
+
+    s = Settings(n_ctx=4096)
+    cpu_only = plan(model, [HOST], s)
+    kv_read = cpu_only.host.kv_bytes / 8 * SPEED_DEPTH_TOKENS / 4096
+    host_bw = HOST.bandwidth_gbps * 1e9 * SPEED.cpu_bandwidth_efficiency
+    everything = _read_per_token(model, range(8), True, kv_read)
+    assert cpu_only.predicted.tg_tokens_per_s == pytest.approx(host_bw / everything, rel=1e-6)
+
+    # Half the layers and the output on a GPU: the two devices run one after the other.
+    gpu = parse_gpu_spec("rtx3060-12g")
+    split = plan(model, [gpu, HOST], s.with_(n_gpu_layers=5))
+    gpu_bw = gpu.bandwidth_gbps * 1e9 * SPEED.gpu_bandwidth_efficiency
+    seconds = _read_per_token(model, range(4, 8), True, kv_read) / gpu_bw
+    seconds += _read_per_token(model, range(4), False, kv_read) / host_bw
+    assert split.predicted.tg_tokens_per_s == pytest.approx(1 / seconds, rel=1e-6)
