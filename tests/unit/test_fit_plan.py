@@ -262,3 +262,19 @@ def test_generation_speed_is_memory_traffic_over_bandwidth(model) -> None:
     seconds = _read_per_token(model, range(4, 8), True, kv_read) / gpu_bw
     seconds += _read_per_token(model, range(4), False, kv_read) / host_bw
     assert split.predicted.tg_tokens_per_s == pytest.approx(1 / seconds, rel=1e-6)
+
+
+def test_prompt_speed_is_two_flops_per_weight_over_compute(model) -> None:
+    from dataclasses import replace
+
+    from llmtune.fit.speed import DEFAULT_SPEED_MODEL as SPEED
+
+    p = plan(model, [HOST], Settings())
+    weights = _read_per_token(model, range(8), True, 0.0)
+    params = weights * model.parameters / model.tensor_bytes
+    flops = HOST.fp16_tflops * 1e12 * SPEED.cpu_compute_efficiency
+    assert p.predicted.pp_tokens_per_s == pytest.approx(flops / (2 * params), rel=1e-6)
+    faster = replace(HOST, fp16_tflops=2 * HOST.fp16_tflops)
+    doubled = plan(model, [faster], Settings()).predicted
+    assert doubled.pp_tokens_per_s == pytest.approx(2 * p.predicted.pp_tokens_per_s)
+    assert doubled.tg_tokens_per_s == p.predicted.tg_tokens_per_s  # generation is memory-bound
