@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from llmtune.fit.speed import SpeedModel
     from llmtune.hardware.device import Device
 
-SUBCOMMANDS = ("inspect", "fit", "bench", "quantize")
+SUBCOMMANDS = ("inspect", "fit", "bench", "quantize", "tune")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,6 +141,34 @@ def _quantize_parser() -> argparse.ArgumentParser:
         "--threads", type=_whole, default=0, metavar="N", help="quantizer threads (default: all)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _tune_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="llmtune tune",
+        description="Find the fastest llama.cpp settings that fit here, by real loads and "
+        "short benchmarks. Settings you give (--ngl, --flash-attn, --cache-type-k/-v, "
+        "--ubatch, --n-cpu-moe, --threads) stay fixed; the others are searched.",
+    )
+    _add_settings_options(parser)
+    parser.add_argument(
+        "--objective",
+        choices=("tg", "pp", "mix"),
+        default="tg",
+        help="what to maximise: generation speed (default), prompt speed, or both",
+    )
+    parser.add_argument(
+        "--threads",
+        metavar="N[,N...]",
+        help="thread counts to try (default: 1, 2, 4, ... and the cores)",
+    )
+    parser.add_argument(
+        "--prompt-tokens", type=_whole, metavar="N", help="prompt per trial (tg: 64, else 512)"
+    )
+    parser.add_argument("--gen-tokens", type=_whole, default=64, metavar="N")
+    parser.add_argument("--repeat", type=_whole, default=2, metavar="N", help="runs per trial")
+    parser.add_argument("--max-trials", type=_whole, default=40, metavar="N")
     return parser
 
 
@@ -486,6 +514,106 @@ def cmd_quantize(argv: Sequence[str]) -> int:
     return 0
 
 
+def _given(argv: Sequence[str], *flags: str) -> bool:
+    """Whether the user wrote one of ``flags`` (as ``--flag value`` or ``--flag=value``)."""
+    return any(a == f or a.startswith(f + "=") for a in argv for f in flags)
+
+
+def cmd_tune(argv: Sequence[str]) -> int:
+    args = _tune_parser().parse_args(argv)
+    from llmtune.engine.report import trial_row, tune_dict, tune_header_lines, tune_summary_lines
+    from llmtune.engine.tune import DEFAULT_UBATCHES, Trial, TrialBench, Tuner, TuneSpace
+    from llmtune.errors import ConfigError, WorkerError
+    from llmtune.model import read_spec
+
+    if args.gpu or args.ram or args.host or args.quant:
+        raise ConfigError(
+            "tune runs the model on this machine; --gpu, --ram, --host and --quant are for fit",
+            "llmtune tune",
+        )
+    threads: tuple[int, ...] = ()
+    if args.threads:
+        try:
+            threads = tuple(sorted({int(x) for x in args.threads.split(",") if x.strip()}))
+        except ValueError:
+            raise ConfigError(
+                f"not a list of whole numbers: {args.threads!r}", "--threads"
+            ) from None
+        if not threads or min(threads) < 1:
+            raise ConfigError("thread counts must be 1 or more", "--threads")
+    for flag, value in (
+        ("--gen-tokens", args.gen_tokens),
+        ("--repeat", args.repeat),
+        ("--max-trials", args.max_trials),
+    ):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1", flag)
+    if args.prompt_tokens is not None and args.prompt_tokens < 1:
+        raise ConfigError("--prompt-tokens must be at least 1", "--prompt-tokens")
+    devices, _ = _devices_from_args(args)
+    settings = _settings_from_args(args)
+    if threads and len(threads) == 1:
+        settings = settings.with_(threads=threads[0])
+    space = TuneSpace(
+        threads=threads,
+        flash_attn=(settings.flash_attn,) if _given(argv, "--flash-attn") else ("on", "off"),
+        ubatch=(settings.n_ubatch,) if _given(argv, "--ubatch") else DEFAULT_UBATCHES,
+        cache_types=()
+        if _given(argv, "--cache-type-k", "--cache-type-v")
+        else ("f16", "q8_0", "q4_0"),
+        gpu_layers=not _given(argv, "--ngl"),
+        moe=not _given(argv, "--n-cpu-moe", "--cpu-moe"),
+    )
+    bench = TrialBench.for_objective(args.objective)
+    bench = TrialBench(
+        prompt_tokens=args.prompt_tokens or bench.prompt_tokens,
+        gen_tokens=args.gen_tokens,
+        repeat=args.repeat,
+    )
+    spec = read_spec(args.model)
+    progress = _ProgressLine(not args.json and sys.stderr.isatty())
+    printed_header = [False]
+
+    def on_trial(trial: Trial) -> None:
+        progress.clear()
+        if args.json:
+            return
+        if not printed_header[0]:
+            printed_header[0] = True
+            header = tune_header_lines(spec.name, spec.file_type_name, tuner.n_ctx, args.objective)
+            print("\n".join(header))
+        print(trial_row(trial), flush=True)
+
+    tuner = Tuner(
+        spec,
+        devices,
+        settings,
+        objective=args.objective,
+        space=space,
+        bench=bench,
+        speed=_speed_model(True),
+        max_trials=args.max_trials,
+        on_trial=on_trial,
+        on_progress=lambda line: progress.show(line, 0.0),
+    )
+    try:
+        result = tuner.run()
+    finally:
+        progress.clear()
+    if result.best is None and not result.cancelled:
+        why = next((t.reason for t in result.trials if t.reason), "no trial ran")
+        raise WorkerError(f"no configuration ran here: {why}", "llmtune tune")
+    if args.json:
+        _print_json(tune_dict(result, spec.path))
+    else:
+        print()
+        print("\n".join(tune_summary_lines(result)))
+    if result.cancelled:
+        print("llmtune: tuning cancelled; the best so far is above", file=sys.stderr)
+        return 130
+    return 0
+
+
 def _print_json(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
@@ -540,6 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_bench(args[1:])
         if args and args[0] == "quantize":
             return cmd_quantize(args[1:])
+        if args and args[0] == "tune":
+            return cmd_tune(args[1:])
         return cmd_app(args)
     except LlmtuneError as exc:
         if os.environ.get("LLMTUNE_DEBUG"):

@@ -1,4 +1,8 @@
-"""What ``llmtune quantize`` and ``llmtune tune`` print: JSON objects and plain lines."""
+"""What ``llmtune quantize`` and ``llmtune tune`` print: JSON objects and plain lines.
+
+Text from model files and llama.cpp goes through ``inert``: no escape sequence reaches
+the terminal.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from llmtune.units import format_bytes
 
 if TYPE_CHECKING:
     from llmtune.engine.quantize import QuantizeJob, QuantizePlan, QuantizeResult, QuantizeStep
+    from llmtune.engine.tune import Trial, TuneResult
 
 
 def _pct(value: float, reference: float) -> str:
@@ -76,3 +81,118 @@ def quantize_result_line(result: QuantizeResult) -> str:
         f"in {result.seconds:.1f} s (llmtune predicted {format_bytes(job.predicted_file_bytes)}, "
         f"{_pct(job.predicted_file_bytes, result.file_bytes)})"
     )
+
+
+# ---- tune ------------------------------------------------------------------------------------
+
+_OBJECTIVE_WORDS = {
+    "tg": "generation speed",
+    "pp": "prompt speed",
+    "mix": "prompt and generation together",
+}
+
+
+def trial_dict(trial: Trial) -> dict[str, Any]:
+    s = trial.settings
+    return {
+        "index": trial.index,
+        "stage": trial.stage,
+        "status": trial.status,
+        "reason": trial.reason,
+        "settings": {
+            "n_gpu_layers": s.n_gpu_layers,
+            "n_ctx": s.n_ctx,
+            "threads": s.threads,
+            "flash_attn": s.flash_attn,
+            "n_batch": s.n_batch,
+            "n_ubatch": s.n_ubatch,
+            "cache_type_k": s.cache_type_k,
+            "cache_type_v": s.cache_type_v,
+            "n_cpu_moe": s.n_cpu_moe,
+        },
+        "tg_tokens_per_s": round(trial.tg_tokens_per_s, 3),
+        "pp_tokens_per_s": round(trial.pp_tokens_per_s, 3),
+        "score": round(trial.score, 4),
+        "predicted": {
+            "tg_tokens_per_s": round(trial.predicted_tg_tokens_per_s, 3),
+            "pp_tokens_per_s": round(trial.predicted_pp_tokens_per_s, 3),
+        },
+        "load_s": round(trial.load_s, 3),
+        "peak_rss_bytes": trial.peak_rss_bytes,
+        "seconds": round(trial.seconds, 3),
+    }
+
+
+def tune_dict(result: TuneResult, model_path: str) -> dict[str, Any]:
+    from llmtune.fit.report import plan_dict
+
+    best_plan = None
+    if result.plan is not None:
+        from llmtune.model import read_spec
+
+        best_plan = plan_dict(read_spec(model_path), result.plan)
+    return {
+        "model": os.path.abspath(model_path),
+        "objective": result.objective,
+        "n_ctx": result.n_ctx,
+        "best": trial_dict(result.best) if result.best is not None else None,
+        "settings": best_plan["settings"] if best_plan is not None else None,
+        "plan": best_plan,
+        "handoff": result.handoff.as_dict() if result.handoff is not None else None,
+        "trials": [trial_dict(t) for t in result.trials],
+        "pruned": result.pruned,
+        "cancelled": result.cancelled,
+        "notes": list(result.notes),
+    }
+
+
+def tune_header_lines(model_name: str, file_type: str, n_ctx: int, objective: str) -> list[str]:
+    words = _OBJECTIVE_WORDS.get(objective, objective)
+    return [
+        f"Tuning {inert(model_name, max_chars=40)} · {file_type} · context {n_ctx:,} · for {words}",
+        f"{'#':>3}  {'stage':<10}{'ngl':>4}{'thr':>4}  {'fa':<5}{'ubatch':>6}  {'KV':<10}"
+        f"{'tg t/s':>8}{'pp t/s':>9}  result",
+    ]
+
+
+def trial_row(trial: Trial) -> str:
+    s = trial.settings
+    kv = (
+        s.cache_type_k if s.cache_type_k == s.cache_type_v else f"{s.cache_type_k}/{s.cache_type_v}"
+    )
+    if s.n_cpu_moe:
+        kv += f" moe{s.n_cpu_moe}"
+    result = "ok" if trial.ok else f"{trial.status}: {inert(trial.reason, max_chars=60)}"
+    tg = f"{trial.tg_tokens_per_s:8.1f}" if trial.ok else f"{'-':>8}"
+    pp = f"{trial.pp_tokens_per_s:9.1f}" if trial.ok else f"{'-':>9}"
+    return (
+        f"{trial.index:>3}  {trial.stage:<10}{s.n_gpu_layers:>4}{s.threads:>4}  "
+        f"{s.flash_attn:<5}{s.n_ubatch:>6}  {kv:<10}{tg}{pp}  {result}"
+    )
+
+
+def tune_summary_lines(result: TuneResult) -> list[str]:
+    lines: list[str] = []
+    failed = sum(1 for t in result.trials if not t.ok)
+    count = f"{len(result.trials)} trials" + (f", {failed} failed" if failed else "")
+    if result.pruned:
+        count += f"; {result.pruned} ruled out by the estimator without loading"
+    lines.append(count + (" (cancelled)" if result.cancelled else ""))
+    best = result.best
+    if best is None or result.handoff is None:
+        lines.append("No configuration ran.")
+        return lines
+    lines.append(
+        f"Best: trial {best.index}, {best.tg_tokens_per_s:,.1f} tokens/s generating, "
+        f"{best.pp_tokens_per_s:,.0f} tokens/s on prompts"
+    )
+    h = result.handoff
+    lines += ["", "llama-server:", f"  {inert(h.llama_server, max_chars=None)}"]
+    lines += ["llama-cli:", f"  {inert(h.llama_cli, max_chars=None)}"]
+    lines += ["llama-cpp-python:"]
+    lines += [f"  {inert(line, max_chars=None)}" for line in h.llama_snippet.splitlines()]
+    lines += ["Ollama Modelfile:"]
+    lines += [f"  {inert(line, max_chars=None)}" for line in h.ollama_modelfile.splitlines()]
+    for note in (*result.notes, *h.notes):
+        lines.append(f"note: {inert(note, max_chars=300)}")
+    return lines
