@@ -21,8 +21,14 @@ def screen_text(app: App[Any]) -> list[str]:
 
 
 def widget_rows(app: App[Any], widget: Widget) -> list[Strip]:
-    """The screen rows covering ``widget``'s content region, cropped to it."""
+    """The screen rows showing ``widget``'s content, cropped to it: only the part
+    its scrolling container shows now."""
     region = widget.content_region
+    node = widget.parent
+    while isinstance(node, Widget):
+        if node.is_scrollable:
+            region = region.intersection(node.scrollable_content_region)
+        node = node.parent
     strips = screen_strips(app)
     return [strips[y].crop(region.x, region.right) for y in range(region.y, region.bottom)]
 

@@ -1,4 +1,4 @@
-"""The minimal app: `llmtune MODEL` shows the model summary and `q` quits."""
+"""The model pane: `llmtune MODEL` shows the model summary (key 1), and `q` quits."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from rendered import screen_text, styles_of, widget_rows
 from rich.cells import cell_len
+from textual.pilot import Pilot
 from textual.strip import Strip
 
 from llmtune.model import ModelSpec, read_spec
@@ -22,10 +23,21 @@ def summary(app: LlmtuneApp) -> ModelSummary:
     return app.query_one("#model-summary", ModelSummary)
 
 
+def pane_width(app: LlmtuneApp) -> int:
+    """The model pane's width inside its padding and scrollbar."""
+    return app.query_one("#pane-model").scrollable_content_region.width
+
+
+async def show_model_pane(pilot: Pilot[None]) -> None:
+    await pilot.pause()
+    await pilot.press("1")
+    await pilot.pause()
+
+
 async def test_shows_the_demo_model_summary(demo_spec: ModelSpec) -> None:
     app = make_app(demo_spec)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await show_model_pane(pilot)
         widget = summary(app)
         rows = widget_rows(app, widget)
         shown = "\n".join(row.text for row in rows)
@@ -43,13 +55,14 @@ async def test_shows_the_demo_model_summary(demo_spec: ModelSpec) -> None:
         assert not any(style.bold for style in styles_of(body))
         header = screen_text(app)[0]
         assert "llmtune" in header and DEMO_NAME in header
-        assert "Quit" in screen_text(app)[-1]
+        footer = screen_text(app)[-1]
+        assert "Quit" in footer and "Help" in footer and "Apply" in footer
 
 
 async def test_q_quits(demo_spec: ModelSpec) -> None:
     app = make_app(demo_spec)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await show_model_pane(pilot)
         assert app.is_running
         await pilot.press("q")
         await pilot.pause()
@@ -61,27 +74,26 @@ async def test_q_quits(demo_spec: ModelSpec) -> None:
 async def test_summary_fits_the_pane(demo_spec: ModelSpec, size: tuple[int, int]) -> None:
     app = make_app(demo_spec)
     async with app.run_test(size=size) as pilot:
-        await pilot.pause()
+        await show_model_pane(pilot)
         widget = summary(app)
-        pane = app.query_one("#model-pane")
+        pane = app.query_one("#pane-model")
         width = widget.size.width
         # The summary takes the pane's full width inside its padding.
-        assert width == pane.scrollable_content_region.width == size[0] - 2
+        assert width == pane.scrollable_content_region.width
+        assert width >= 40
         assert widget.lines == widget.summary_lines(width)
         assert all(cell_len(line) <= width for line in widget.lines)
         # Every line is shown on its own row: nothing wraps or spills over.
         rows = [strip.text.rstrip() for strip in widget_rows(app, widget)]
-        assert rows == [line.rstrip() for line in widget.lines]
-        # At these sizes the whole summary fits without scrolling.
-        assert len(widget.lines) <= pane.scrollable_content_region.height
-        assert pane.max_scroll_y == 0
+        visible = pane.scrollable_content_region.height
+        assert rows[:visible] == [line.rstrip() for line in widget.lines][:visible]
 
 
 @pytest.mark.parametrize("size", [(80, 24), (50, 40), (120, 40)])
 async def test_summary_needs_no_cutting(demo_spec: ModelSpec, size: tuple[int, int]) -> None:
     app = make_app(demo_spec)
     async with app.run_test(size=size) as pilot:
-        await pilot.pause()
+        await show_model_pane(pilot)
         widget = summary(app)
         # inspect_lines keeps to the width it is given, so the pane has nothing to cut.
         assert widget.lines == inspect_lines(demo_spec, width=widget.size.width)
@@ -92,30 +104,32 @@ async def test_wide_characters_are_cut_to_the_pane(tmp_path: Path) -> None:
     (path,) = llama_like(tmp_path / "wide.gguf", name="模型" * 40)
     app = make_app(read_spec(path))
     async with app.run_test(size=(50, 40)) as pilot:
-        await pilot.pause()
+        await show_model_pane(pilot)
         widget = summary(app)
-        assert widget.size.width == 48
-        assert all(cell_len(line) <= 48 for line in widget.lines)
+        w = pane_width(app)
+        assert widget.size.width == w and w >= 46
+        assert all(cell_len(line) <= w for line in widget.lines)
         assert widget.lines[0].endswith("…")
         rows = [strip.text.rstrip() for strip in widget_rows(app, widget)]
-        assert rows == [line.rstrip() for line in widget.lines]
+        assert rows and rows == [line.rstrip() for line in widget.lines][: len(rows)]
 
 
 async def test_summary_re_lays_out_on_resize(demo_spec: ModelSpec) -> None:
     app = make_app(demo_spec)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause()
+    async with app.run_test(size=(100, 40)) as pilot:
+        await show_model_pane(pilot)
         widget = summary(app)
         wide = list(widget.lines)
         assert max(cell_len(line) for line in wide) > 48
         await pilot.resize_terminal(50, 40)
         await pilot.pause()
-        assert widget.size.width == 48
-        assert widget.lines == widget.summary_lines(48) != wide
-        assert max(cell_len(line) for line in widget.lines) <= 48
+        w = pane_width(app)
+        assert widget.size.width == w and w < 50
+        assert widget.lines == widget.summary_lines(w) != wide
+        assert max(cell_len(line) for line in widget.lines) <= w
         rows = [strip.text.rstrip() for strip in widget_rows(app, widget)]
-        assert rows == [line.rstrip() for line in widget.lines]
-        await pilot.resize_terminal(120, 40)
+        assert rows and rows == [line.rstrip() for line in widget.lines][: len(rows)]
+        await pilot.resize_terminal(100, 40)
         await pilot.pause()
         assert widget.lines == wide
 
@@ -123,7 +137,7 @@ async def test_summary_re_lays_out_on_resize(demo_spec: ModelSpec) -> None:
 async def test_path_label_replaces_the_path(demo_spec: ModelSpec, demo_model: Path) -> None:
     app = make_app(demo_spec, path_label="models/demo.gguf")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await show_model_pane(pilot)
         widget = summary(app)
         default = inspect_lines(demo_spec, width=widget.size.width)
         # The line it replaces is the path line (inspect_lines keeps it second).
@@ -139,9 +153,9 @@ async def test_a_long_path_label_keeps_the_file_name(demo_spec: ModelSpec) -> No
     label = "~/a/very/long/folder/name/that/does/not/fit/" + "SmolLM2-135M-Instruct.Q4_1.gguf"
     app = make_app(demo_spec, path_label=label)
     async with app.run_test(size=(50, 40)) as pilot:
-        await pilot.pause()
+        await show_model_pane(pilot)
         path_line = summary(app).lines[1]
-        assert cell_len(path_line) == 48
+        assert cell_len(path_line) == pane_width(app)
         assert path_line.startswith("  …") and path_line.endswith(
             "/SmolLM2-135M-Instruct.Q4_1.gguf"
         )
@@ -166,7 +180,7 @@ async def name_row_and_header(path: Path) -> tuple[Strip, str, str]:
     """The summary's first row, the whole screen's text and the header's text."""
     app = make_app(read_spec(path))
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause()
+        await show_model_pane(pilot)
         rows = widget_rows(app, summary(app))
         text = screen_text(app)
         return rows[0], "".join(text), text[0]

@@ -1,0 +1,35 @@
+"""Helpers for the Textual tests: fixed hardware, and waiting for the app."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from textual.pilot import Pilot
+
+from llmtune.hardware.host import host_device
+from llmtune.hardware.profiles import parse_gpu_spec
+from llmtune.ui.planner import Hardware
+from llmtune.units import GIB
+
+
+def cpu_only() -> Hardware:
+    """A CPU-only machine with 32 GiB of DDR4-3200, whatever this one has."""
+    return Hardware((host_device(ram_bytes=32 * GIB, bandwidth_gbps=51.2),))
+
+
+def with_gpu(spec: str = "rtx3060-12g") -> Hardware:
+    """That machine, planning for a GPU profile (what a user does with `g`)."""
+    return cpu_only().with_what_if([parse_gpu_spec(spec)])
+
+
+async def wait_for(pilot: Pilot[Any], ready: Callable[[], bool], timeout_s: float = 60.0) -> None:
+    """Let the app run until ``ready()``; fail if it never is (a hang, not a speed target)."""
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError("the app never reached the expected state")
+        await pilot.pause(0.05)
+        await asyncio.sleep(0)

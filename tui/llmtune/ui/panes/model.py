@@ -1,0 +1,89 @@
+"""The model pane: identity and shape, quantization mix, per-layer sizes (the
+``inspect`` summary), a searchable metadata browser and the chat template.
+Everything from the file is shown inert: as plain text, escapes made visible."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import DataTable, Input, Static
+
+from llmtune.model import ModelSpec
+from llmtune.model.describe import metadata_rows
+from llmtune.textsafe import inert
+from llmtune.ui.widgets.summary import ModelSummary
+
+TEMPLATE_KEY = "tokenizer.chat_template"
+MAX_TEMPLATE_CHARS = 20_000
+
+
+class ModelPane(VerticalScroll):
+    def __init__(
+        self,
+        spec: ModelSpec | None,
+        *,
+        path_label: str | None = None,
+        id: str | None = None,
+        classes: str | None = None,
+    ) -> None:
+        super().__init__(id=id, classes=classes)
+        self.spec = spec
+        self.path_label = path_label
+        self._rows: list[tuple[str, str, str]] = []
+
+    def compose(self) -> ComposeResult:
+        if self.spec is not None:
+            yield ModelSummary(self.spec, path_label=self.path_label, id="model-summary")
+        yield Static("Metadata", classes="section")
+        yield Input(placeholder="filter keys and values (/)", id="metadata-filter")
+        table: DataTable[Text] = DataTable(id="metadata", cursor_type="row", zebra_stripes=True)
+        yield table
+        yield Static("Chat template", classes="section")
+        yield Static("", id="chat-template", markup=False)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#metadata", DataTable)
+        table.add_column("key", key="key")
+        table.add_column("type", key="type")
+        table.add_column("value", key="value")
+        if self.spec is not None:
+            self.show(self.spec, self.path_label)
+
+    def show(self, spec: ModelSpec, path_label: str | None = None) -> None:
+        self.spec = spec
+        self.path_label = path_label
+        summaries = list(self.query(ModelSummary))
+        if summaries:
+            summaries[0].show(spec, path_label)
+        else:
+            self.mount(ModelSummary(spec, path_label=path_label, id="model-summary"), before=0)
+        self._rows = metadata_rows(spec)
+        self._fill(self.query_one("#metadata-filter", Input).value)
+        template = spec.metadata.get(TEMPLATE_KEY)
+        shown = (
+            inert(template, max_chars=MAX_TEMPLATE_CHARS, keep_newlines=True)
+            if isinstance(template, str)
+            else "(none: this file has no chat template)"
+        )
+        self.query_one("#chat-template", Static).update(Text(shown))
+
+    def _fill(self, needle: str) -> None:
+        table: DataTable[Text] = self.query_one("#metadata", DataTable)
+        table.clear()
+        needle = needle.strip().lower()
+        for key, type_name, value in self._rows:
+            if needle and needle not in key.lower() and needle not in value.lower():
+                continue
+            table.add_row(Text(key), Text(type_name), Text(value))
+
+    @on(Input.Changed, "#metadata-filter")
+    def _filter(self, event: Input.Changed) -> None:
+        self._fill(event.value)
+
+    @property
+    def shown_keys(self) -> list[str]:
+        """The metadata keys the browser lists now (after the filter)."""
+        table: DataTable[Text] = self.query_one("#metadata", DataTable)
+        return [table.get_row_at(i)[0].plain for i in range(table.row_count)]

@@ -1,0 +1,149 @@
+"""The model picker: GGUF files found on this machine, the demo model always among them.
+
+The search runs in a thread (a slow network mount never freezes the screen);
+typing filters the list, and a path typed in full opens that file. Enter opens
+the highlighted model; Escape goes back (or, with no model open yet, stays).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, Input, Static
+
+from llmtune.model.discover import FoundModel, find_models
+from llmtune.textsafe import inert
+from llmtune.units import format_bytes
+
+SOURCE_LABEL = {
+    "cwd": "here",
+    "models": "~/models",
+    "huggingface": "HF cache",
+    "lmstudio": "LM Studio",
+    "llama.cpp": "llama.cpp",
+    "ollama": "Ollama",
+    "demo": "demo",
+}
+DEMO_DOWNLOAD = "\0demo"  # the row that fetches the demo model when it is not here yet
+
+
+class ModelPicker(ModalScreen[str | None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "back", "Back"),
+        Binding("down", "focus_list", "List", show=False),
+    ]
+
+    def __init__(self, *, can_go_back: bool, last_model: str | None = None) -> None:
+        super().__init__()
+        self.can_go_back = can_go_back
+        self.last_model = last_model
+        self.models: list[FoundModel] = []
+        self.searching = True
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="picker"):
+            yield Static("Open a model", id="picker-title", markup=False)
+            yield Input(placeholder="filter, or a path to a .gguf file", id="picker-filter")
+            yield Static("searching…", id="picker-status", markup=False)
+            table: DataTable[Text] = DataTable(id="picker-list", cursor_type="row")
+            yield table
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#picker-list", DataTable)
+        for label, key in (
+            ("model", "name"),
+            ("quant", "quant"),
+            ("size", "size"),
+            ("where", "src"),
+        ):
+            table.add_column(label, key=key)
+        self.query_one("#picker-filter", Input).focus()
+        self.search()
+
+    @work(thread=True, exclusive=True, group="picker")
+    def search(self) -> None:
+        models = find_models()
+        self.app.call_from_thread(self._found, models)
+
+    def _found(self, models: list[FoundModel]) -> None:
+        self.models = models
+        self.searching = False
+        self._fill(self.query_one("#picker-filter", Input).value)
+
+    def _fill(self, needle: str) -> None:
+        table: DataTable[Text] = self.query_one("#picker-list", DataTable)
+        table.clear()
+        needle = needle.strip().lower()
+        shown = 0
+        has_demo = any(m.is_demo for m in self.models)
+        for m in self.models:
+            if needle and needle not in m.name.lower() and needle not in m.path.lower():
+                continue
+            table.add_row(
+                Text(inert(m.name, max_chars=120)),
+                Text(m.quant or ""),
+                Text(format_bytes(m.size_bytes), justify="right"),
+                Text(SOURCE_LABEL.get(m.source, m.source), "dim"),
+                key=m.path,
+            )
+            shown += 1
+        if not has_demo and not self.searching and (not needle or needle in "demo smollm2"):
+            table.add_row(
+                Text("SmolLM2-135M-Instruct (demo; Enter downloads it, 98 MB)"),
+                Text("Q4_1"),
+                Text("", justify="right"),
+                Text("demo", "dim"),
+                key=DEMO_DOWNLOAD,
+            )
+            shown += 1
+        if self.last_model is not None:
+            for i, m in enumerate(self.models):
+                if m.path == self.last_model and i < table.row_count:
+                    table.move_cursor(row=i, animate=False)
+                    break
+        status = "searching…" if self.searching else f"{shown} of {len(self.models)} models"
+        self.query_one("#picker-status", Static).update(status)
+
+    @on(Input.Changed, "#picker-filter")
+    def _filter(self, event: Input.Changed) -> None:
+        self._fill(event.value)
+
+    @on(Input.Submitted, "#picker-filter")
+    def _submit(self, event: Input.Submitted) -> None:
+        typed = os.path.expanduser(event.value.strip())
+        if typed and os.path.isfile(typed):
+            self.dismiss(os.path.abspath(typed))
+            return
+        table: DataTable[Text] = self.query_one("#picker-list", DataTable)
+        if table.row_count:
+            self._choose(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        elif typed:
+            self.app.notify(
+                f"No such file: {inert(typed, max_chars=200)}", severity="error", markup=False
+            )
+
+    @on(DataTable.RowSelected, "#picker-list")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        self._choose(event.row_key.value)
+
+    def _choose(self, key: str | None) -> None:
+        if key is None:
+            return
+        self.dismiss(key)
+
+    def action_focus_list(self) -> None:
+        self.query_one("#picker-list", DataTable).focus()
+
+    def action_back(self) -> None:
+        if self.can_go_back:
+            self.dismiss(None)
+        else:
+            self.app.notify("Choose a model, or press q to quit.", markup=False)
