@@ -254,6 +254,31 @@ def test_cli_requantize_needs_the_flag_and_json_is_one_object(folder: Path) -> N
     assert read_spec(folder / "tiny-llama-Q4_K_M.gguf").file_type_name == "Q4_K_M"
 
 
+def test_ctrl_c_leaves_the_folder_as_it_was(folder: Path) -> None:
+    """Ctrl-C in a terminal (SIGINT to llmtune) while llama.cpp writes: exit 130, one line,
+    no file. IQ2_XS with an importance matrix is slow enough to be caught mid-way."""
+    source = folder / "tiny-llama-F16.gguf"
+    write_imatrix_gguf(source, folder / "m.gguf")
+    before = snapshot(folder)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmtune.cli", "quantize", str(source), "--to", "IQ2_XS",
+         "--imatrix", str(folder / "m.gguf")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # the first progress line: llama.cpp is writing
+    assert first.startswith("quantizing to IQ2_XS"), first
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 130, (out, err)
+    assert err.splitlines()[-1] == "llmtune: quantization cancelled; nothing was written"
+    assert "wrote" not in out
+    assert snapshot(folder) == before
+
+
 def test_imatrix_reaches_llama_cpp(folder: Path) -> None:
     source = folder / "tiny-llama-F16.gguf"
     matrix = folder / "tiny.imatrix.gguf"
