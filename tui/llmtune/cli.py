@@ -45,7 +45,28 @@ def _app_parser() -> argparse.ArgumentParser:
         description="Will this GGUF model run here, with which llama.cpp settings, and how fast?",
         epilog="Sub-commands: " + ", ".join(SUBCOMMANDS) + " (llmtune COMMAND --help).",
     )
-    parser.add_argument("model", nargs="?", help="a .gguf file (default: the demo model)")
+    parser.add_argument(
+        "model", nargs="?", help="a .gguf file (default: a picker over the models found here)"
+    )
+    parser.add_argument(
+        "--gpu",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="plan for this GPU instead of this machine's: a profile (rtx3060-12g) or a size "
+        "(24GB:1008GB/s); see 'llmtune fit --list-gpus'",
+    )
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="how often to sample GPU, RAM and the worker (default 1, at least 0.2)",
+    )
+    parser.add_argument(
+        "--compact", action="store_true", help="the side-pane view of gauges at any width"
+    )
+    parser.add_argument("--theme", metavar="NAME", help="a Textual theme (textual-dark, nord, ...)")
     parser.add_argument("--version", action="version", version=f"llmtune {__version__}")
     return parser
 
@@ -331,7 +352,7 @@ def cmd_fit(argv: Sequence[str]) -> int:
         from llmtune.fit.report import quant_json, quant_text
         from llmtune.fit.whatif import quant_rows
 
-        rows = quant_rows(spec, devices, settings)
+        rows = quant_rows(spec, devices, settings, speed=speed)
         if args.json:
             _print_json(quant_json(spec, rows))
         else:
@@ -638,22 +659,36 @@ def cmd_inspect(argv: Sequence[str]) -> int:
 
 def cmd_app(argv: Sequence[str]) -> int:
     args = _app_parser().parse_args(argv)
+    import math
+
+    from llmtune.errors import ConfigError
+
+    if not math.isfinite(args.interval) or args.interval <= 0:
+        raise ConfigError(f"the interval must be a positive number of seconds, not {args.interval}",
+                          "--interval")  # fmt: skip
     from llmtune.model import read_spec
-    from llmtune.model.demo import demo_model_path, is_demo_model_present
+    from llmtune.ui.app import AppOptions, LlmtuneApp, default_sampler_factory, machine_hardware
 
-    path = args.model
-    if path is None:
-        if not is_demo_model_present():
-            raise LlmtuneError(
-                "no model given and the demo model is not downloaded yet: "
-                "run 'make model' or give a .gguf path",
-                str(demo_model_path()),
-            )
-        path = str(demo_model_path())
-    spec = read_spec(path)
-    from llmtune.ui.app import make_app
+    spec = read_spec(args.model) if args.model else None
+    theme = args.theme
+    if theme is not None:
+        from textual.theme import BUILTIN_THEMES
 
-    make_app(spec).run()
+        if theme not in BUILTIN_THEMES:
+            from llmtune.hardware.profiles import close_names
+
+            close = close_names(theme, list(BUILTIN_THEMES))
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown theme {theme!r}{hint}", "--theme")
+    hardware = machine_hardware(args.gpu)
+    app = LlmtuneApp(
+        spec,
+        os.path.abspath(args.model) if args.model else None,
+        hardware,
+        options=AppOptions(interval_s=max(0.2, args.interval), compact=args.compact, theme=theme),
+        sampler_factory=default_sampler_factory,
+    )
+    app.run()
     return 0
 
 

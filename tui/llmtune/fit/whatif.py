@@ -7,12 +7,13 @@ verdict, the most layers that fit and predicted speed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from llmtune.fit.plan import FitPlan, plan
 from llmtune.fit.quant import FILE_TYPES, requantize
 from llmtune.fit.settings import Settings
+from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.hardware.device import Device
 from llmtune.model import ModelSpec
 
@@ -59,10 +60,17 @@ def quant_rows(
     devices: Sequence[Device],
     settings: Settings | None = None,
     file_types: Sequence[str] = TABLE_TYPES,
+    speed: SpeedModel = DEFAULT_SPEED_MODEL,
+    spec_for: Callable[[str], ModelSpec] | None = None,
 ) -> list[QuantRow]:
     """One row per file type (and the file's own); each plan puts as many
-    layers on the GPU as fit."""
+    layers on the GPU as fit.
+
+    ``spec_for(ftype)`` gives the model as quantized to ``ftype``; a caller that
+    plans often (the app, on every change) passes a cache of them, since
+    requantizing costs far more than planning."""
     s = settings or Settings()
+    requantized = spec_for or (lambda name: requantize(spec, name))
     current = spec.file_type_name
     rows: list[QuantRow] = []
     names = list(file_types)
@@ -71,10 +79,10 @@ def quant_rows(
     for name in names:
         if name not in FILE_TYPES:
             continue
-        quantized = requantize(spec, name)
-        probe = plan(quantized, devices, s)
+        quantized = requantized(name)
+        probe = plan(quantized, devices, s, speed)
         p = (
-            plan(quantized, devices, s.with_(n_gpu_layers=probe.max_gpu_layers))
+            plan(quantized, devices, s.with_(n_gpu_layers=probe.max_gpu_layers), speed)
             if probe.gpus
             else probe
         )
