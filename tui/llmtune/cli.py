@@ -625,7 +625,7 @@ def cmd_tune(argv: Sequence[str]) -> int:
         why = next((t.reason for t in result.trials if t.reason), "no trial ran")
         raise WorkerError(f"no configuration ran here: {why}", "llmtune tune")
     if args.json:
-        _print_json(tune_dict(result, spec.path))
+        _print_json(tune_dict(result, spec))
     else:
         print()
         print("\n".join(tune_summary_lines(result)))

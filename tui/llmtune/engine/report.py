@@ -15,6 +15,7 @@ from llmtune.units import format_bytes
 if TYPE_CHECKING:
     from llmtune.engine.quantize import QuantizeJob, QuantizePlan, QuantizeResult, QuantizeStep
     from llmtune.engine.tune import Trial, TuneResult
+    from llmtune.model import ModelSpec
 
 
 def _pct(value: float, reference: float) -> str:
@@ -123,16 +124,12 @@ def trial_dict(trial: Trial) -> dict[str, Any]:
     }
 
 
-def tune_dict(result: TuneResult, model_path: str) -> dict[str, Any]:
+def tune_dict(result: TuneResult, spec: ModelSpec) -> dict[str, Any]:
     from llmtune.fit.report import plan_dict
 
-    best_plan = None
-    if result.plan is not None:
-        from llmtune.model import read_spec
-
-        best_plan = plan_dict(read_spec(model_path), result.plan)
+    best_plan = plan_dict(spec, result.plan) if result.plan is not None else None
     return {
-        "model": os.path.abspath(model_path),
+        "model": os.path.abspath(spec.path),
         "objective": result.objective,
         "n_ctx": result.n_ctx,
         "best": trial_dict(result.best) if result.best is not None else None,
