@@ -9,6 +9,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from llmtune.engine.tune import (
+    Trial,
     TrialBench,
     Tuner,
     TuneSpace,
@@ -104,3 +105,50 @@ def test_thread_candidates() -> None:
     assert thread_candidates(logical=12, physical=6) == (1, 2, 4, 6, 8, 12)
     assert thread_candidates(logical=2, physical=2) == (1, 2)
     assert thread_candidates(logical=1, physical=1) == (1,)
+
+
+class _Scripted(Tuner):
+    """The search order on a known speed landscape: trials are scored by ``speed``
+    instead of being run (the real runs are tests/engine/test_tune.py's)."""
+
+    def __init__(self, spec: ModelSpec, speed: dict[tuple[str, int], float], **kw: object) -> None:
+        super().__init__(spec, [host_device(ram_bytes=64 * GIB)], Settings(n_ctx=4096), **kw)  # type: ignore[arg-type]
+        self.landscape = speed
+        self.visited: list[tuple[str, int]] = []
+
+    def run_trial(self, settings: Settings, stage: str) -> Trial | None:  # type: ignore[override]
+        resolved = self.plan_for(settings).settings
+        if resolved in self._cache:
+            return self._cache[resolved]
+        key = (stage, settings.threads if stage != "ubatch" else settings.n_ubatch)
+        self.visited.append(key)
+        score = self.landscape.get(key, 1.0)
+        trial = Trial(len(self.trials) + 1, stage, resolved, "ok", score, score, score)  # type: ignore[arg-type]
+        self.trials.append(trial)
+        self._cache[resolved] = trial
+        return trial
+
+
+def test_the_climb_walks_down_to_the_fastest_ubatch_and_stops(model_8b: ModelSpec) -> None:
+    space = TuneSpace(threads=(4,), flash_attn=("on",), cache_types=("f16",))
+    # Prompt speed peaks at ubatch 128 for this landscape; 512 stands for 1024 and 2048,
+    # which run a 512-token prompt the same way.
+    speed = {("layers", 4): 100.0, ("ubatch", 256): 110.0, ("ubatch", 128): 120.0,
+             ("ubatch", 64): 90.0}  # fmt: skip
+    tuner = _Scripted(model_8b, speed, objective="pp", space=space,
+                      bench=TrialBench(prompt_tokens=512))  # fmt: skip
+    result = tuner.run()
+    assert tuner.visited == [("layers", 4), ("ubatch", 256), ("ubatch", 128), ("ubatch", 64)]
+    assert result.best is not None and result.best.settings.n_ubatch == 128
+    assert result.best.settings.n_batch == 2048  # batch stays at least the ubatch
+
+
+def test_the_climb_ignores_gains_within_the_tolerance(model_8b: ModelSpec) -> None:
+    space = TuneSpace(threads=(1, 2, 4, 8), flash_attn=("on",), cache_types=("f16",))
+    speed = {("layers", 4): 100.0, ("threads", 2): 101.0, ("threads", 8): 101.5}
+    tuner = _Scripted(model_8b, speed, space=space)
+    tuner.base = tuner.base.with_(threads=4)
+    result = tuner.run()
+    # Both neighbours of 4 were tried; neither beat it by 2%, so the climb stopped there.
+    assert tuner.visited == [("layers", 4), ("threads", 2), ("threads", 8)]
+    assert result.best is not None and result.best.index == 3  # the best measured is reported

@@ -20,7 +20,8 @@ at a time, from the one that decides memory to those that only change speed:
    climb over powers of two up to the benchmark's prompt length.
 
 A step is taken only when it beats the incumbent by more than ``tolerance``
-(2%: what two short runs can tell apart), so noise does not wander the search.
+(2%: what two short runs can tell apart), so noise does not wander the search;
+the answer is the best trial measured.
 A trial whose worker dies is recorded as crashed and the search goes on with a
 fresh worker. The objective is generation speed (``tg``), prompt speed
 (``pp``), or ``mix``: requests per second for the benchmark's prompt and
@@ -355,8 +356,9 @@ class Tuner:
                 raise FitError("not even 256 tokens of context fit here", "--ctx max")
             s = s.with_(n_ctx=largest)
         self.n_ctx = s.n_ctx or self.spec.n_ctx_train
-        threads = s.threads or _default_threads()
-        s = s.with_(threads=threads)
+        if len(self.space.threads) == 1:
+            s = s.with_(threads=self.space.threads[0])
+        s = s.with_(threads=s.threads or _default_threads())
         if self.objective != "tg" and len(self.space.ubatch) == 1:
             s = s.with_(n_ubatch=self.space.ubatch[0])
         if len(self.space.flash_attn) == 1:
@@ -470,9 +472,12 @@ class Tuner:
         return tuple(sorted(values))
 
     def _ubatch_values(self) -> tuple[int, ...]:
+        """The ubatches to try: those up to the prompt (a larger one runs the same)."""
         limit = max(1, self.bench.prompt_tokens)
-        values = [u for u in self.space.ubatch if u <= limit] or [min(self.space.ubatch)]
-        return tuple(sorted(set(values) | {self.base.n_ubatch}))
+        values = {u for u in self.space.ubatch if u <= limit} or {min(self.space.ubatch)}
+        if self.base.n_ubatch <= limit:
+            values.add(self.base.n_ubatch)
+        return tuple(sorted(values))
 
     def _with(self, s: Settings, name: str, value: int) -> Settings:
         if name == "n_ubatch":
@@ -484,7 +489,10 @@ class Tuner:
         if len(values) < 2:
             return incumbent
         current = getattr(incumbent.settings, name)
-        i = values.index(current) if current in values else 0
+        # The incumbent stands for the largest value not above its own (a ubatch beyond
+        # the prompt runs as the prompt's length).
+        below = [j for j, v in enumerate(values) if v <= current]
+        i = below[-1] if below else 0
         best = incumbent
         # Look both ways first, then keep going the way that won.
         neighbours = [j for j in (i - 1, i + 1) if 0 <= j < len(values)]
@@ -496,8 +504,8 @@ class Tuner:
                 winners.append((trial, j - i))
         if not winners:
             return incumbent
-        direction = winners[-1][1]
-        j = values.index(getattr(best.settings, name)) + direction
+        direction = winners[-1][1]  # the best is the neighbour that way
+        j = i + 2 * direction
         while 0 <= j < len(values):
             trial = self._trial(self._with(best.settings, name, values[j]), stage)
             if not self._better(trial, best) or trial is None:
