@@ -363,6 +363,9 @@ class Tuner:
             s = s.with_(n_ubatch=self.space.ubatch[0])
         if len(self.space.flash_attn) == 1:
             s = s.with_(flash_attn=self.space.flash_attn[0])
+        elif s.flash_attn == "auto":
+            # Say what auto becomes here, so the trials and the hand-off name what ran.
+            s = s.with_(flash_attn="on" if self.plan_for(s).flash_attn else "off")
         return s
 
     # stage 1 and 2 ----------------------------------------------------------------------
