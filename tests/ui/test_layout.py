@@ -6,10 +6,13 @@ from __future__ import annotations
 import pytest
 from rendered import screen_text
 from textual.widget import Widget
-from ui_support import cpu_only, with_gpu
+from ui_support import cpu_only, wait_for, with_gpu
 
+from llmtune.engine.protocol import Progress
 from llmtune.model import ModelSpec
+from llmtune.telemetry.sampler import Sampler
 from llmtune.ui.app import AppOptions, LlmtuneApp, make_app
+from llmtune.ui.messages import WorkerEvent
 from llmtune.ui.panes.gauges import GaugesPane
 from llmtune.ui.screens.help import HelpScreen
 from llmtune.ui.widgets.devicebar import DeviceBar
@@ -145,3 +148,25 @@ async def test_no_color_still_tells_the_parts_apart(
         text = "\n".join(screen_text(app))
         # Each part of a bar has its own glyph, named in the legend.
         assert "█ weights" in text and "▓ KV" in text and "▒ compute" in text
+
+
+async def test_samples_and_worker_events_under_a_dialog(demo_spec: ModelSpec) -> None:
+    # Ticks keep coming while help (or any dialog) is open; none of them may crash the app.
+    app = make_app(
+        demo_spec,
+        hardware=cpu_only(),
+        options=AppOptions(persist=False, interval_s=0.2),
+        sampler_factory=lambda callback, interval_s: Sampler(callback, interval_s=0.2),
+    )
+    async with app.run_test(size=(50, 40)) as pilot:
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        seen = len(app.telemetry.host.ram_used_bytes)
+        await wait_for(pilot, lambda: len(app.telemetry.host.ram_used_bytes) >= seen + 3)
+        app.post_message(WorkerEvent(Progress(0.5), app.engine_generation))
+        await pilot.pause()
+        assert app.is_running and app.load_progress == 0.5
+        await pilot.press("escape")
+        await pilot.pause()
+        assert "worker RSS" in "\n".join(screen_text(app))

@@ -93,5 +93,4 @@ async def test_siblings_on_disk_are_marked_and_open(tmp_path: Path) -> None:
 
 def _mark(app: LlmtuneApp, file_type: str) -> str:
     table = app.query_one(QuantTable)
-    row = table.get_row(file_type)
-    return str(row[6].plain)
+    return str(table.get_cell(file_type, "mark").plain)

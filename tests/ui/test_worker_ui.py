@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 from rendered import screen_text
 from textual.widgets import DataTable
@@ -13,9 +14,10 @@ from ui_support import cpu_only, wait_for
 from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import Event
 from llmtune.engine.supervisor import Supervisor
-from llmtune.model import ModelSpec
+from llmtune.model import ModelSpec, read_spec
 from llmtune.ui.app import AppOptions, LlmtuneApp, make_app
 from llmtune.ui.panes.run import RunPane
+from synth import llama_like
 
 
 class RecordingSupervisor(Supervisor):
@@ -145,3 +147,34 @@ async def test_generate_without_a_model_says_what_to_do(demo_spec: ModelSpec) ->
         await pilot.pause()
         assert app.engine is None  # nothing was started behind the user's back
         assert any("press a to load" in n.message for n in app._notifications)
+
+
+SLOW_TEMPLATE = (
+    "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}"
+    "{{ messages[0].content }}"
+)
+
+
+async def test_a_slow_chat_template_never_freezes_the_app(tmp_path: Path) -> None:
+    # The template runs for seconds (then is killed); meanwhile the app answers
+    # keys, and a stop means nothing is generated at all.
+    (path,) = llama_like(
+        tmp_path / "slow.gguf", n_layer=2, extra_kv=[("tokenizer.chat_template", SLOW_TEMPLATE)]
+    )
+    loads: list[RunConfig] = []
+    app = recording_app(read_spec(path), loads)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("a")
+        await wait_for(pilot, lambda: app.worker_state == "loaded")
+        app.generate("hello")
+        await pilot.pause()
+        assert app.worker_state == "generating"
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.worker_state == "loaded"
+        await pilot.press("3", "pagedown")  # the UI thread is free: keys work at once
+        await pilot.pause()
+        assert app.active_pane == "offload"
+        await pilot.pause(4.0)  # past the template's deadline
+        assert app.last_stats is None and app.run_pane.output == ""

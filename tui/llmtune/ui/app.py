@@ -26,7 +26,9 @@ from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.containers import Container
+from textual.css.query import NoMatches
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Header, Static, Tab, Tabs
 
 from llmtune import config_store
@@ -76,11 +78,11 @@ WIDE_COLUMNS = 120
 NARROW_COLUMNS = 60
 # (pane, tab label) in the order of the keys 1-5; "gauges" is key 0, for narrow panes.
 PANES: tuple[tuple[str, str], ...] = (
-    ("model", "1 Model"),
-    ("quant", "2 Quant"),
-    ("offload", "3 Offload"),
-    ("monitor", "4 Monitor"),
-    ("run", "5 Run"),
+    ("model", "Model"),
+    ("quant", "Quant"),
+    ("offload", "Offload"),
+    ("monitor", "Monitor"),
+    ("run", "Run"),
 )
 GEN_MAX_TOKENS = 256
 TPS_WINDOW_S = 2.0
@@ -126,10 +128,12 @@ class LlmtuneApp(App[None]):
         Binding("right_square_bracket", "layers(1)", "+layer", show=False),
         Binding("slash", "search_metadata", "Search", show=False),
         Binding("0", "pane('gauges')", "Gauges", show=False),
+        Binding("1", "pane('model')", "Panes", key_display="1-5"),
         *(
             Binding(str(i + 1), f"pane('{name}')", label, show=False)
             for i, (name, label) in enumerate(PANES)
-        ),  # fmt: skip
+            if i
+        ),
     ]
 
     def __init__(
@@ -169,6 +173,7 @@ class LlmtuneApp(App[None]):
         self.comparison: Comparison | None = None
         self.last_stats: Stats | None = None
         self._token_times: deque[float] = deque(maxlen=4096)
+        self._prompt_pending = False  # a prompt whose chat template is being rendered
         self.live_tps: float | None = None  # read by the sampler thread
         self._autoapply_timer: object | None = None
         # telemetry
@@ -182,24 +187,37 @@ class LlmtuneApp(App[None]):
 
     # -- building ------------------------------------------------------------------
     def compose(self) -> ComposeResult:
-        yield Header()
-        yield Static("", id="status", markup=False)
-        yield Tabs(
-            Tab("0 Gauges", id="tab-gauges"),
+        # The app keeps its own references: `query_one` looks in the screen on top,
+        # which may be a dialog when a worker event or a sample arrives.
+        self.status = Static("", id="status", markup=False)
+        self.tabs = Tabs(
+            Tab("Gauges", id="tab-gauges"),
             *(Tab(label, id=f"tab-{name}") for name, label in PANES),
             active="tab-offload",
             id="tabs",
         )
+        self.offload_pane = OffloadPane(id="pane-offload", classes="pane")
+        self.monitor_pane = MonitorPane(id="pane-monitor", classes="pane")
+        self.run_pane = RunPane(id="pane-run", classes="pane")
+        self.quant_pane = QuantPane(id="pane-quant", classes="pane")
+        self.model_pane = ModelPane(
+            self.spec, path_label=self.options.path_label, id="pane-model", classes="pane"
+        )
+        self.gauges_pane = GaugesPane(id="pane-gauges", classes="pane")
+        self.panes: dict[str, Widget] = {
+            "offload": self.offload_pane,
+            "monitor": self.monitor_pane,
+            "run": self.run_pane,
+            "quant": self.quant_pane,
+            "model": self.model_pane,
+            "gauges": self.gauges_pane,
+        }
+        yield Header()
+        yield self.status
+        yield self.tabs
         with Container(id="panes"):
             # DOM order is the wide grid's reading order (see llmtune.tcss).
-            yield OffloadPane(id="pane-offload", classes="pane")
-            yield MonitorPane(id="pane-monitor", classes="pane")
-            yield RunPane(id="pane-run", classes="pane")
-            yield QuantPane(id="pane-quant", classes="pane")
-            yield ModelPane(
-                self.spec, path_label=self.options.path_label, id="pane-model", classes="pane"
-            )
-            yield GaugesPane(id="pane-gauges", classes="pane")
+            yield from self.panes.values()
         yield Footer()
 
     def on_mount(self) -> None:
@@ -211,7 +229,7 @@ class LlmtuneApp(App[None]):
             ("model", "Model"),
             ("gauges", "llmtune"),
         ):
-            self.query_one(f"#pane-{pane_id}").border_title = title
+            self.panes[pane_id].border_title = title
         self._apply_layout(self.size.width)
         if self.options.persist:
             self.store, notice = config_store.load()
@@ -251,7 +269,7 @@ class LlmtuneApp(App[None]):
         self.layout_mode = mode
         for name in ("wide", "tabs", "narrow"):
             self.set_class(mode == name, f"-{name}")
-        tabs = self.query_one("#tabs", Tabs)
+        tabs = self.tabs
         if mode == "narrow":
             tabs.show("tab-gauges")
             # Gauges are the narrow view; a pane chosen in the tabs stays chosen.
@@ -267,12 +285,12 @@ class LlmtuneApp(App[None]):
     is_mounted_once = False
 
     def _mark_active(self) -> None:
-        for pane in self.query(".pane"):
-            pane.set_class(pane.id == f"pane-{self.active_pane}", "-active")
+        for name, pane in self.panes.items():
+            pane.set_class(name == self.active_pane, "-active")
 
     def _activate(self, pane: str) -> None:
         self.active_pane = pane
-        tabs = self.query_one("#tabs", Tabs)
+        tabs = self.tabs
         if tabs.active != f"tab-{pane}":
             tabs.active = f"tab-{pane}"
         self._mark_active()
@@ -300,8 +318,8 @@ class LlmtuneApp(App[None]):
             "gauges": "#ngl-compact",
         }
         try:
-            widget = self.query_one(target[pane])
-        except Exception:
+            widget = self.panes[pane].screen.query_one(target[pane])
+        except Exception:  # the pane is gone (the app is closing)
             return
         if widget.focusable:
             widget.focus()
@@ -379,7 +397,7 @@ class LlmtuneApp(App[None]):
         saved = self.store.settings_for(path)
         self.settings = saved if saved is not None else Settings()
         self.sub_title = inert(spec.name, max_chars=60)
-        self.query_one(ModelPane).show(spec, self.options.path_label)
+        self.model_pane.show(spec, self.options.path_label)
         self.store = self.store.with_last_model(path)
         self._schedule_save()
         self._replan()
@@ -451,8 +469,8 @@ class LlmtuneApp(App[None]):
             command=self.command_for(p),
             has_gpu=bool(self.hardware.gpus),
         )
-        self.query_one(OffloadPane).show(self.view)
-        self.query_one(GaugesPane).show(self.view)
+        self.offload_pane.show(self.view)
+        self.gauges_pane.show(self.view)
         self._schedule_quant_table(self.options.quant_delay_s)
 
     def command_for(self, p: FitPlan) -> str:
@@ -497,7 +515,7 @@ class LlmtuneApp(App[None]):
         p = self.plan
         ctx = f"context {p.n_ctx:,}, " if p is not None else ""
         caption = f"{ctx}as many layers on the GPU as fit; {hardware}"
-        self.query_one(QuantPane).show(self.quant_rows, self.quant, self.siblings, caption)
+        self.quant_pane.show(self.quant_rows, self.quant, self.siblings, caption)
 
     # -- messages from the panes -------------------------------------------------------
     @on(LayerSlider.Changed)
@@ -550,7 +568,7 @@ class LlmtuneApp(App[None]):
 
     def action_search_metadata(self) -> None:
         self._activate("model")
-        self.call_after_refresh(self.query_one("#metadata-filter").focus)
+        self.call_after_refresh(self.model_pane.query_one("#metadata-filter").focus)
 
     def action_choose_gpu(self) -> None:
         from llmtune.hardware.profiles import parse_gpu_spec
@@ -591,7 +609,7 @@ class LlmtuneApp(App[None]):
             yield SystemCommand(title, help_text, _runner(self, action))
         for i, (name, label) in enumerate(PANES):
             yield SystemCommand(
-                f"Show the {label[2:]} pane", f"key {i + 1}", _runner(self, f"pane('{name}')")
+                f"Show the {label} pane", f"key {i + 1}", _runner(self, f"pane('{name}')")
             )
 
     # -- the worker ----------------------------------------------------------------------
@@ -625,7 +643,7 @@ class LlmtuneApp(App[None]):
         self.loaded_config = config
         self.loaded = None
         self.comparison = None
-        self.query_one(MonitorPane).show_comparison(None)
+        self.monitor_pane.show_comparison(None)
         self._set_worker_state("loading", progress=0.0)
 
     def _start_engine(self) -> None:
@@ -657,7 +675,11 @@ class LlmtuneApp(App[None]):
             self.engine.unload()
 
     def action_stop(self) -> None:
-        if self.worker_state == "generating" and self.engine is not None:
+        if self._prompt_pending:
+            # Stopped while the chat template rendered: nothing was sent yet.
+            self._prompt_pending = False
+            self._set_worker_state("loaded")
+        elif self.worker_state == "generating" and self.engine is not None:
             self.engine.stop()
         elif self.worker_state == "loading" and self.engine is not None:
             self.engine.stop()
@@ -672,11 +694,24 @@ class LlmtuneApp(App[None]):
             what = "is loading" if self.worker_state == "loading" else "has no model loaded"
             self.notify(f"The worker {what}: press a to load it.", markup=False)
             return
-        text = render_chat(self.spec, prompt) or prompt
-        self.query_one(RunPane).clear_output(text)
+        self._prompt_pending = True
+        self._set_worker_state("generating")
+        self._render_and_generate(self.spec, prompt, self.engine_generation)
+
+    @work(thread=True, exclusive=True, group="chat")
+    def _render_and_generate(self, spec: ModelSpec, prompt: str, generation: int) -> None:
+        # The chat template renders in a child process (up to a few seconds for a
+        # hostile one): never on the UI thread.
+        text = render_chat(spec, prompt) or prompt
+        self.call_from_thread(self._send_generate, text, generation)
+
+    def _send_generate(self, text: str, generation: int) -> None:
+        pending, self._prompt_pending = self._prompt_pending, False
+        if not pending or generation != self.engine_generation or self.engine is None:
+            return  # stopped, or the worker replaced, before the template was ready
+        self.run_pane.clear_output(text)
         self._token_times.clear()
         self.engine.generate(text, GEN_MAX_TOKENS, temperature=0.7, seed=42)
-        self._set_worker_state("generating")
 
     def _schedule_autoapply(self) -> None:
         if self.worker_state not in ("loaded", "generating", "loading"):
@@ -700,7 +735,7 @@ class LlmtuneApp(App[None]):
         if message.generation != self.engine_generation:
             return  # from a worker that has been replaced
         event = message.event
-        monitor = self.query_one(MonitorPane)
+        monitor = self.monitor_pane
         if isinstance(event, Started):
             if self.sampler is not None:
                 self.sampler.watch_worker(event.pid, self._tokens_per_s)
@@ -721,7 +756,7 @@ class LlmtuneApp(App[None]):
         elif isinstance(event, Stats):
             self.last_stats = event
             self.live_tps = None
-            self.query_one(RunPane).show_stats(event, self._predicted_machine_tg())
+            self.run_pane.show_stats(event, self._predicted_machine_tg())
             self._set_worker_state("loaded")
         elif isinstance(event, Unloaded):
             self.loaded = None
@@ -744,7 +779,7 @@ class LlmtuneApp(App[None]):
             return None
 
     def _on_token(self, token: Token) -> None:
-        self.query_one(RunPane).append(token.text)
+        self.run_pane.append(token.text)
         times = self._token_times
         times.append(token.t)
         while len(times) > 2 and times[-1] - times[0] > TPS_WINDOW_S:
@@ -780,12 +815,14 @@ class LlmtuneApp(App[None]):
         self.loaded = None
 
     def _set_worker_state(self, state: WorkerState, progress: float | None = None) -> None:
+        if state != "generating":
+            self._prompt_pending = False
         self.worker_state = state
         self.load_progress = progress if state == "loading" else None
         line = self.worker_line()
-        self.query_one(RunPane).show_state(line, self.load_progress)
-        self.query_one(MonitorPane).show_state(line)
-        self.query_one(GaugesPane).show_state(line)
+        self.run_pane.show_state(line, self.load_progress)
+        self.monitor_pane.show_state(line)
+        self.gauges_pane.show_state(line)
         self._show_status()
 
     def worker_line(self) -> str:
@@ -828,10 +865,13 @@ class LlmtuneApp(App[None]):
         if not self.telemetry.append(message.sample):
             return
         expected = self._expected()
-        if self.layout_mode == "narrow":
-            self.query_one(GaugesPane).show_samples(self.telemetry, expected)
-        if self.layout_mode == "wide" or self.active_pane == "monitor":
-            self.query_one(MonitorPane).show_samples(self.telemetry, expected)
+        try:
+            if self.layout_mode == "narrow":
+                self.gauges_pane.show_samples(self.telemetry, expected)
+            if self.layout_mode == "wide" or self.active_pane == "monitor":
+                self.monitor_pane.show_samples(self.telemetry, expected)
+        except NoMatches:
+            pass  # a tick that lands while the app closes and its widgets are gone
 
     def _expected(self) -> Expected:
         if self.loaded is None or self.planner is None or self.loaded_config is None:
@@ -857,7 +897,7 @@ class LlmtuneApp(App[None]):
             parts.append(self.hardware.describe())
         if self.worker_state in ("dead",):
             parts.append(self.worker_line())
-        status = self.query_one("#status", Static)
+        status = self.status
         status.update(Text(" · ".join(parts) if parts else self.hardware.describe()))
         status.set_class(self.worker_state == "dead", "-error")
 

@@ -101,9 +101,11 @@ class OffloadPane(VerticalScroll):
     """Settings flow down (``show``); user changes go up as Slider/Stepper messages."""
 
     def compose(self) -> ComposeResult:
+        # The answer first (slider, verdict, devices), then the settings that change it.
         yield Static("", id="offload-model", markup=False)
-        yield Static("", id="offload-hardware", markup=False)
         yield LayerSlider(id="ngl")
+        yield Static("", id="offload-verdict", markup=False)
+        yield Vertical(id="offload-devices")
         with Grid(id="offload-settings"):
             yield Stepper("context", [], id="set-n_ctx")
             yield Stepper("flash attn", [Choice(v, v) for v in ("auto", "on", "off")],
@@ -116,8 +118,6 @@ class OffloadPane(VerticalScroll):
             yield Stepper("parallel", [], id="set-n_parallel")
             yield Stepper("KV on GPU", ON_OFF, id="set-kv_offload")
             yield Stepper("MoE on CPU", [], id="set-n_cpu_moe")
-        yield Vertical(id="offload-devices")
-        yield Static("", id="offload-verdict", markup=False)
         yield Static("", id="offload-notes", markup=False)
         yield Static("", id="offload-command", markup=False)
 
@@ -128,7 +128,6 @@ class OffloadPane(VerticalScroll):
         self.query_one("#offload-model", Static).update(
             f"{inert(spec.name, max_chars=60)} · {quant}{what_if} · {format_bytes(spec.file_bytes)}"
         )
-        self.query_one("#offload-hardware", Static).update(view.hardware)
         slider = self.query_one("#ngl", LayerSlider)
         slider.maximum = p.n_layer + 1
         slider.value = p.n_gpu_layers

@@ -65,12 +65,12 @@ class QuantPane(Vertical):
         for label, key in (
             ("type", "type"),
             ("size", "size"),
-            ("bits/w", "bpw"),
+            ("bpw", "bpw"),
             ("verdict", "verdict"),
             ("layers", "layers"),
             ("tok/s", "tps"),
-            ("", "mark"),
             ("quality", "quality"),
+            ("file", "mark"),
         ):
             table.add_column(label, key=key)
 
@@ -106,8 +106,8 @@ class QuantPane(Vertical):
                 verdict,
                 Text(layers, justify="right"),
                 Text(f"{p.predicted.tg_tokens_per_s:,.1f}", justify="right"),
-                mark,
                 Text(row.quality, "dim"),
+                mark,
                 key=row.file_type,
             )
         if rows:

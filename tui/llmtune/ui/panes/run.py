@@ -66,12 +66,11 @@ class RunPane(Vertical):
 
     def show_stats(self, stats: Stats, predicted_tg: float | None) -> None:
         line = (
-            f"prompt {stats.n_prompt} tokens at {stats.pp_tokens_per_s:,.0f} t/s · "
-            f"generated {stats.n_gen} at {stats.tg_tokens_per_s:,.1f} t/s"
+            f"{stats.n_gen} tokens at {stats.tg_tokens_per_s:,.1f} t/s"
+            + (f" (predicted {predicted_tg:,.1f})" if predicted_tg else "")
+            + f" · {_FINISH.get(stats.finish, stats.finish)}"
+            + f" · prompt {stats.n_prompt} at {stats.pp_tokens_per_s:,.0f} t/s"
         )
-        if predicted_tg:
-            line += f" (predicted {predicted_tg:,.1f})"
-        line += f" · {_FINISH.get(stats.finish, stats.finish)}"
         self.query_one("#run-stats", Static).update(line)
 
     def _show(self, text: Text) -> None:
@@ -101,8 +100,8 @@ class RunPane(Vertical):
 
 
 _FINISH = {
-    "eog": "the model ended its answer",
-    "length": "stopped at the token limit",
+    "eog": "answer ended",
+    "length": "token limit",
     "stop": "stopped",
-    "context": "the context is full",
+    "context": "context full",
 }
