@@ -658,14 +658,14 @@ def cmd_inspect(argv: Sequence[str]) -> int:
 
 
 def cmd_app(argv: Sequence[str]) -> int:
-    args = _app_parser().parse_args(argv)
     import math
 
     from llmtune.errors import ConfigError
 
+    args = _app_parser().parse_args(argv)
     if not math.isfinite(args.interval) or args.interval <= 0:
-        raise ConfigError(f"the interval must be a positive number of seconds, not {args.interval}",
-                          "--interval")  # fmt: skip
+        what = f"the interval must be a positive number of seconds, not {args.interval}"
+        raise ConfigError(what, "--interval")
     from llmtune.model import read_spec
     from llmtune.ui.app import AppOptions, LlmtuneApp, default_sampler_factory, machine_hardware
 
