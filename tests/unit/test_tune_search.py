@@ -108,21 +108,23 @@ def test_thread_candidates() -> None:
 
 
 class _Scripted(Tuner):
-    """The search order on a known speed landscape: trials are scored by ``speed``
-    instead of being run (the real runs are tests/engine/test_tune.py's)."""
+    """The search order on a known speed landscape: trials are scored by ``landscape``
+    (by thread count, or by ubatch for prompt speed) instead of being run; the real
+    runs are tests/engine/test_tune.py's."""
 
-    def __init__(self, spec: ModelSpec, speed: dict[tuple[str, int], float], **kw: object) -> None:
-        super().__init__(spec, [host_device(ram_bytes=64 * GIB)], Settings(n_ctx=4096), **kw)  # type: ignore[arg-type]
-        self.landscape = speed
+    def __init__(self, spec: ModelSpec, landscape: dict[int, float], **kw: object) -> None:
+        devices = [host_device(ram_bytes=64 * GIB)]
+        super().__init__(spec, devices, Settings(n_ctx=4096), **kw)  # type: ignore[arg-type]
+        self.landscape = landscape
         self.visited: list[tuple[str, int]] = []
 
-    def run_trial(self, settings: Settings, stage: str) -> Trial | None:  # type: ignore[override]
+    def run_trial(self, settings: Settings, stage: str, *, again: bool = False) -> Trial | None:  # type: ignore[override]
         resolved = self.plan_for(settings).settings
-        if resolved in self._cache:
+        if resolved in self._cache and not again:
             return self._cache[resolved]
-        key = (stage, settings.threads if stage != "ubatch" else settings.n_ubatch)
-        self.visited.append(key)
-        score = self.landscape.get(key, 1.0)
+        value = settings.n_ubatch if self.objective == "pp" else settings.threads
+        self.visited.append((stage, value))
+        score = self.landscape.get(value, 1.0)
         trial = Trial(len(self.trials) + 1, stage, resolved, "ok", score, score, score)  # type: ignore[arg-type]
         self.trials.append(trial)
         self._cache[resolved] = trial
@@ -131,24 +133,26 @@ class _Scripted(Tuner):
 
 def test_the_climb_walks_down_to_the_fastest_ubatch_and_stops(model_8b: ModelSpec) -> None:
     space = TuneSpace(threads=(4,), flash_attn=("on",), cache_types=("f16",))
-    # Prompt speed peaks at ubatch 128 for this landscape; 512 stands for 1024 and 2048,
+    # Prompt speed peaks at ubatch 128 in this landscape; 512 stands for 1024 and 2048,
     # which run a 512-token prompt the same way.
-    speed = {("layers", 4): 100.0, ("ubatch", 256): 110.0, ("ubatch", 128): 120.0,
-             ("ubatch", 64): 90.0}  # fmt: skip
-    tuner = _Scripted(model_8b, speed, objective="pp", space=space,
+    landscape = {512: 100.0, 256: 110.0, 128: 120.0, 64: 90.0}
+    tuner = _Scripted(model_8b, landscape, objective="pp", space=space,
                       bench=TrialBench(prompt_tokens=512))  # fmt: skip
     result = tuner.run()
-    assert tuner.visited == [("layers", 4), ("ubatch", 256), ("ubatch", 128), ("ubatch", 64)]
+    assert tuner.visited == [
+        ("layers", 512), ("ubatch", 256), ("ubatch", 128), ("ubatch", 64),
+        ("confirm", 128), ("confirm", 256),  # the two best, once more
+    ]  # fmt: skip
     assert result.best is not None and result.best.settings.n_ubatch == 128
     assert result.best.settings.n_batch == 2048  # batch stays at least the ubatch
 
 
 def test_the_climb_ignores_gains_within_the_tolerance(model_8b: ModelSpec) -> None:
     space = TuneSpace(threads=(1, 2, 4, 8), flash_attn=("on",), cache_types=("f16",))
-    speed = {("layers", 4): 100.0, ("threads", 2): 101.0, ("threads", 8): 101.5}
-    tuner = _Scripted(model_8b, speed, space=space)
+    tuner = _Scripted(model_8b, {4: 100.0, 2: 101.0, 8: 101.5}, space=space)
     tuner.base = tuner.base.with_(threads=4)
     result = tuner.run()
     # Both neighbours of 4 were tried; neither beat it by 2%, so the climb stopped there.
-    assert tuner.visited == [("layers", 4), ("threads", 2), ("threads", 8)]
-    assert result.best is not None and result.best.index == 3  # the best measured is reported
+    assert tuner.visited[:3] == [("layers", 4), ("threads", 2), ("threads", 8)]
+    assert tuner.visited[3:] == [("confirm", 8), ("confirm", 2)]
+    assert result.best is not None and result.best.settings.threads == 8  # the best measured

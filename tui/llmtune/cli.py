@@ -188,7 +188,7 @@ def _tune_parser() -> argparse.ArgumentParser:
         "--prompt-tokens", type=_whole, metavar="N", help="prompt per trial (tg: 64, else 512)"
     )
     parser.add_argument("--gen-tokens", type=_whole, default=64, metavar="N")
-    parser.add_argument("--repeat", type=_whole, default=2, metavar="N", help="runs per trial")
+    parser.add_argument("--repeat", type=_whole, default=3, metavar="N", help="runs per trial")
     parser.add_argument("--max-trials", type=_whole, default=40, metavar="N")
     return parser
 
