@@ -140,14 +140,22 @@ async def test_cpu_only_says_so_and_offers_gpu_profiles(demo_spec: ModelSpec) ->
         text = shown(app)
         assert "CPU only" in text and "g plans for one" in text
         slider = app.query_one("#ngl", LayerSlider)
-        assert slider.disabled
+        assert slider.has_class("-no-gpu") and app.focused is slider
+        await pilot.press("right")  # nothing to offload to: a notice, and nothing changes
+        await pilot.pause()
+        assert app.plan is not None and app.plan.n_gpu_layers == 0 and app.active_pane == "offload"
+        assert any("No GPU to offload to" in n.message for n in app._notifications)
         await pilot.press("g")
         await pilot.pause()
         await pilot.press(*"3090", "enter")
         await pilot.pause()
         assert app.hardware.what_if and app.hardware.what_if[0].profile == "rtx3090"
         assert app.plan is not None and app.plan.n_gpu_layers == 31
-        assert not slider.disabled
+        assert not slider.has_class("-no-gpu")
+        assert app.focused is slider  # back in hand: the arrows move it at once
+        await pilot.press("left")
+        await pilot.pause()
+        assert app.plan.n_gpu_layers == 30
         assert "RTX 3090 (what-if)" in shown(app)
         # Back to this machine.
         await pilot.press("g")

@@ -190,7 +190,7 @@ class LlmtuneApp(App[None]):
         # The app keeps its own references: `query_one` looks in the screen on top,
         # which may be a dialog when a worker event or a sample arrives.
         self.status = Static("", id="status", markup=False)
-        self.tabs = Tabs(
+        self.tabs = PaneTabs(
             Tab("Gauges", id="tab-gauges"),
             *(Tab(label, id=f"tab-{name}") for name, label in PANES),
             active="tab-offload",
@@ -520,14 +520,20 @@ class LlmtuneApp(App[None]):
     # -- messages from the panes -------------------------------------------------------
     @on(LayerSlider.Changed)
     def _slider(self, event: LayerSlider.Changed) -> None:
+        if not self.hardware.gpus:
+            self._no_gpu_notice()
+            return
         self.change_settings(n_gpu_layers=event.value)
+
+    def _no_gpu_notice(self) -> None:
+        self.notify("No GPU to offload to: press g to plan for one.", markup=False, timeout=4)
 
     def action_layers(self, delta: int) -> None:
         p = self.plan
         if p is None:
             return
         if not self.hardware.gpus:
-            self.notify("No GPU to offload to: press g to plan for one.", markup=False)
+            self._no_gpu_notice()
             return
         value = min(max(0, p.n_gpu_layers + delta), p.n_layer + 1)
         if value != p.n_gpu_layers:
@@ -582,6 +588,7 @@ class LlmtuneApp(App[None]):
             if key is None:
                 return
             self.set_what_if([parse_gpu_spec(key)] if key else [])
+            self._focus_pane(self.active_pane)
             shown = self.hardware.describe()
             self.notify(shown[0].upper() + shown[1:] + ".", markup=False, timeout=4)
 
@@ -889,17 +896,16 @@ class LlmtuneApp(App[None]):
 
     # -- status and persistence -----------------------------------------------------------
     def _show_status(self) -> None:
+        # Most urgent first: the line is cut at the terminal's width.
         parts: list[str] = []
-        notice = self.hardware.notice
-        if notice:
-            parts.append(notice)
-        if self.hardware.what_if:
-            parts.append(self.hardware.describe())
-        if self.worker_state in ("dead",):
+        if self.worker_state == "dead":
             parts.append(self.worker_line())
-        status = self.status
-        status.update(Text(" · ".join(parts) if parts else self.hardware.describe()))
-        status.set_class(self.worker_state == "dead", "-error")
+        if self.hardware.notice:
+            parts.append(self.hardware.notice)
+        if self.hardware.what_if or not parts:
+            parts.append(self.hardware.describe())
+        self.status.update(Text(" · ".join(parts)))
+        self.status.set_class(self.worker_state == "dead", "-error")
 
     def _schedule_save(self) -> None:
         if not self.options.persist:
@@ -916,6 +922,11 @@ class LlmtuneApp(App[None]):
         problem = config_store.save(self.store)
         if problem and self.is_running:
             self.notify(problem, severity="warning", markup=False)
+
+
+class PaneTabs(Tabs, can_focus=False):
+    """The pane tabs answer clicks and the number keys; they never take focus, so
+    the arrow keys always reach the slider or setting in hand."""
 
 
 def _runner(app: LlmtuneApp, action: str) -> Callable[[], object]:

@@ -48,7 +48,7 @@ class GaugesPane(VerticalScroll):
         slider.maximum = p.n_layer + 1
         slider.value = p.n_gpu_layers
         slider.fit_max = p.max_gpu_layers if view.has_gpu else None
-        slider.disabled = not view.has_gpu
+        slider.set_class(not view.has_gpu, "-no-gpu")
         slider.note = "" if view.has_gpu else "no GPU: g plans for one"
         box = self.query_one("#gauges-devices", Vertical)
         bars = list(box.query(DeviceBar))

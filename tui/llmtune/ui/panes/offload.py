@@ -132,7 +132,7 @@ class OffloadPane(VerticalScroll):
         slider.maximum = p.n_layer + 1
         slider.value = p.n_gpu_layers
         slider.fit_max = p.max_gpu_layers if view.has_gpu else None
-        slider.disabled = not view.has_gpu
+        slider.set_class(not view.has_gpu, "-no-gpu")
         slider.note = "" if view.has_gpu else "no GPU: g plans for one"
         self._stepper("n_ctx").set_choices(context_choices(spec.n_ctx_train, s.n_ctx), s.n_ctx)
         self._stepper("flash_attn").select(s.flash_attn)

@@ -58,11 +58,12 @@ class ModelPicker(ModalScreen[str | None]):
 
     def on_mount(self) -> None:
         table = self.query_one("#picker-list", DataTable)
+        # The name last: it takes what room is left, so a narrow pane still shows the rest.
         for label, key in (
-            ("model", "name"),
-            ("quant", "quant"),
             ("size", "size"),
+            ("quant", "quant"),
             ("where", "src"),
+            ("model", "name"),
         ):
             table.add_column(label, key=key)
         self.query_one("#picker-filter", Input).focus()
@@ -88,19 +89,19 @@ class ModelPicker(ModalScreen[str | None]):
             if needle and needle not in m.name.lower() and needle not in m.path.lower():
                 continue
             table.add_row(
-                Text(inert(m.name, max_chars=120)),
-                Text(m.quant or ""),
                 Text(format_bytes(m.size_bytes), justify="right"),
+                Text(m.quant or ""),
                 Text(SOURCE_LABEL.get(m.source, m.source), "dim"),
+                Text(inert(m.name, max_chars=120)),
                 key=m.path,
             )
             shown += 1
         if not has_demo and not self.searching and (not needle or needle in "demo smollm2"):
             table.add_row(
-                Text("SmolLM2-135M-Instruct (demo; Enter downloads it, 98 MB)"),
+                Text("98 MB", justify="right"),
                 Text("Q4_1"),
-                Text("", justify="right"),
                 Text("demo", "dim"),
+                Text("SmolLM2-135M-Instruct (Enter downloads it)"),
                 key=DEMO_DOWNLOAD,
             )
             shown += 1

@@ -56,7 +56,7 @@ class LayerSlider(Widget, can_focus=True):
     LayerSlider > .layer-slider--fit { color: $success; text-style: bold; }
     LayerSlider > .layer-slider--over { color: $error; }
     LayerSlider > .layer-slider--label { text-style: bold; }
-    LayerSlider:disabled { opacity: 60%; }
+    LayerSlider.-no-gpu { opacity: 60%; }
     """
 
     value: reactive[int] = reactive(0)
