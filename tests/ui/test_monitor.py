@@ -103,3 +103,11 @@ async def test_the_real_sampler_runs_with_the_app_and_stops_with_it(demo_spec: M
         # Memory is bounded: the series are ring buffers of a fixed size.
         assert app.telemetry.capacity == app.telemetry.host.ram_used_bytes.capacity
     assert not sampler.running
+
+
+def test_gpu_spec_preselects_a_what_if_target(gpu_machine: FakeNVML) -> None:
+    hardware = machine_hardware(["rtx4090", "24GB:1008GB/s"])
+    assert [d.profile for d in hardware.what_if] == ["rtx4090", ""]
+    assert [d.kind for d in hardware.devices] == ["gpu", "gpu", "cpu"]
+    assert hardware.machine_gpus[0].name == "NVIDIA GeForce RTX 3090"  # still this machine's
+    assert "what-if" in hardware.describe()

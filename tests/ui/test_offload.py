@@ -3,17 +3,20 @@ the verdict follow, and settings llama.cpp would refuse change nothing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rendered import screen_text
 from textual.widgets import Static
 from ui_support import cpu_only, with_gpu
 
 from llmtune.fit.plan import plan
 from llmtune.fit.settings import Settings
-from llmtune.model import ModelSpec
+from llmtune.model import ModelSpec, read_spec
 from llmtune.ui.app import LlmtuneApp, make_app
 from llmtune.ui.widgets.devicebar import DeviceBar
 from llmtune.ui.widgets.slider import LayerSlider
 from llmtune.ui.widgets.stepper import Stepper
+from synth_arch import build_qwen3moe
 
 
 def bars(app: LlmtuneApp) -> list[DeviceBar]:
@@ -163,3 +166,27 @@ async def test_cpu_only_says_so_and_offers_gpu_profiles(demo_spec: ModelSpec) ->
         await pilot.press("home", "enter")
         await pilot.pause()
         assert not app.hardware.what_if and app.plan.n_gpu_layers == 0
+
+
+async def test_moe_experts_on_the_cpu(tmp_path: Path) -> None:
+    model = build_qwen3moe(tmp_path / "moe.gguf")
+    app = make_app(read_spec(model.path), hardware=with_gpu())
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.pause()
+        moe = app.query_one("#set-n_cpu_moe", Stepper)
+        assert moe.display  # only MoE models offer it
+        assert app.plan is not None
+        gpu_all = app.plan.gpus[0].weights_bytes
+        moe.focus()
+        await pilot.press("end")  # experts of every layer stay on the CPU (--cpu-moe)
+        await pilot.pause()
+        assert app.settings.n_cpu_moe == -1
+        assert app.plan.gpus[0].weights_bytes < gpu_all / 2
+        assert "--cpu-moe" in str(app.query_one("#offload-command", Static).render())
+
+
+async def test_dense_models_do_not_offer_moe_placement(demo_spec: ModelSpec) -> None:
+    app = make_app(demo_spec, hardware=with_gpu())
+    async with app.run_test(size=(100, 50)) as pilot:
+        await pilot.pause()
+        assert not app.query_one("#set-n_cpu_moe", Stepper).display
