@@ -120,7 +120,6 @@ def test_bench_reports_the_vram_the_model_took_and_the_cpu_only_build(
     """With a GPU present, bench reports how much more of its memory is used once
     the model is loaded, and that this CPU-only build cannot use it (NVML stands in
     for the GPU this machine lacks)."""
-    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "unit"))
     from fake_pynvml import GIB, FakeGPU, FakeNVML, install
     from llmtune.engine.bench import run_bench
     from llmtune.engine.config import RunConfig
