@@ -103,7 +103,7 @@ async def test_every_action_has_a_key_and_a_palette_entry(demo_spec: ModelSpec) 
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         footer = screen_text(app)[-1]
-        for label in ("Quit", "Help", "Apply", "GPU", "Open", "Copy cmd"):
+        for label in ("Quit", "Help", "Apply", "GPU", "Open", "Hand-off", "Tune"):
             assert label in footer
         titles = {c.title for c in app.get_system_commands(app.screen)}
         for title in (

@@ -17,8 +17,7 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar, Literal
 
 from rich.text import Text
@@ -45,9 +44,10 @@ from llmtune.engine.protocol import (
     Token,
     Unloaded,
 )
+from llmtune.engine.quantize import default_output
 from llmtune.engine.supervisor import Supervisor
 from llmtune.errors import LlmtuneError
-from llmtune.fit.commandline import llama_server_command
+from llmtune.fit.handoff import Handoff, plan_handoff
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.settings import Settings
 from llmtune.fit.whatif import QuantRow
@@ -123,12 +123,15 @@ class LlmtuneApp(App[None]):
         Binding("u", "unload", "Unload", show=False),
         Binding("g", "choose_gpu", "GPU"),
         Binding("o", "open_model", "Open"),
-        Binding("c", "copy_command", "Copy cmd"),
+        Binding("c", "copy_command", "Copy cmd", show=False),
+        Binding("h", "handoff", "Hand-off"),
+        Binding("t", "tune", "Tune"),
+        Binding("w", "quantize", "Quantize", show=False),
         Binding("left_square_bracket", "layers(-1)", "-layer", show=False),
         Binding("right_square_bracket", "layers(1)", "+layer", show=False),
         Binding("slash", "search_metadata", "Search", show=False),
         Binding("0", "pane('gauges')", "Gauges", show=False),
-        Binding("1", "pane('model')", "Panes", key_display="1-5"),
+        Binding("1", "pane('model')", "Panes", key_display="1-5", show=False),
         *(
             Binding(str(i + 1), f"pane('{name}')", label, show=False)
             for i, (name, label) in enumerate(PANES)
@@ -474,10 +477,14 @@ class LlmtuneApp(App[None]):
         self._schedule_quant_table(self.options.quant_delay_s)
 
     def command_for(self, p: FitPlan) -> str:
+        return self.handoff_for(p).llama_server
+
+    def handoff_for(self, p: FitPlan) -> Handoff:
+        """The plan as llama-server, llama-cli, llama-cpp-python and Ollama would run it."""
         path = self.options.path_label or self.model_path or "model.gguf"
         if self.quant:
-            path = self.siblings.get(self.quant) or _quant_file_name(path, self.quant)
-        return llama_server_command(path, p.settings, p.n_gpu_layers, p.n_ctx)
+            path = self.siblings.get(self.quant) or default_output(path, self.quant)
+        return plan_handoff(path, p)
 
     @property
     def plan(self) -> FitPlan | None:
@@ -600,6 +607,74 @@ class LlmtuneApp(App[None]):
         self.copy_to_clipboard(self.view.command)
         self.notify("Copied the llama-server command line (OSC 52).", markup=False, timeout=3)
 
+    def copy_to_clipboard(self, text: str) -> None:
+        """OSC 52, plain and, inside tmux, also wrapped for tmux's passthrough: the
+        first works with `set-clipboard on`, the second with `allow-passthrough on`."""
+        from llmtune.clipboard import osc52
+
+        self._clipboard = text
+        if self._driver is None:
+            return
+        self._driver.write(osc52(text, tmux=False))
+        if os.environ.get("TMUX"):
+            self._driver.write(osc52(text, tmux=True))
+
+    def action_handoff(self) -> None:
+        from llmtune.ui.screens.handoff import HandoffScreen
+
+        if self.plan is None:
+            return
+        self.push_screen(HandoffScreen(self.handoff_for(self.plan), self.copy_to_clipboard))
+
+    def action_tune(self) -> None:
+        from llmtune.ui.screens.tune import TuneScreen
+
+        if self.spec is None or self.planner is None:
+            return
+        if self.worker_state in ("loading", "loaded", "generating") and self.engine is not None:
+            self._cancel_autoapply()
+            self.engine.unload()
+            self.notify("Unloaded the model: the tuner needs the memory.", markup=False)
+        if self.hardware.what_if:
+            self.notify(
+                "Tuning runs here, on this machine's own hardware, not the what-if GPU.",
+                markup=False,
+                timeout=6,
+            )
+
+        def tuned(best: Settings | None) -> None:
+            if best is None:
+                return
+            keep = {"margin_bytes": self.settings.margin_bytes}
+            if self.change_settings(**{**_fields(best), **keep}):
+                self.notify("Applied the tuned settings; a: load them.", markup=False)
+
+        machine = self.hardware.machine
+        self.push_screen(TuneScreen(self.spec, machine, self.settings, self.hardware.speed), tuned)
+
+    def action_quantize(self) -> None:
+        from llmtune.ui.screens.quantize import QuantizeScreen
+
+        if self.model_path is None:
+            return
+        target = self.quant
+        if self.active_pane == "quant" or self.layout_mode == "wide":
+            row = self.quant_pane.highlighted()
+            if row is not None and not row.is_current:
+                target = row.file_type
+        if target is None:
+            self.notify(
+                "Choose a file type in the quantization pane (2), then w writes it.",
+                markup=False,
+            )
+            return
+
+        def written(path: str | None) -> None:
+            if path:
+                self.open_model(path)
+
+        self.push_screen(QuantizeScreen(self.model_path, target), written)
+
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for title, help_text, action in (
@@ -610,6 +685,9 @@ class LlmtuneApp(App[None]):
             ("Plan for another GPU", "Choose a GPU profile as a what-if target (g)", "choose_gpu"),
             ("Open a model", "Pick another GGUF file (o)", "open_model"),
             ("Copy the command line", "llama-server line to the clipboard (c)", "copy_command"),
+            ("Hand-off", "llama-server, llama-cli, llama-cpp-python, Ollama (h)", "handoff"),
+            ("Tune", "Find the fastest settings that fit, by real runs (t)", "tune"),
+            ("Quantize", "Write the model at the chosen file type (w)", "quantize"),
             ("Search the metadata", "Filter the model's metadata (/)", "search_metadata"),
             ("Help", "Keys and what each pane shows (?)", "help"),
         ):
@@ -936,18 +1014,8 @@ def _runner(app: LlmtuneApp, action: str) -> Callable[[], object]:
     return run
 
 
-def _quant_file_name(path: str, quant: str) -> str:
-    """What the model's file would be called at ``quant`` (for the command line)."""
-    from llmtune.model.discover import quant_tag
-
-    name = Path(path).name
-    tag = quant_tag(name)
-    if tag:
-        index = name.upper().rfind(tag)
-        new = name[:index] + quant + name[index + len(tag) :]
-    else:
-        new = f"{Path(name).stem}.{quant}.gguf"
-    return str(Path(path).with_name(new))
+def _fields(settings: Settings) -> dict[str, object]:
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}
 
 
 def machine_hardware(

@@ -27,8 +27,8 @@ class LayerSlider(Widget, can_focus=True):
     """How many layers go to the GPU (llama.cpp's ``-ngl``; the output layer counts)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("left,h", "step(-1)", "Fewer layers", show=False),
-        Binding("right,l", "step(1)", "More layers", show=False),
+        Binding("left", "step(-1)", "Fewer layers", show=False),
+        Binding("right", "step(1)", "More layers", show=False),
         Binding("pagedown", "step(-5)", "-5 layers", show=False),
         Binding("pageup", "step(5)", "+5 layers", show=False),
         Binding("home", "to(0)", "No layers", show=False),

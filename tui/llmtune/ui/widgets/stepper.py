@@ -34,8 +34,8 @@ class Choice(Generic[T]):
 
 class Stepper(Widget, can_focus=True):
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("left,h", "step(-1)", "Previous", show=False),
-        Binding("right,l", "step(1)", "Next", show=False),
+        Binding("left", "step(-1)", "Previous", show=False),
+        Binding("right", "step(1)", "Next", show=False),
         Binding("home", "to(0)", "First", show=False),
         Binding("end", "to(-1)", "Last", show=False),
     ]

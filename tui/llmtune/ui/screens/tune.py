@@ -1,0 +1,202 @@
+"""Tune: the fastest settings that fit this machine, found by real loads.
+
+Choose the objective (generation, prompt or both) and press Enter; each trial
+is a real load and a short benchmark in its own worker (``engine.tune``), and
+appears in the table as it finishes. Escape cancels at any time (the running
+worker is killed) and keeps what was found; at the end Enter applies the best
+settings to the app. The search runs in a thread; trials arrive by
+``call_from_thread``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import DataTable, Footer, ProgressBar, Static
+
+from llmtune.engine.tune import Objective, Trial, Tuner, TuneResult
+from llmtune.errors import LlmtuneError
+from llmtune.fit.settings import Settings
+from llmtune.fit.speed import SpeedModel
+from llmtune.hardware.device import Device
+from llmtune.model import ModelSpec
+from llmtune.textsafe import inert
+from llmtune.ui.widgets.stepper import Choice, Stepper
+
+OBJECTIVE_CHOICES: list[Choice[object]] = [
+    Choice("tg", "generation speed"),
+    Choice("pp", "prompt speed"),
+    Choice("mix", "both (requests/s)"),
+]
+STATUS_STYLE = {"ok": "green", "failed": "yellow", "crashed": "red", "cancelled": "dim"}
+
+
+def trial_settings(s: Settings) -> str:
+    parts = [f"ngl {s.n_gpu_layers}", f"t {s.threads}", f"fa {s.flash_attn}"]
+    if s.cache_type_k != "f16" or s.cache_type_v != "f16":
+        parts.append(f"kv {s.cache_type_k}/{s.cache_type_v}")
+    parts.append(f"ub {s.n_ubatch}")
+    if s.n_cpu_moe:
+        parts.append("cpu-moe" if s.n_cpu_moe < 0 else f"n-cpu-moe {s.n_cpu_moe}")
+    return " ".join(parts)
+
+
+class TuneScreen(ModalScreen[Settings | None]):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "go", "Start / apply best", priority=True),
+        Binding("escape", "cancel", "Cancel / close"),
+    ]
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        devices: Sequence[Device],
+        settings: Settings,
+        speed: SpeedModel,
+        *,
+        max_trials: int = 40,
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.devices = tuple(devices)
+        self.settings = settings
+        self.speed = speed
+        self.max_trials = max_trials
+        self.tuner: Tuner | None = None
+        self.result: TuneResult | None = None
+        self.trials: list[Trial] = []
+        self.state = "ready"  # ready, running, done
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="tune"):
+            yield Static("Tune: the fastest settings that fit here", id="tune-title", markup=False)
+            yield Stepper("objective", OBJECTIVE_CHOICES, id="tune-objective", label_width=11)
+            yield Static("", id="tune-status", markup=False)
+            yield ProgressBar(total=self.max_trials, show_eta=False, id="tune-progress")
+            table: DataTable[Text] = DataTable(id="tune-trials", cursor_type="row")
+            yield table
+            yield Static("", id="tune-best", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#tune-trials", DataTable)
+        for label, key in (
+            ("#", "n"),
+            ("stage", "stage"),
+            ("settings", "settings"),
+            ("gen t/s", "tg"),
+            ("prompt t/s", "pp"),
+            ("", "status"),
+        ):
+            table.add_column(label, key=key)
+        self.query_one("#tune-objective", Stepper).focus()
+        context = f"context {self.settings.n_ctx:,}" if self.settings.n_ctx else "trained context"
+        self._status(
+            f"Each trial loads the model and runs a short benchmark ({context}). "
+            "Enter starts; escape cancels at any time."
+        )
+
+    def on_unmount(self) -> None:
+        if self.state == "running" and self.tuner is not None:
+            self.tuner.cancel()  # closing the screen never leaves trials running
+
+    @on(Stepper.Changed, "#tune-objective")
+    def _objective(self, event: Stepper.Changed) -> None:
+        if self.state == "ready":
+            event.stepper.select(event.value)
+
+    def _status(self, line: str) -> None:
+        self.query_one("#tune-status", Static).update(Text(inert(line, max_chars=500)))
+
+    def action_go(self) -> None:
+        if self.state == "ready":
+            self.start()
+        elif self.state == "done":
+            best = self.result.best if self.result else None
+            self.dismiss(best.settings if best is not None else None)
+
+    def start(self) -> None:
+        objective: Objective = self.query_one("#tune-objective", Stepper).value  # type: ignore[assignment]
+        try:
+            self.tuner = Tuner(
+                self.spec,
+                self.devices,
+                self.settings,
+                objective=objective,
+                speed=self.speed,
+                max_trials=self.max_trials,
+                on_trial=lambda trial: self.app.call_from_thread(self.add_trial, trial),
+                on_progress=lambda line: self.app.call_from_thread(self._status, line),
+            )
+        except LlmtuneError as exc:
+            self._status(exc.one_line())
+            return
+        self.state = "running"
+        self.query_one("#tune-objective", Stepper).disabled = True
+        self._status("Tuning…")
+        self._run(self.tuner)
+
+    @work(thread=True, exclusive=True, group="tune")
+    def _run(self, tuner: Tuner) -> None:
+        try:
+            result: TuneResult | None = tuner.run()
+            error = None
+        except LlmtuneError as exc:
+            result, error = None, exc.one_line()
+        self.app.call_from_thread(self._finished, result, error)
+
+    def add_trial(self, trial: Trial) -> None:
+        self.trials.append(trial)
+        table: DataTable[Text] = self.query_one("#tune-trials", DataTable)
+        ok = trial.ok
+        table.add_row(
+            Text(str(trial.index + 1), justify="right"),
+            Text(trial.stage),
+            Text(trial_settings(trial.settings)),
+            Text(f"{trial.tg_tokens_per_s:,.1f}" if ok else "–", justify="right"),
+            Text(f"{trial.pp_tokens_per_s:,.0f}" if ok else "–", justify="right"),
+            Text(
+                trial.status if ok else inert(trial.reason or trial.status, max_chars=60),
+                STATUS_STYLE.get(trial.status, ""),
+            ),  # fmt: skip
+        )
+        table.move_cursor(row=table.row_count - 1, animate=False)
+        self.query_one("#tune-progress", ProgressBar).update(progress=len(self.trials))
+
+    def _finished(self, result: TuneResult | None, error: str | None) -> None:
+        self.result = result
+        self.state = "done"
+        bar = self.query_one("#tune-progress", ProgressBar)
+        bar.update(total=max(1, len(self.trials)), progress=len(self.trials))
+        best = result.best if result else None
+        if error:
+            self._status(error)
+        elif result is not None and result.cancelled:
+            self._status(f"Cancelled after {len(self.trials)} trials; the best so far is below.")
+        else:
+            self._status(f"Done: {len(self.trials)} trials, {result.pruned if result else 0} "
+                         "ruled out by the estimate without loading.")  # fmt: skip
+        line = Text()
+        if best is None:
+            line.append("No configuration loaded and ran here.", "bold red")
+        else:
+            line.append("Best: ", "bold")
+            line.append(trial_settings(best.settings))
+            line.append(f" · {best.tg_tokens_per_s:,.1f} t/s generating", "bold")
+            line.append(f", {best.pp_tokens_per_s:,.0f} t/s prompt")
+            line.append("\nEnter applies it to the app; escape closes.", "dim")
+        self.query_one("#tune-best", Static).update(line)
+
+    def action_cancel(self) -> None:
+        if self.state == "running" and self.tuner is not None:
+            self._status("Cancelling (the running trial's worker is stopped)…")
+            self.tuner.cancel()
+        else:
+            self.dismiss(None)
