@@ -254,7 +254,7 @@ def _devices_from_args(args: argparse.Namespace) -> tuple[list[Device], bool]:
     from llmtune.hardware.profiles import host_profile, parse_gpu_spec
     from llmtune.units import parse_size
 
-    ram = parse_size(args.ram) if args.ram else None
+    ram = parse_size(args.ram, "--ram") if args.ram else None
     if ram is not None and ram <= 0:
         raise ConfigError("host RAM must be more than 0", "--ram")
     bandwidth = host_profile(args.host).bandwidth_gbps if args.host else None
@@ -297,8 +297,8 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
         tensor_split=split,
         n_cpu_moe=-1 if args.cpu_moe else args.n_cpu_moe,
         use_mmap=not args.no_mmap,
-        margin_bytes=parse_size(args.margin),
-        gpu_overhead_bytes=parse_size(args.overhead),
+        margin_bytes=parse_size(args.margin, "--margin"),
+        gpu_overhead_bytes=parse_size(args.overhead, "--overhead"),
     )
 
 

@@ -46,13 +46,16 @@ def format_count(n: int) -> str:
     return str(int(value))
 
 
-def parse_size(text: str) -> int:
-    """Parse ``12GiB``, ``24GB``, ``512MiB``, ``1.5T`` into bytes."""
+def parse_size(text: str, where: str = "") -> int:
+    """Parse ``12GiB``, ``24GB``, ``512MiB``, ``1.5T`` into bytes; ``where`` (the
+    option it came from) goes into the error."""
     m = _SIZE_RE.match(text)
     if not m:
-        raise ConfigError(f"not a size: {text!r} (try 12GiB or 24GB)")
+        raise ConfigError(f"not a size: {text!r} (try 12GiB or 24GB)", where)
     number = float(m.group(1))
     unit = (m.group(2) or "").lower()
     if unit not in _FACTORS:
-        raise ConfigError(f"unknown size unit in {text!r} (use B, KB, MB, GB, KiB, MiB, GiB)")
+        raise ConfigError(
+            f"unknown size unit in {text!r} (use B, KB, MB, GB, KiB, MiB, GiB)", where
+        )
     return int(number * _FACTORS[unit])
