@@ -78,12 +78,18 @@ class TuneScreen(ModalScreen[Settings | None]):
         with Vertical(id="tune"):
             yield Static("Tune: the fastest settings that fit here", id="tune-title", markup=False)
             yield Stepper("objective", OBJECTIVE_CHOICES, id="tune-objective", label_width=11)
+            yield Stepper("context", self._context_choices(), id="tune-context", label_width=11)
             yield Static("", id="tune-status", markup=False)
             yield ProgressBar(total=self.max_trials, show_eta=False, id="tune-progress")
             table: DataTable[Text] = DataTable(id="tune-trials", cursor_type="row")
             yield table
             yield Static("", id="tune-best", markup=False)
         yield Footer()
+
+    def _context_choices(self) -> list[Choice[object]]:
+        n_ctx = self.settings.n_ctx
+        shown = f"{n_ctx:,} (as set)" if n_ctx else "trained context"
+        return [Choice(n_ctx, shown), Choice(-1, "largest that fits")]
 
     def on_mount(self) -> None:
         table = self.query_one("#tune-trials", DataTable)
@@ -97,9 +103,8 @@ class TuneScreen(ModalScreen[Settings | None]):
         ):
             table.add_column(label, key=key)
         self.query_one("#tune-objective", Stepper).focus()
-        context = f"context {self.settings.n_ctx:,}" if self.settings.n_ctx else "trained context"
         self._status(
-            f"Each trial loads the model and runs a short benchmark ({context}). "
+            "Each trial loads the model and runs a short benchmark. "
             "Enter starts; escape cancels at any time."
         )
 
@@ -107,8 +112,8 @@ class TuneScreen(ModalScreen[Settings | None]):
         if self.state == "running" and self.tuner is not None:
             self.tuner.cancel()  # closing the screen never leaves trials running
 
-    @on(Stepper.Changed, "#tune-objective")
-    def _objective(self, event: Stepper.Changed) -> None:
+    @on(Stepper.Changed, "#tune-objective, #tune-context")
+    def _choice(self, event: Stepper.Changed) -> None:
         if self.state == "ready":
             event.stepper.select(event.value)
 
@@ -124,11 +129,13 @@ class TuneScreen(ModalScreen[Settings | None]):
 
     def start(self) -> None:
         objective: Objective = self.query_one("#tune-objective", Stepper).value  # type: ignore[assignment]
+        n_ctx = self.query_one("#tune-context", Stepper).value
+        settings = self.settings.with_(n_ctx=n_ctx)
         try:
             self.tuner = Tuner(
                 self.spec,
                 self.devices,
-                self.settings,
+                settings,
                 objective=objective,
                 speed=self.speed,
                 max_trials=self.max_trials,
@@ -140,6 +147,7 @@ class TuneScreen(ModalScreen[Settings | None]):
             return
         self.state = "running"
         self.query_one("#tune-objective", Stepper).disabled = True
+        self.query_one("#tune-context", Stepper).disabled = True
         self._status("Tuning…")
         self._run(self.tuner)
 
