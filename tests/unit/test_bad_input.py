@@ -358,6 +358,37 @@ def test_block_count_beyond_llama_cpp_limit(model: Path) -> None:
     assert "llama.block_count" in message and "512" in message
 
 
+def _fit(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llmtune.cli", "fit", str(path), "--gpu", "rtx3060-12g"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        env={**os.environ, "COLUMNS": "80"},
+        preexec_fn=_limit_memory,
+    )
+
+
+def test_a_float_too_large_for_any_integer_is_not_an_internal_error(tmp_path: Path) -> None:
+    """1e308 as a layer width once overflowed the plan's arithmetic."""
+    path = llama_like(
+        tmp_path / "m.gguf", n_layer=2, extra_kv=[("llama.embedding_length", (1e308, V.FLOAT64))]
+    )[0]
+    result = _fit(path)
+    assert result.returncode == 0, result.stderr
+    assert "internal error" not in result.stderr
+    assert "RTX 3060" in result.stdout  # the plan, per device
+
+
+@pytest.mark.parametrize("value", [1e308, float("nan")])
+def test_a_float_layer_count_llama_cpp_cannot_hold_is_refused(tmp_path: Path, value: float) -> None:
+    path = llama_like(
+        tmp_path / "m.gguf", n_layer=2, extra_kv=[("llama.block_count", (value, V.FLOAT64))]
+    )[0]
+    message = error_of(_fit(path))
+    assert "llama.block_count" in message and "512" in message
+
+
 @pytest.mark.parametrize("index", ["512", "999999999", "9" * 5000])
 def test_layer_index_beyond_llama_cpp_limit(tmp_path: Path, index: str) -> None:
     tensors = [Tensor("blk.0.attn_q.weight", (32, 32)), Tensor(f"blk.{index}.ffn.weight", (32,))]

@@ -1,10 +1,13 @@
 """Truncated and mutated headers: the reader raises GGUFError or reads a model
-that ``llmtune inspect`` can show; nothing else ever comes out.
+that ``llmtune inspect`` can show and ``llmtune fit`` can plan; nothing else
+ever comes out.
 
 The base file is a small llama-like model whose header holds every kind of
 value (lazy string arrays, eager numeric arrays, nested arrays, 64-bit
 numbers). Mutations aim at random bytes and, more often, at the length,
-count, type and offset fields themselves.
+count, type and offset fields themselves, and replace whole values with
+values of the wrong type. The 10,000-input run on the demo model is the
+reliability report's (tests/bench/reliability/files.py).
 """
 
 from __future__ import annotations
@@ -17,11 +20,15 @@ from typing import Any
 
 import pytest
 from gguf import GGUFValueType as V
-from gguf_edit import KV_COUNT_AT, TENSOR_COUNT_AT, VERSION_AT, key_at, tensor_field_at, value_at
+from gguf_edit import entry_spans, header_fields, with_data, with_value
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llmtune.errors import GGUFError
+from llmtune.fit.plan import plan
+from llmtune.fit.report import plan_dict, plan_lines
+from llmtune.hardware.host import host_device
+from llmtune.hardware.profiles import parse_gpu_spec
 from llmtune.model import GGUFArray, read_gguf, read_spec
 from llmtune.model.describe import inspect_dict, inspect_lines
 from synth import llama_like
@@ -38,13 +45,15 @@ HUGE = [0, 1, 2**31, 2**32 - 1, 2**32, 2**40, 2**62, 2**63 - 1, 2**63, 2**64 - 8
 class Base:
     """The valid file and where its length, count, type and offset fields are."""
 
-    def __init__(
-        self, data: bytes, header_bytes: int, fields: list[tuple[int, str]], path: Path
-    ) -> None:
+    def __init__(self, data: bytes, header_bytes: int, path: Path) -> None:
         self.data = data
         self.header_bytes = header_bytes
-        self.fields = tuple(fields)  # (offset, struct format)
-        self.path = path
+        gf = read_gguf(path)
+        self.fields = tuple(header_fields(data, gf))  # (offset, struct format)
+        first_tensor = gf.tensors[0].name if gf.tensors else None
+        self.spans = entry_spans(data[:header_bytes], list(gf.metadata), first_tensor)
+        self.tensor_data = data[gf.data_offset :]
+        self.path = path.with_name("mutant.gguf")
 
     def __repr__(self) -> str:  # hypothesis prints it with every failing example
         return f"Base({self.path.name}, {len(self.data):,} bytes)"
@@ -72,22 +81,11 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Base:
         extra_kv=extra,
         fill=b"\x11",
     )[0]
-    data = source.read_bytes()
-    gf = read_gguf(source)
-    fields: list[tuple[int, str]] = [(VERSION_AT, "I"), (TENSOR_COUNT_AT, "Q"), (KV_COUNT_AT, "Q")]
-    for key, value in gf.metadata.items():
-        fields += [(key_at(data, key), "Q"), (value_at(data, key) - 4, "I")]
-        if gf.metadata_types[key] == int(V.STRING):
-            fields.append((value_at(data, key), "Q"))
-        elif isinstance(value, (list, GGUFArray)):
-            fields += [(value_at(data, key), "I"), (value_at(data, key) + 4, "Q")]
-    for t in gf.tensors:
-        dims = tensor_field_at(data, t.name, "dims")
-        fields += [(dims - 8 - len(t.name) - 4, "Q"), (dims - 4, "I")]
-        fields += [(dims + 8 * d, "Q") for d in range(len(t.shape))]
-        fields += [(tensor_field_at(data, t.name, f), fmt) for f, fmt in (("type", "I"),)]
-        fields.append((tensor_field_at(data, t.name, "offset"), "Q"))
-    return Base(data, gf.header_bytes, fields, folder / "mutant.gguf")
+    return Base(source.read_bytes(), read_gguf(source).header_bytes, source)
+
+
+# A 12 GB GPU and 64 GiB of host RAM: plans exercise the GPU and the host.
+DEVICES = (parse_gpu_spec("rtx3060-12g"), host_device(ram_bytes=64 << 30, bandwidth_gbps=50.0))
 
 
 def _hidden(line: str) -> list[str]:
@@ -110,6 +108,10 @@ def read_or_refuse(base: Base, data: bytes) -> bool:
     for width in (80, 50):
         lines = inspect_lines(spec, width=width)
         assert all(len(line) <= width and not _hidden(line) for line in lines)
+    # What `llmtune fit` does with it: a plan, its JSON and its text.
+    fit_plan = plan(spec, DEVICES)
+    json.dumps(plan_dict(spec, fit_plan), allow_nan=False)
+    assert not [line for line in plan_lines(spec, fit_plan, width=80) if _hidden(line)]
     for value in spec.metadata.values():
         if isinstance(value, GGUFArray):
             value.values(limit=3)
@@ -164,3 +166,44 @@ def test_overwritten_bytes(base: Base, data: st.DataObject) -> None:
     mutant = bytearray(base.data)
     mutant[offset : offset + len(patch)] = patch
     read_or_refuse(base, bytes(mutant[: len(base.data)]))
+
+
+# Values of every type, in the shapes a crafted file might give a hyper-parameter.
+WRONG_VALUES: list[tuple[int, Any]] = [
+    (V.UINT8, 255),
+    (V.INT8, -128),
+    (V.INT32, -1),
+    (V.INT32, -(2**31)),
+    (V.UINT32, 2**32 - 1),
+    (V.UINT64, 2**64 - 1),
+    (V.INT64, -(2**63)),
+    (V.FLOAT32, float("nan")),
+    (V.FLOAT32, float("-inf")),
+    (V.FLOAT32, 3.4e38),
+    (V.FLOAT64, 1e308),
+    (V.FLOAT64, -1e308),
+    (V.BOOL, True),
+    (V.STRING, ""),
+    (V.STRING, "4096"),
+    (V.ARRAY, (V.UINT32, [])),
+    (V.ARRAY, (V.UINT32, [2**32 - 1] * 5)),
+    (V.ARRAY, (V.FLOAT64, [1e308, float("nan")])),
+    (V.ARRAY, (V.INT64, [-1, 0, 1])),
+    (V.ARRAY, (V.STRING, ["a", "8"])),
+    (V.ARRAY, (V.ARRAY, [(V.UINT32, [4]), (V.UINT32, [])])),
+    (V.ARRAY, (V.ARRAY, [(V.ARRAY, [(V.ARRAY, [])])])),
+]
+
+
+@FUZZ
+@given(st.data())
+def test_values_of_the_wrong_type(base: Base, data: st.DataObject) -> None:
+    """Any key holding any value: a clean refusal, or a model fit can plan."""
+    header = base.data[: base.header_bytes]
+    for _ in range(data.draw(st.integers(1, 3))):
+        keys = sorted(base.spans)
+        key = data.draw(st.sampled_from(keys))
+        type_id, value = data.draw(st.sampled_from(WRONG_VALUES))
+        spans = entry_spans(header, list(base.spans), "token_embd.weight")
+        header = with_value(header, spans[key], key, int(type_id), value)
+    read_or_refuse(base, with_data(header, base.tensor_data))

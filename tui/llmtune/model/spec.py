@@ -57,12 +57,14 @@ _SWA_NEEDS_WINDOW = frozenset({"gemma3", "olmo2", "smallthinker", "plamo3", "lla
 
 
 def _as_int(value: Value | None) -> int | None:
-    """A metadata number as an int; None for NaN, infinities and non-numbers."""
+    """A metadata number as an int; None for NaN, infinities, non-numbers and
+    floats beyond 64-bit integers (1e308 as a layer width would overflow the
+    plan's float arithmetic; no GGUF integer type holds it)."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and math.isfinite(value):
+    if isinstance(value, float) and math.isfinite(value) and -(2.0**63) <= value < 2.0**64:
         return int(value)
     return None
 
@@ -541,7 +543,9 @@ def _check_shard(gf: GGUFFile, index: int, split_count: int, tensors_count: int 
 
 
 def _check_layer_count(spec: ModelSpec) -> None:
-    block_count = spec.arch_int("block_count")
+    raw = spec.arch_value("block_count")
+    # A float too large for _as_int still names an impossible layer count.
+    block_count: float = raw if isinstance(raw, float) else spec.arch_int("block_count")
     if not 0 <= block_count <= MAX_LAYERS:
         raise GGUFError(
             f"{spec.key('block_count')} is {block_count:,}; llama.cpp allows 0 to "
