@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import shutil
+import struct
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from gguf_edit import patch, tensor_field_at, value_at
 from llmtune.errors import GGUFError
 from llmtune.model import GGUFArray, read_gguf, read_spec
 from llmtune.model.describe import inspect_dict, inspect_lines
-from llmtune.model.gguf_file import EAGER_NUMERIC_ITEMS, EAGER_STRING_ITEMS
+from llmtune.model.gguf_file import EAGER_NUMERIC_ITEMS, EAGER_STRING_ITEMS, MAX_EAGER_ITEMS
 from synth import Tensor, llama_like, write_gguf
 
 SCALARS: list[tuple[V, Any]] = [
@@ -261,6 +263,32 @@ def test_large_arrays_stay_lazy_and_decode_on_demand(tmp_path: Path) -> None:
     assert lazy_tokens.values(limit=8)[7] == "TOK7"
     summary = inspect_dict(read_spec(path))["metadata"]["tokenizer.ggml.tokens"]
     assert summary == {"type": "STRING", "length": len(tokens)}
+
+
+def test_nested_arrays_cannot_multiply_the_file_in_memory(tmp_path: Path) -> None:
+    """4,096 arrays of 1,024 float32 (16 MB): decoded, each float would take 32
+    bytes, 128 MB in all. Past MAX_EAGER_ITEMS the arrays stay lazy."""
+    inner = struct.pack("<IQ", int(V.FLOAT32), 1024) + struct.pack("<1024f", *range(1024))
+    key = b"test.nested"
+    value = struct.pack("<IIQ", int(V.ARRAY), int(V.ARRAY), 4096) + inner * 4096
+    data = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key + value
+    path = tmp_path / "nested.gguf"
+    path.write_bytes(data)
+
+    tracemalloc.start()
+    try:
+        spec = read_spec(path)
+        inspect_dict(spec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 4 << 20, f"{peak:,} bytes for a {len(data):,}-byte file"
+    nested = spec.metadata["test.nested"]
+    assert isinstance(nested, list) and len(nested) == 4096
+    assert sum(isinstance(a, list) for a in nested) <= MAX_EAGER_ITEMS // 1024
+    last = nested[-1]
+    assert isinstance(last, GGUFArray) and last.values(limit=3) == [0.0, 1.0, 2.0]
 
 
 def test_per_layer_head_counts_and_ffn(tmp_path: Path) -> None:

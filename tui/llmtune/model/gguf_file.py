@@ -59,6 +59,11 @@ _I64 = struct.Struct("<q")
 # arrays, tags); longer ones stay lazy.
 EAGER_NUMERIC_ITEMS = 4096
 EAGER_STRING_ITEMS = 64
+# A decoded item is a Python object up to 16 times the bytes it takes in the file
+# (a float32 becomes 32 bytes; an empty nested array, 64). Past this many items in
+# one header, arrays stay lazy, so nested arrays cannot multiply a file's size in
+# memory; real headers decode a few thousand.
+MAX_EAGER_ITEMS = 1 << 15
 # Walking variable-size array items (strings, nested arrays) costs time per item;
 # this caps it for a whole file so a crafted header cannot make us spin for
 # minutes. Real files hold under a million (262k tokens + 500k merges).
@@ -76,7 +81,7 @@ def value_type_name(type_id: int) -> str:
     return VALUE_TYPE_NAMES.get(type_id, f"type {type_id}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GGUFArray:
     """An array left undecoded in the file: its item type, length and offset."""
 
@@ -98,7 +103,7 @@ class GGUFArray:
             return [cursor.value(self.item_type, f"[{i}]", depth=1) for i in range(count)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorInfo:
     """One tensor's header entry. ``offset`` is absolute within its file."""
 
@@ -207,6 +212,7 @@ class _Cursor:
         self.size = min(size, len(buf))
         self.path = path
         self.walked = 0
+        self.eager_items = 0
         self.warnings: list[str] = []
         self.bad_utf8 = 0
 
@@ -254,17 +260,18 @@ class _Cursor:
             raise GGUFError(
                 f"{what} is {n:,} bytes long (at most {limit:,})", self.where(what, start)
             )
-        raw = bytes(self.buf[self.pos : self.pos + n])
-        self.pos += n
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            self.bad_utf8 += 1
-            if self.bad_utf8 <= MAX_UTF8_WARNINGS:
-                self.warnings.append(
-                    f"{what} at offset {start:#x} is not valid UTF-8 (shown with \ufffd)"
-                )
-            return raw.decode("utf-8", errors="replace")
+        # Decoded from a view of the map: a long string is not also copied as bytes.
+        with memoryview(self.buf) as whole, whole[self.pos : self.pos + n] as raw:
+            self.pos += n
+            try:
+                return str(raw, "utf-8")
+            except UnicodeDecodeError:
+                self.bad_utf8 += 1
+                if self.bad_utf8 <= MAX_UTF8_WARNINGS:
+                    self.warnings.append(
+                        f"{what} at offset {start:#x} is not valid UTF-8 (shown with \ufffd)"
+                    )
+                return str(raw, "utf-8", errors="replace")
 
     def value(self, type_id: int, what: str, depth: int) -> Value:
         if type_id in _SCALARS:
@@ -272,10 +279,21 @@ class _Cursor:
         if type_id == T_STRING:
             return self.string(what)
         if type_id == T_ARRAY:
-            return self.array(what, depth + 1)
+            items = self.array(what, depth + 1)
+            assert items is not None
+            return items
         raise GGUFError(f"unknown value type {type_id} for {what}", self.where(what))
 
-    def array(self, what: str, depth: int) -> list[Value] | GGUFArray:
+    def _eager(self, length: int) -> bool:
+        """Whether ``length`` more items may still be decoded now (else: lazy)."""
+        if self.eager_items + length > MAX_EAGER_ITEMS:
+            return False
+        self.eager_items += length
+        return True
+
+    def array(self, what: str, depth: int, decode: bool = True) -> list[Value] | GGUFArray | None:
+        """An array's items (short arrays) or a lazy :class:`GGUFArray`; with
+        ``decode`` False, only checked and stepped over (None)."""
         if depth > MAX_NESTING:
             raise GGUFError(f"arrays nested deeper than {MAX_NESTING} levels", self.where(what))
         start = self.pos
@@ -292,7 +310,10 @@ class _Cursor:
                     self.where(what, start),
                 )
             first = self.pos
-            if length <= EAGER_NUMERIC_ITEMS:
+            if not decode:
+                self.pos += nbytes
+                return None
+            if length <= EAGER_NUMERIC_ITEMS and self._eager(length):
                 fmt = struct.Struct(f"<{length}{_SCALAR_FORMATS[item_type][1]}")
                 items: list[Value] = list(fmt.unpack_from(self.buf, self.pos))
                 self.pos += nbytes
@@ -317,14 +338,19 @@ class _Cursor:
                 self.where(what, start),
             )
         first = self.pos
-        if length <= EAGER_STRING_ITEMS or item_type == T_ARRAY and length <= EAGER_NUMERIC_ITEMS:
+        short = (
+            length <= EAGER_STRING_ITEMS or item_type == T_ARRAY and length <= EAGER_NUMERIC_ITEMS
+        )
+        if decode and short and self._eager(length):
             items = [self.value(item_type, f"{what}[{i}]", depth) for i in range(length)]
             return items
         if item_type == T_STRING:
             self.skip_strings(length, what)
         else:
             for i in range(length):
-                self.skip_value(T_ARRAY, f"{what}[{i}]", depth)
+                self.array(f"{what}[{i}]", depth + 1, decode=False)
+        if not decode:
+            return None
         return GGUFArray(self.path, item_type, length, first, self.pos - first)
 
     def skip_strings(self, count: int, what: str) -> None:
@@ -345,18 +371,6 @@ class _Cursor:
                 self.where(what),
             )
         self.pos = pos
-
-    def skip_value(self, type_id: int, what: str, depth: int) -> None:
-        if type_id in _SCALARS:
-            self.need(_SCALARS[type_id].size, what)
-            self.pos += _SCALARS[type_id].size
-        elif type_id == T_STRING:
-            self.skip_strings(1, what)
-        elif type_id == T_ARRAY:
-            result = self.array(what, depth + 1)
-            del result
-        else:
-            raise GGUFError(f"unknown value type {type_id} for {what}", self.where(what))
 
 
 def _tensor_nbytes(
