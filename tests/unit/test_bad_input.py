@@ -336,6 +336,23 @@ def test_counts_and_lengths_larger_than_the_file(
     assert re.search(phrase, message), message
 
 
+@pytest.mark.parametrize(
+    ("counts", "phrase"),
+    [
+        ((65_537, 0), "tensor count 65,537 is more than any model holds"),
+        ((0, 16_385), "metadata count 16,385 is more than any model holds"),
+    ],
+)
+def test_more_entries_than_any_model_holds(
+    tmp_path: Path, counts: tuple[int, int], phrase: str
+) -> None:
+    """Room for them in the file, but each would become Python objects of a few
+    hundred bytes: a header packed with tiny entries would take 15x its size."""
+    path = tmp_path / "dense.gguf"
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, *counts) + bytes(2 << 20))
+    assert phrase in error_of(inspect(path))
+
+
 def test_row_not_a_whole_number_of_blocks(tmp_path: Path) -> None:
     path = write_gguf(tmp_path / "m.gguf", [], [Tensor("x.weight", (64, 2), Q.Q8_0)])[0]
     patch(path, tensor_field_at(path.read_bytes(), "x.weight", "dims"), "Q", 48)

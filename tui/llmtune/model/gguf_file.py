@@ -70,6 +70,11 @@ MAX_EAGER_ITEMS = 1 << 15
 MAX_WALKED_ITEMS = 1 << 24
 MAX_NESTING = 8
 MAX_KEY_BYTES = 1 << 16
+# Every entry and tensor becomes Python objects of a few hundred bytes, so a header
+# packed with tiny ones would take many times its size; real files hold under 200
+# entries and, even with one tensor per MoE expert, under 20,000 tensors.
+MAX_METADATA_ENTRIES = 1 << 14
+MAX_TENSORS = 1 << 16
 # A crafted file can hold a million badly encoded strings; report a few.
 MAX_UTF8_WARNINGS = 5
 
@@ -457,6 +462,18 @@ def _parse(mf: _MappedFile, path: str, shard: int) -> GGUFFile:
         raise GGUFError(
             f"tensor count {tensor_count:,} is more than the file's {size:,} bytes can hold "
             "(truncated or corrupt)",
+            cur.where("tensor count", 8),
+        )
+    if kv_count > MAX_METADATA_ENTRIES:
+        raise GGUFError(
+            f"metadata count {kv_count:,} is more than any model holds "
+            f"(llmtune reads up to {MAX_METADATA_ENTRIES:,})",
+            cur.where("metadata count", 16),
+        )
+    if tensor_count > MAX_TENSORS:
+        raise GGUFError(
+            f"tensor count {tensor_count:,} is more than any model holds "
+            f"(llmtune reads up to {MAX_TENSORS:,})",
             cur.where("tensor count", 8),
         )
 

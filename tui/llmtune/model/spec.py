@@ -129,7 +129,11 @@ class ModelSpec:
         value = self.metadata.get("general.file_type")
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        return guess_file_type(self.tensors) | FILE_TYPE_GUESSED
+        cached = self.__dict__.get("_guessed_file_type")
+        if cached is None:
+            cached = guess_file_type(self.tensors) | FILE_TYPE_GUESSED
+            object.__setattr__(self, "_guessed_file_type", cached)
+        return int(cached)
 
     @property
     def file_type_name(self) -> str:
@@ -177,8 +181,13 @@ class ModelSpec:
         count = self.arch_int("block_count")
         if count:
             return count
-        indices = [int(m.group(1)) for t in self.tensors if (m := _LAYER_RE.match(t.name))]
-        return max(indices) + 1 if indices else 0
+        # Every per-layer value asks for this: count the tensors' layers once.
+        cached = self.__dict__.get("_n_layer_from_tensors")
+        if cached is None:
+            indices = [int(m.group(1)) for t in self.tensors if (m := _LAYER_RE.match(t.name))]
+            cached = max(indices) + 1 if indices else 0
+            object.__setattr__(self, "_n_layer_from_tensors", cached)
+        return int(cached)
 
     @property
     def n_embd(self) -> int:
