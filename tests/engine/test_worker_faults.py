@@ -3,10 +3,12 @@
 Real llama.cpp: the demo model, a synthetic model whose tensor shapes
 contradict its metadata, and one whose vocabulary has no byte tokens (llama.cpp
 then throws inside ``llama_tokenize`` and the C++ runtime aborts the process).
+A worker stopped with SIGSTOP closes nothing: the supervisor's pings find it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,8 +21,18 @@ from typing import Any
 
 import pytest
 
+from llmtune.engine import supervisor as supervisor_module
 from llmtune.engine.config import RunConfig
-from llmtune.engine.protocol import Event, Exited, Failed, Loaded, Progress, Stats, Token
+from llmtune.engine.protocol import (
+    Event,
+    Exited,
+    Failed,
+    Loaded,
+    Progress,
+    Started,
+    Stats,
+    Token,
+)
 from llmtune.engine.supervisor import Supervisor
 from synth import Tensor, llama_like, write_gguf
 
@@ -249,3 +261,136 @@ def test_worker_dies_with_its_parent(demo_model: Path, started_from: str) -> Non
         parent.wait()
         if worker_pid and not is_gone(worker_pid):
             os.kill(worker_pid, signal.SIGKILL)
+
+
+def stopped_worker(sup: Supervisor, pid: int, why: str) -> Failed:
+    """After a SIGSTOP: Failed saying why, then Exited(-9), and the process reaped."""
+    events = until(sup, Exited)
+    exited = events[-1]
+    assert isinstance(exited, Exited) and exited.pid == pid
+    assert exited.returncode == -signal.SIGKILL
+    failed = [e for e in events if isinstance(e, Failed)]
+    assert len(failed) == 1 and failed[0].fatal, events
+    assert failed[0].reason.startswith("the llama.cpp worker stopped answering"), failed[0]
+    assert why in failed[0].reason, failed[0].reason
+    assert not sup.alive
+    assert_reaped(pid)
+    return failed[0]
+
+
+def test_stopped_worker_is_reported_killed_and_replaced(sup: Supervisor, demo_model: Path) -> None:
+    pid = sup.start()
+    sup.load(demo_config(demo_model))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    sup.generate("Once upon a time", max_tokens=100000, ignore_eos=True)
+    until(sup, Token)
+    os.kill(pid, signal.SIGSTOP)  # its socket stays open: no end of file will come
+    stopped_worker(sup, pid, "kill -STOP")
+    assert_works(sup, demo_model)
+
+
+# About 400 tokens: a second or more of llama_decode on two threads, with no event on the way.
+LONG_PROMPT = " ".join(f"item{i}" for i in range(120))
+
+
+def test_busy_worker_answers_while_a_stopped_one_does_not(demo_model: Path) -> None:
+    """A hang timeout shorter than the prompt decode: only the reader thread's
+    answers, given while llama.cpp computes without the GIL, keep it alive."""
+    ping_interval_s, hang_timeout_s = 0.1, 0.3
+    sup = Supervisor(ping_interval_s=ping_interval_s, hang_timeout_s=hang_timeout_s)
+    try:
+        pid = sup.start()
+        sup.load(RunConfig(str(demo_model), n_ctx=2048, threads=2))
+        assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+        sup.generate(LONG_PROMPT, max_tokens=1, ignore_eos=True)
+        stats = until(sup, Stats, Failed, Exited)[-1]
+        assert isinstance(stats, Stats), stats
+        # The decode outlasted a ping and its hang timeout (several, in practice).
+        assert stats.prompt_s > ping_interval_s + hang_timeout_s, stats
+        assert sup.alive and sup.pid == pid
+        os.kill(pid, signal.SIGSTOP)  # idle, loaded, then stopped
+        stopped_worker(sup, pid, "kill -STOP")
+    finally:
+        sup.shutdown()
+
+
+def test_silent_worker_that_is_not_stopped_is_ended_as_hung(
+    demo_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that runs but answers nothing (its reader thread starved of the
+    GIL, say) goes after the hang timeout. SIGSTOP makes it silent; the kernel's
+    view of it is hidden, so only the hang rule can catch it."""
+    monkeypatch.setattr(supervisor_module, "process_state", lambda pid: "S")
+    sup = Supervisor(hang_timeout_s=1.0)
+    try:
+        pid = sup.start()
+        assert isinstance(until(sup, Started)[-1], Started)
+        os.kill(pid, signal.SIGSTOP)
+        stopped_worker(sup, pid, "hung")
+    finally:
+        sup.shutdown()
+
+
+_SUSPENDED_JOB = textwrap.dedent(
+    """
+    import os, signal, sys
+    from llmtune.engine.config import RunConfig
+    from llmtune.engine.protocol import Exited, Failed, Loaded, Stats
+    from llmtune.engine.supervisor import Supervisor
+
+    def until(*kinds):
+        while True:
+            event = sup.next_event(30)
+            if event is None or isinstance(event, kinds):
+                return event
+
+    sup = Supervisor(ping_interval_s=0.2, answer_timeout_s=1.0, hang_timeout_s=1.0)
+    sup.start()
+    sup.load(RunConfig(sys.argv[1], n_ctx=1024, threads=2))
+    until(Loaded, Failed, Exited)
+    print(sup.pid, flush=True)
+    sys.stdin.readline()  # the test stopped and continued this whole job meanwhile
+    sup.generate("Hello", max_tokens=3, ignore_eos=True)
+    print(type(until(Stats, Failed, Exited)).__name__, flush=True)
+    os.kill(sup.pid, signal.SIGSTOP)  # now the worker alone
+    event = until(Failed, Exited)
+    print(event.reason if isinstance(event, Failed) else event, flush=True)
+    sup.shutdown()
+    """
+)
+
+
+def test_suspended_job_is_not_a_dead_worker(demo_model: Path) -> None:
+    """Ctrl-Z of `llmtune bench` in a shell stops the supervisor and its worker
+    together, maybe with a ping on its way; the time the supervisor was stopped
+    does not count against the worker, which carries on after `fg`, even when
+    it resumes a moment after its supervisor. A worker stopped alone is caught."""
+    job = subprocess.Popen(
+        [sys.executable, "-c", _SUSPENDED_JOB, str(demo_model)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a shell job has
+    )
+    try:
+        assert job.stdin is not None and job.stdout is not None
+        worker_pid = int(job.stdout.readline())
+        # The worker first, so that a ping is surely out when the job stops
+        # (pings every 0.2 s; the job ends a worker stopped for 1 s of its time).
+        os.kill(worker_pid, signal.SIGSTOP)
+        time.sleep(0.5)
+        os.killpg(job.pid, signal.SIGSTOP)
+        time.sleep(1.0)
+        os.kill(job.pid, signal.SIGCONT)
+        time.sleep(0.3)
+        with contextlib.suppress(ProcessLookupError):  # gone if it was taken for dead
+            os.kill(worker_pid, signal.SIGCONT)
+        job.stdin.write("go\n")
+        job.stdin.flush()
+        assert job.stdout.readline() == "Stats\n"
+        assert job.stdout.readline().startswith("the llama.cpp worker stopped answering")
+        assert job.wait(timeout=TIMEOUT_S) == 0
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()

@@ -5,6 +5,12 @@ Commands flow down, events flow up, each a frozen dataclass pickled over one
 (length-prefixed pickle frames). Both ends are the same user's processes
 running llmtune's own code.
 
+Liveness: the supervisor sends ``Ping`` whenever the worker has been quiet
+for a while; the worker's command-reader thread answers ``Pong`` at once, even
+while llama.cpp computes on the main thread (ctypes releases the GIL for the
+whole C call). ``Pong`` is the supervisor's own business and never reaches its
+caller's events.
+
 Timestamps (``Token.t``) are ``time.monotonic()`` in the worker; on Linux that
 clock is system-wide, so the parent can compare them with its own.
 """
@@ -80,10 +86,24 @@ class Shutdown:
     pass
 
 
-Command = Load | Generate | Quantize | Stop | Unload | Shutdown
+@dataclass(frozen=True)
+class Ping:
+    """Are you there? Answered by ``Pong(seq)`` from the worker's reader thread."""
+
+    seq: int
+
+
+Command = Load | Generate | Quantize | Stop | Unload | Shutdown | Ping
 
 
 # ---- events (worker -> parent; Exited comes from the supervisor) --------------
+@dataclass(frozen=True)
+class Pong:
+    """The answer to ``Ping(seq)``; consumed by the supervisor, not an ``Event``."""
+
+    seq: int
+
+
 @dataclass(frozen=True)
 class Started:
     """The worker is up and waits for commands."""

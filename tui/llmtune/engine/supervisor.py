@@ -11,6 +11,18 @@ emits ``Failed(fatal=True)`` with llama.cpp's last log lines (read from the
 worker's stderr by a second thread) when the death was not asked for, then
 ``Exited`` with the exit status or minus the signal.
 
+A worker that stops answering (``kill -STOP``, a hang with the GIL held) never
+closes its socket, so end of file would never come: a watchdog thread pings it
+whenever it has been quiet for ``ping_interval_s``; the worker's reader thread
+answers even while llama.cpp computes.
+No answer within ``answer_timeout_s`` from a worker the kernel shows stopped
+(state ``T`` in ``/proc/PID/stat``), or within ``hang_timeout_s`` from one that
+is not, and the supervisor kills it and reports ``Failed(fatal=True)`` saying
+so, then ``Exited``. A slow load or prompt decode answers the pings and is left
+alone; a worker being traced (state ``t``: a debugger holds it) is never
+killed. If the supervisor itself was suspended (Ctrl-Z of a whole job stops
+the worker with it) the time it slept does not count against the worker.
+
 If the parent dies the worker goes too: its socket reaches end of file, and on
 Linux the parent-death signal is armed when the supervisor starts it from the
 main thread.
@@ -26,6 +38,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -38,8 +51,11 @@ from llmtune.engine.protocol import (
     Failed,
     Generate,
     Load,
+    Ping,
+    Pong,
     Quantize,
     Shutdown,
+    Started,
     Stop,
     Unload,
 )
@@ -48,9 +64,26 @@ log = logging.getLogger(__name__)
 
 EventCallback = Callable[[Event], None]
 
+PING_INTERVAL_S = 1.0  # quiet this long, and the worker is pinged
+ANSWER_TIMEOUT_S = 0.5  # a stopped worker that has not answered for this long is dead
+HANG_TIMEOUT_S = 10.0  # a running worker that has not answered for this long is hung
+_LATE_S = 0.25  # a watchdog that wakes this much later than planned was itself suspended
+_TICK_SLACK_S = 0.02  # so a timer that fires a hair early does not cost a whole tick
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (``R``, ``S``, ``D``, ``T``, ``t``, ``Z``...), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:  # no such process, or no /proc (not Linux)
+        return None
+    fields = stat.rpartition(b")")[2].split()
+    return fields[0].decode("ascii", "replace") if fields else None
+
 
 class _Process:
-    """One worker process and the two threads that read it."""
+    """One worker process, the two threads that read it and the one that watches it."""
 
     def __init__(self, popen: subprocess.Popen[bytes], conn: Connection, log_lines: int) -> None:
         self.popen = popen
@@ -62,6 +95,12 @@ class _Process:
         self.exited = threading.Event()
         self.stderr_thread: threading.Thread | None = None
         self.reader_thread: threading.Thread | None = None
+        self.watchdog_thread: threading.Thread | None = None
+        # Liveness, written by the reader thread and read by the watchdog.
+        self.started = False  # the worker said Started: its reader thread runs
+        self.last_event = time.monotonic()  # the last message other than a Pong
+        self.pong_seq = 0
+        self.hung_reason: str | None = None  # why the watchdog killed it
 
 
 class Supervisor:
@@ -74,8 +113,14 @@ class Supervisor:
         log_lines: int = 200,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
+        ping_interval_s: float = PING_INTERVAL_S,
+        answer_timeout_s: float = ANSWER_TIMEOUT_S,
+        hang_timeout_s: float = HANG_TIMEOUT_S,
     ) -> None:
         self._on_event = on_event
+        self._ping_interval_s = ping_interval_s
+        self._answer_timeout_s = answer_timeout_s
+        self._hang_timeout_s = hang_timeout_s
         self._events: queue.Queue[Event] = queue.Queue()
         self._log_lines = log_lines
         self._python = python
@@ -128,9 +173,13 @@ class Supervisor:
             proc.reader_thread = threading.Thread(
                 target=self._read_events, args=(proc,), name=f"worker-{proc.pid}", daemon=True
             )
+            proc.watchdog_thread = threading.Thread(
+                target=self._watch, args=(proc,), name=f"worker-{proc.pid}-watch", daemon=True
+            )
             self._proc = proc
             proc.stderr_thread.start()
             proc.reader_thread.start()
+            proc.watchdog_thread.start()
             return proc.pid
 
     def restart(self) -> int:
@@ -258,6 +307,12 @@ class Supervisor:
             except Exception as exc:  # a frame that does not unpickle
                 log.warning("unreadable message from the worker: %s", exc)
                 continue
+            if isinstance(event, Pong):
+                proc.pong_seq = max(proc.pong_seq, event.seq)
+                continue
+            proc.last_event = time.monotonic()
+            if isinstance(event, Started):
+                proc.started = True
             if isinstance(event, Failed) and event.fatal:
                 failed = True
             self._emit(event)
@@ -267,9 +322,84 @@ class Supervisor:
         exited = Exited(returncode, proc.pid)
         if not proc.expected_exit and not failed:
             tail = tuple(list(proc.tail)[-20:])
-            self._emit(Failed(crash_reason(exited, tail), tail, fatal=True))
+            reason = proc.hung_reason or crash_reason(exited, tail)
+            self._emit(Failed(reason, tail, fatal=True))
         proc.exited.set()
         self._emit(exited)
+
+    def _watch(self, proc: _Process) -> None:
+        """Ping a quiet worker; kill one that stops answering (see the module docstring).
+
+        An unanswered ping ages only by the time this thread was awake to see
+        it: a wake-up much later than planned means the supervisor itself was
+        stopped or starved, and the ping is sent again. So is one sent before
+        the worker's reader thread ran (before ``Started``).
+        """
+        interval = self._ping_interval_s
+        check_s = min(interval, self._answer_timeout_s)
+        seq = 0
+        outstanding = sent_after_start = False
+        sent_at = unanswered_s = 0.0
+        sleep_s = interval
+        while True:
+            planned = time.monotonic() + sleep_s
+            if proc.exited.wait(sleep_s) or proc.expected_exit:
+                return
+            now = time.monotonic()
+            if outstanding and proc.pong_seq >= seq:
+                outstanding = False
+            if outstanding:
+                stale = now - planned > _LATE_S or (proc.started and not sent_after_start)
+                if not stale:
+                    unanswered_s += now - planned + sleep_s
+                    reason = self._unanswered(proc, unanswered_s)
+                    if reason is not None:
+                        self._kill_hung(proc, reason)
+                        return
+                    sleep_s = check_s
+                    continue
+            else:
+                # Events show it is alive; pongs do not count, or idle pings would never stop.
+                quiet_s = now - max(proc.last_event, sent_at)
+                if quiet_s < interval - _TICK_SLACK_S:
+                    sleep_s = interval - quiet_s
+                    continue
+            seq += 1
+            outstanding, sent_after_start = True, proc.started
+            sent_at, unanswered_s = now, 0.0
+            if not self._send_to(proc, Ping(seq)):
+                return  # the socket is closed: the reader sees end of file
+            sleep_s = check_s
+
+    def _unanswered(self, proc: _Process, unanswered_s: float) -> str | None:
+        """Why a worker silent for ``unanswered_s`` is dead, or None while it may still answer."""
+        state = process_state(proc.pid)
+        if state == "t":
+            return None  # a debugger holds it on purpose
+        if state == "T":
+            if unanswered_s < self._answer_timeout_s - _TICK_SLACK_S:
+                return None
+            return (
+                "the llama.cpp worker stopped answering (it was stopped, as by kill -STOP, "
+                f"and gave no answer for {unanswered_s:.1f} s); llmtune killed it"
+            )
+        if proc.started and unanswered_s >= self._hang_timeout_s - _TICK_SLACK_S:
+            return (
+                "the llama.cpp worker stopped answering (it is running but gave no answer "
+                f"for {unanswered_s:.1f} s: hung); llmtune killed it"
+            )
+        return None
+
+    def _kill_hung(self, proc: _Process, reason: str) -> None:
+        """SIGKILL (it reaches a stopped process too); the reader then reaps and reports."""
+        if proc.expected_exit:
+            return
+        proc.hung_reason = reason
+        log.info("%s (pid %d)", reason, proc.pid)
+        try:
+            proc.popen.send_signal(signal.SIGKILL)  # nothing if it was reaped meanwhile
+        except ProcessLookupError:
+            pass
 
 
 _CRASH_MARKERS = ("GGML_ASSERT", "GGML_ABORT", "terminate called", "what():", "error", "failed")

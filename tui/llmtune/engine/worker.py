@@ -12,6 +12,10 @@ that carries pickled commands and events (:mod:`llmtune.engine.protocol`).
   (ctypes releases the GIL). On Linux the parent-death signal is set too, when
   the supervisor asks for it (only a process's main thread may own it: the
   signal follows the thread that forked).
+- The same thread answers the supervisor's ``Ping`` with ``Pong`` at once, so
+  a worker deep in a load or a prompt decode still shows it is alive; one
+  that answers nothing (stopped, or hung with the GIL held) is killed by the
+  supervisor. Events are sent under a lock: two threads write to the socket.
 - ``Stop`` is seen between tokens, and during a prompt decode through
   llama.cpp's abort callback (installed only for the prompt: it is called for
   every graph node, too often for token-by-token generation) and during a load
@@ -55,6 +59,8 @@ from llmtune.engine.protocol import (
     Generate,
     Load,
     Loaded,
+    Ping,
+    Pong,
     Progress,
     Quantize,
     Quantized,
@@ -149,6 +155,7 @@ class Worker:
 
         self.L: Any = llama_cpp
         self.conn = conn
+        self._send_lock = threading.Lock()
         self.commands: queue.Queue[Command] = queue.Queue()
         self.stops_received = 0
         self.stops_handled = 0
@@ -209,7 +216,8 @@ class Worker:
     # ---- plumbing ---------------------------------------------------------
     def send(self, event: object) -> None:
         try:
-            self.conn.send(event)
+            with self._send_lock:
+                self.conn.send(event)
         except OSError:
             os._exit(0)  # the parent is gone
 
@@ -219,6 +227,9 @@ class Worker:
                 cmd = self.conn.recv()
             except (EOFError, OSError):
                 os._exit(0)  # end of file: the parent is gone, and so are we
+            if isinstance(cmd, Ping):
+                self.send(Pong(cmd.seq))
+                continue
             if isinstance(cmd, Stop):
                 self.stops_received += 1
             elif isinstance(cmd, Shutdown):
