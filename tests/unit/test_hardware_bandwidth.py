@@ -100,15 +100,27 @@ def test_another_machines_entry_is_not_this_one(cache):
         "[1, 2, 3]",
         '{"version": 1, "machines": []}',
         '{"version": 99, "machines": {}}',
+        "[" * 100_000 + "]" * 100_000,  # deep enough to exhaust a recursive parser
+        b"\xff\xfe{}",  # not UTF-8
     ],
+    ids=["syntax", "empty", "list", "machines-list", "version", "deep", "encoding"],
 )
 def test_a_corrupt_cache_file_is_ignored_and_replaced(probes, cache, content):
     cache.mkdir(parents=True)
-    (cache / "host_bandwidth.json").write_text(content)
+    raw = content if isinstance(content, bytes) else content.encode()
+    (cache / "host_bandwidth.json").write_bytes(raw)
     assert cached_host_bandwidth_gbps() is None
     assert host_bandwidth_gbps(probe=True) is not None
     assert len(probes) == 1
     assert cached_host_bandwidth_gbps() is not None  # rewritten whole
+
+
+def test_a_cache_file_too_large_to_be_ours_is_not_read_whole(cache):
+    cache.mkdir(parents=True)
+    key = json.dumps(machine_key())
+    entry = f'{{"version": 1, "machines": {{{key}: {{"bandwidth_gbps": 42.0}}}}}}'
+    (cache / "host_bandwidth.json").write_text(entry + " " * bandwidth.MAX_CACHE_BYTES)
+    assert cached_host_bandwidth_gbps() is None
 
 
 @pytest.mark.parametrize("value", ['"fast"', "-3", "0", "true", "NaN", "null"])

@@ -324,9 +324,13 @@ def _speed_model(this_machine: bool) -> SpeedModel:
 
     if not this_machine:
         return DEFAULT_SPEED_MODEL
-    from llmtune.engine.calibration import load_speed_model
+    from llmtune.engine.calibration import load
+    from llmtune.textsafe import inert
 
-    return load_speed_model()
+    speed, notice = load()
+    if notice:
+        print(f"llmtune: warning: {inert(notice, max_chars=500)}", file=sys.stderr)
+    return speed
 
 
 def cmd_fit(argv: Sequence[str]) -> int:

@@ -6,8 +6,10 @@ what the plan predicted and keeps the ratio as this machine's efficiency
 with it. Only runs that exercise one kind of device calibrate it (all on the
 CPU, or all on one GPU); a partial offload mixes both and is not used.
 
-The file lives in the user's config directory; it is written atomically, and a
-missing, unreadable or corrupt file means no calibration, never an error.
+The file lives in the user's config directory; it is written atomically (a
+failed write leaves the old file and no temporary one), and a missing,
+unreadable or corrupt file means no calibration, never an error: :func:`load`
+says so in one sentence.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 
 FILE_NAME = "calibration.json"
+MAX_FILE_BYTES = 1 << 20  # an entry per machine takes about 200 bytes
 _BOUNDS = (0.02, 1.0)
 
 
@@ -49,12 +52,28 @@ def machine_key() -> str:
     return f"{model} x{os.cpu_count() or 1}"
 
 
-def _read() -> dict[str, Any]:
+def _read() -> tuple[dict[str, Any], str | None]:
+    """The file's machines, and a sentence for the user when it could not be used."""
+    path = config_dir() / FILE_NAME
     try:
-        data = json.loads((config_dir() / FILE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        return {}, f"Could not read the calibration ({exc.strerror or exc}); {_DEFAULTS}."
+    if len(raw) > MAX_FILE_BYTES:
+        return {}, f"The calibration file {path} is too large to be ours; {_DEFAULTS}."
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        return {}, f"The calibration file {path} is corrupt; {_DEFAULTS}."
+    return data, None
+
+
+_DEFAULTS = "speeds are predicted with the defaults"
 
 
 def _clamp(value: float) -> float:
@@ -63,9 +82,15 @@ def _clamp(value: float) -> float:
 
 def load_speed_model() -> SpeedModel:
     """The speed model calibrated for this machine, or the defaults."""
-    entry = _read().get(machine_key())
+    return load()[0]
+
+
+def load() -> tuple[SpeedModel, str | None]:
+    """This machine's speed model, and a sentence when the file was unusable."""
+    data, notice = _read()
+    entry = data.get(machine_key())
     if not isinstance(entry, dict):
-        return DEFAULT_SPEED_MODEL
+        return DEFAULT_SPEED_MODEL, notice
     model = DEFAULT_SPEED_MODEL
     for name in (
         "cpu_bandwidth_efficiency",
@@ -76,7 +101,7 @@ def load_speed_model() -> SpeedModel:
         value = entry.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
             model = replace(model, **{name: _clamp(float(value))})
-    return model
+    return model, notice
 
 
 def record(
@@ -100,18 +125,28 @@ def record(
     if predicted_pp > 0 and measured_pp > 0:
         changes[compute_name] = _clamp(getattr(speed, compute_name) * measured_pp / predicted_pp)
     calibrated = replace(speed, **changes)
-    data = _read()
+    data = _read()[0]  # an unusable file is replaced
     entry = data.get(machine_key())
     entry = dict(entry) if isinstance(entry, dict) else {}
     entry.update(changes)
     data[machine_key()] = entry
+    folder = config_dir()
+    tmp: str | None = None
     try:
-        folder = config_dir()
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".calibration-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, folder / FILE_NAME)
-    except OSError:
+        tmp = None
+    except OSError:  # a full or read-only disk
         return None
+    finally:
+        if tmp is not None:  # a full disk left a temporary file half written
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
     return calibrated

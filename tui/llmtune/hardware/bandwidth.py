@@ -38,6 +38,7 @@ PROBE_BYTES = 256 * MIB
 PROBE_REPEATS = 5
 PROBE_BUDGET_S = 1.0
 CACHE_FILE = "host_bandwidth.json"
+MAX_CACHE_BYTES = 1 << 20  # an entry per machine takes about 200 bytes
 CACHE_VERSION = 1
 _MAX_THREADS = 16
 _MIN_CHUNK_BYTES = 8 * MIB
@@ -137,12 +138,17 @@ def measure_host_bandwidth(
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
-    """The cache's machines; an unreadable or malformed file is treated as empty."""
+    """The cache's machines; an unreadable, malformed or oversized file is treated
+    as empty (and replaced by the next probe)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_CACHE_BYTES + 1)
+        if len(raw) > MAX_CACHE_BYTES:
+            raise ValueError(f"larger than {MAX_CACHE_BYTES:,} bytes")
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         logger.info("ignoring unreadable bandwidth cache %s: %s", path, err)
         return {}
     if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
