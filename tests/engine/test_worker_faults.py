@@ -215,6 +215,20 @@ def test_out_of_memory_while_loading_names_the_buffer(sup: Supervisor, demo_mode
     assert "out of memory" in failed.reason and "CPU buffer" in failed.reason, failed
 
 
+def test_out_of_memory_before_any_buffer_says_out_of_memory(
+    sup: Supervisor, demo_model: Path
+) -> None:
+    """1 MiB of room: llama.cpp runs out while it reads the vocabulary from the
+    header, long before it sizes a buffer, and says only std::bad_alloc."""
+    sup.start()
+    sup.load(RunConfig(str(demo_model), threads=2, oom_headroom_bytes=1 << 20, oom_stage="load"))
+    failed = until(sup, Failed, Loaded)[-1]
+    assert isinstance(failed, Failed), failed
+    assert failed.reason.startswith("out of memory: llama.cpp could not load the model"), failed
+    assert "tokenizer.ggml.tokens" in failed.reason, failed.reason
+    assert sup.alive
+
+
 _PARENT = textwrap.dedent(
     """
     import sys, threading, time

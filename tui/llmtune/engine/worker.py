@@ -88,6 +88,8 @@ _ALLOC_RES: tuple[re.Pattern[str], ...] = (
 _ALLOC_SIZE_RE = re.compile(
     r"(\w+)_buffer_type_alloc_buffer: failed to allocate buffer of size (\d+)"
 )
+# gguf.cpp gguf_read_emplace_helper: "encountered bad_alloc error while reading value for key '%s'"
+_BAD_ALLOC_KEY_RE = re.compile(r"bad_alloc error while reading value for key '([^'\n]{1,80})")
 _ERROR_RES: tuple[re.Pattern[str], ...] = (
     re.compile(r"error loading model: ([^\n]+)"),
     re.compile(r"failed to initialize the context: ([^\n]+)"),
@@ -109,6 +111,11 @@ def failure_reason(log_text: str, what: str) -> str:
             sizes = _ALLOC_SIZE_RE.findall(log_text)
             size = f" of {format_bytes(int(sizes[-1][1]))}" if sizes else ""
             return f"out of memory: llama.cpp could not allocate the {name} buffer{size} ({what})"
+    if "std::bad_alloc" in log_text or "bad_alloc error" in log_text:
+        # A small allocation failed before any buffer (the header, the vocabulary): no size to name.
+        keys = _BAD_ALLOC_KEY_RE.findall(log_text)
+        where = f" while reading {keys[-1]}" if keys else ""
+        return f"out of memory: llama.cpp could not {what} (std::bad_alloc{where})"
     for pattern in _ERROR_RES:
         found = pattern.findall(log_text)
         if found:
