@@ -12,8 +12,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
-from rich.text import Text
+from rich.segment import Segment
+from rich.style import Style
 from textual.geometry import Size
+from textual.strip import Strip
 from textual.widget import Widget
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
@@ -65,6 +67,21 @@ class TimeGraph(Widget):
         self.ceiling: float | None = None
         self.predicted: float | None = None
         self.note = ""
+        self._styles: dict[str, Style] = {}
+        self._strips: list[Strip] | None = None
+        self._strips_size = (0, 0)
+
+    def notify_style_update(self) -> None:
+        self._styles = {}  # the theme or the CSS changed
+        self._strips = None
+        super().notify_style_update()
+
+    def _style(self, name: str) -> Style:
+        """A component's style, looked up once (the graph redraws every tick)."""
+        style = self._styles.get(name)
+        if style is None:
+            style = self._styles[name] = self.get_component_rich_style(f"time-graph--{name}")
+        return style
 
     def show(
         self,
@@ -78,7 +95,21 @@ class TimeGraph(Widget):
         self.ceiling = ceiling
         self.predicted = predicted
         self.note = note
-        self.refresh()
+        self._strips = None
+        if self.on_screen:
+            self.refresh()
+
+    @property
+    def on_screen(self) -> bool:
+        """Whether any of the graph is on the screen now. A graph scrolled out of
+        view is not refreshed: refreshing a hidden widget makes Textual rebuild
+        its whole map of the screen, every tick. It paints the latest values
+        when it comes into view."""
+        try:
+            # Textual is pinned to an exact version, so its compositor is safe to read here.
+            return self in self.screen._compositor.visible_widgets
+        except Exception:  # not mounted yet, or no screen: nothing to refresh either way
+            return True
 
     @property
     def latest(self) -> float | None:
@@ -94,33 +125,28 @@ class TimeGraph(Widget):
         top = max([*present, self.predicted or 0.0, 0.0])
         return top * 1.15 if top > 0 else 1.0
 
-    def title_text(self, width: int) -> Text:
-        style = self.get_component_rich_style
-        text = Text(no_wrap=True, overflow="ellipsis")
-        text.append(self.title, style("time-graph--title"))
+    def title_parts(self) -> list[tuple[str, str]]:
+        """The first row as (text, component) pieces; "" is the widget's own style."""
         latest = self.latest
-        text.append("  ")
-        text.append(self.fmt(latest) if latest is not None else "–", style("time-graph--value"))
+        parts = [
+            (self.title, "title"),
+            ("  ", ""),
+            (self.fmt(latest) if latest is not None else "–", "value"),
+        ]
         if self.predicted is not None:
-            text.append("  ")
-            text.append(LEVEL * 2, style("time-graph--level"))
-            text.append(f" predicted {self.fmt(self.predicted)}")
+            parts += [
+                ("  ", ""),
+                (LEVEL * 2, "level"),
+                (f" predicted {self.fmt(self.predicted)}", ""),
+            ]
         if self.ceiling:
-            text.append(f"  of {self.fmt(self.ceiling)}")
+            parts.append((f"  of {self.fmt(self.ceiling)}", ""))
         if self.note:
-            text.append(f"  {self.note}")
-        return text
+            parts.append((f"  {self.note}", ""))
+        return parts
 
-    def render(self) -> Text:
-        width = max(1, self.size.width)
-        rows = max(0, self.size.height - 1)
-        lines = [self.title_text(width)]
-        if rows:
-            lines += self.graph_rows(width, rows)
-        return Text("\n").join(lines)
-
-    def graph_rows(self, width: int, rows: int) -> list[Text]:
-        style = self.get_component_rich_style
+    def graph_rows(self, width: int, rows: int) -> list[list[tuple[str, str]]]:
+        """The graph's rows, top first, each as runs of (glyphs, component)."""
         top = self.scale_top()
         values = self.values[-width:]
         levels = [None] * (width - len(values)) + column_levels(values, rows, top)
@@ -128,25 +154,53 @@ class TimeGraph(Widget):
         if self.predicted is not None and top > 0:
             eighths = min(rows * 8 - 1, max(0, round(self.predicted / top * rows * 8)))
             predicted_row = eighths // 8  # counted from the bottom
-        bar = style("time-graph--bar")
-        over = style("time-graph--over")
-        level_style = style("time-graph--level")
-        out: list[Text] = []
-        for r in range(rows - 1, -1, -1):  # top row first
-            line = Text(no_wrap=True)
+        out: list[list[tuple[str, str]]] = []
+        for r in range(rows - 1, -1, -1):
+            runs: list[tuple[str, str]] = []
+            run: list[str] = []
+            run_kind = ""
             for level in levels:
-                if level is None:
-                    glyph = " "
-                else:
-                    fill = level - r * 8
-                    glyph = BLOCKS[min(8, max(0, fill))]
+                glyph = " " if level is None else BLOCKS[min(8, max(0, level - r * 8))]
                 if glyph == " " and r == predicted_row:
-                    line.append(LEVEL, level_style)
+                    glyph, kind = LEVEL, "level"
+                elif self.ceiling is not None and r == rows - 1 and glyph == "█":
+                    kind = "over"
                 else:
-                    is_over = self.ceiling is not None and r == rows - 1 and glyph == "█"
-                    line.append(glyph, over if is_over else bar)
-            out.append(line)
+                    kind = "bar"
+                if kind != run_kind and run:
+                    runs.append(("".join(run), run_kind))
+                    run = []
+                run_kind = kind
+                run.append(glyph)
+            if run:
+                runs.append(("".join(run), run_kind))
+            out.append(runs)
         return out
+
+    def _strip(self, parts: list[tuple[str, str]], width: int) -> Strip:
+        base = self.rich_style
+        segments = [
+            Segment(text, base + self._style(kind) if kind else base)
+            for text, kind in parts
+            if text
+        ]
+        return Strip(segments).adjust_cell_length(width, base)
+
+    def _build(self, width: int, height: int) -> list[Strip]:
+        rows = [self.title_parts(), *self.graph_rows(width, max(0, height - 1))]
+        return [self._strip(parts, width) for parts in rows[:height]]
+
+    def render_line(self, y: int) -> Strip:
+        # The Line API: rows built straight from segments, cached until the data,
+        # the size or the style change. A graph redraws every tick, so this skips
+        # Textual's conversion of rich Text, which cost most of the app's idle CPU.
+        size = (self.size.width, self.size.height)
+        if self._strips is None or self._strips_size != size:
+            self._strips = self._build(*size)
+            self._strips_size = size
+        if 0 <= y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(size[0], self.rich_style)
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return 5
