@@ -78,6 +78,7 @@ def memory_80_layers(section: Section, config_dir: str) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from gguf import GGMLQuantizationType as Q
+
     from synth import llama_like
 
     with tempfile.TemporaryDirectory() as tmp:
