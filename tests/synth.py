@@ -135,11 +135,22 @@ def llama_like(
     split_max_tensors: int = 0,
     fill: bytes | None = None,
     version: int = 3,
+    byte_tokens: bool = False,
 ) -> list[Path]:
-    """A llama-architecture model with the tensor names llama.cpp expects."""
+    """A llama-architecture model with the tensor names llama.cpp expects.
+
+    Without ``byte_tokens`` (<0x00>..<0xFF>) llama.cpp aborts on any prompt
+    with a character outside the vocabulary; with them, every prompt tokenizes.
+    """
     head_dim = n_embd // n_head
     kv_dim = head_dim * n_head_kv
-    tokens = ["<unk>", "<s>", "</s>"] + [f"t{i}" for i in range(n_vocab - 3)]
+    tokens = ["<unk>", "<s>", "</s>"]
+    token_types = [1, 1, 1]
+    if byte_tokens:
+        tokens += [f"<0x{b:02X}>" for b in range(256)]
+        token_types = [2, 3, 3] + [6] * 256  # unknown, control, byte (llama_token_type)
+    tokens += [f"t{i}" for i in range(n_vocab - len(tokens))]
+    token_types += [1] * (n_vocab - len(token_types))
     kv: list[tuple[str, Any]] = [
         ("general.name", name),
         (f"{arch}.block_count", n_layer),
@@ -153,7 +164,7 @@ def llama_like(
         ("tokenizer.ggml.model", "llama"),
         ("tokenizer.ggml.tokens", tokens),
         ("tokenizer.ggml.scores", ([0.0] * n_vocab, GGUFValueType.ARRAY, GGUFValueType.FLOAT32)),
-        ("tokenizer.ggml.token_type", ([1] * n_vocab, GGUFValueType.ARRAY, GGUFValueType.INT32)),
+        ("tokenizer.ggml.token_type", (token_types, GGUFValueType.ARRAY, GGUFValueType.INT32)),
         ("tokenizer.ggml.bos_token_id", 1),
         ("tokenizer.ggml.eos_token_id", 2),
     ]

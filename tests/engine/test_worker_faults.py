@@ -176,6 +176,31 @@ def test_llama_cpp_abort_is_reported_and_survived(
     assert_works(sup, demo_model)
 
 
+def test_ggml_assert_is_reported_by_its_condition(
+    sup: Supervisor, demo_model: Path, tmp_path: Path
+) -> None:
+    """A head size of 15: llama.cpp loads the model, then the CPU rope asserts an
+    even dimension at the first decode and aborts the worker."""
+    path = tmp_path / "head-15.gguf"
+    llama_like(
+        path, n_layer=1, n_embd=60, n_head=4, n_head_kv=4, n_ff=128, n_vocab=300, byte_tokens=True
+    )
+    pid = sup.start()
+    sup.load(RunConfig(str(path), n_ctx=256, threads=1))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    sup.generate("hello", max_tokens=4)
+    events = until(sup, Exited)
+    assert isinstance(events[-1], Exited) and events[-1].returncode == -signal.SIGABRT
+    failed = [e for e in events if isinstance(e, Failed)]
+    assert len(failed) == 1 and failed[0].fatal
+    # The condition and llama.cpp's own source file, not the directory it was built in.
+    assert "ggml/src/ggml-cpu/ops.cpp" in failed[0].reason, failed[0].reason
+    assert "GGML_ASSERT(n_dims % 2 == 0) failed" in failed[0].reason
+    assert "pip-install" not in failed[0].reason and "/vendor/" not in failed[0].reason
+    assert_reaped(pid)
+    assert_works(sup, demo_model)
+
+
 def test_out_of_memory_names_the_buffer(sup: Supervisor, demo_model: Path) -> None:
     """An address-space limit 64 MiB above what the worker uses once the model
     is loaded: the 720 MiB KV cache of a 32k context cannot be allocated."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -403,6 +404,8 @@ class Supervisor:
 
 
 _CRASH_MARKERS = ("GGML_ASSERT", "GGML_ABORT", "terminate called", "what():", "error", "failed")
+# ggml_abort prints the source file as compiled: a pip build directory, long and meaningless.
+_BUILD_DIR_RE = re.compile(r"/\S*?/(?=(?:ggml|src|common|tools)/\S+:\d+:)")
 
 
 def crash_reason(exited: Exited, tail: tuple[str, ...]) -> str:
@@ -410,7 +413,7 @@ def crash_reason(exited: Exited, tail: tuple[str, ...]) -> str:
     why: list[str] = []
     for line in reversed(tail[-8:]):
         if any(marker in line for marker in _CRASH_MARKERS):
-            why.insert(0, line.strip())
+            why.insert(0, _BUILD_DIR_RE.sub("", line.strip()))
             if len(why) == 2:
                 break
         elif why:
