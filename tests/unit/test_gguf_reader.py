@@ -21,8 +21,8 @@ from gguf import GGUFValueType as V
 from gguf_edit import patch, tensor_field_at, value_at
 
 from llmtune.errors import GGUFError
-from llmtune.model import GGUFArray, read_gguf, read_spec
-from llmtune.model.describe import inspect_dict, inspect_lines
+from llmtune.model import GGUFArray, GGUFString, read_gguf, read_spec
+from llmtune.model.describe import inspect_dict, inspect_lines, metadata_rows
 from llmtune.model.gguf_file import EAGER_NUMERIC_ITEMS, EAGER_STRING_ITEMS, MAX_EAGER_ITEMS
 from synth import Tensor, llama_like, write_gguf
 
@@ -289,6 +289,54 @@ def test_nested_arrays_cannot_multiply_the_file_in_memory(tmp_path: Path) -> Non
     assert sum(isinstance(a, list) for a in nested) <= MAX_EAGER_ITEMS // 1024
     last = nested[-1]
     assert isinstance(last, GGUFArray) and last.values(limit=3) == [0.0, 1.0, 2.0]
+
+
+def test_a_flipped_string_length_does_not_decode_the_tensor_data(tmp_path: Path) -> None:
+    """A bit flip makes general.name 32 MB long: its bytes would be tensor data,
+    decoded (bad UTF-8 as U+FFFD) into 64-128 MB. It stays in the file."""
+    (path,) = llama_like(tmp_path / "m.gguf", n_layer=1, n_embd=4096, n_ff=4096, n_vocab=4096)
+    assert path.stat().st_size > 40 << 20
+    data = path.read_bytes()
+    patch(path, value_at(data, "general.name"), "Q", len("synthetic llama") | 1 << 25)
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(GGUFError):
+            read_spec(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+    assert peak < 4 << 20, f"{peak:,} bytes"
+
+
+def test_long_strings_stay_in_the_file_and_read_on_demand(tmp_path: Path) -> None:
+    template = "{% for m in messages %}\u00e9\U0001f600{{ m.content }}{% endfor %}" * 20_000
+    huge_json = '{"model": "' + "x" * (3 << 20) + '"}'
+    texts = [f"{i}" * 1_000_000 for i in range(5)]  # 4 fit the header's budget, the 5th not
+    kv = [
+        ("tokenizer.chat_template", template),
+        ("tokenizer.huggingface.json", huge_json),
+        *[(f"test.text{i}", t) for i, t in enumerate(texts)],
+    ]
+    path = llama_like(tmp_path / "m.gguf", n_layer=1, extra_kv=kv)[0]
+
+    spec = read_spec(path)
+
+    lazy_json = spec.metadata["tokenizer.huggingface.json"]
+    assert isinstance(lazy_json, GGUFString) and lazy_json.nbytes == len(huge_json)
+    assert lazy_json.text() == huge_json and lazy_json.text(max_bytes=9) == '{"model":'
+    assert [isinstance(spec.metadata[f"test.text{i}"], str) for i in range(5)] == [True] * 4 + [
+        False
+    ]
+    assert spec.metadata["test.text4"].text() == texts[4]  # type: ignore[union-attr]
+    # The template is over 1 MiB in UTF-8 (4 bytes a face): too long to render anyway.
+    assert len(template.encode()) > 1 << 20 and spec.chat_template == ""
+    metadata = inspect_dict(spec)["metadata"]
+    assert metadata["tokenizer.huggingface.json"] == {"type": "STRING", "bytes": len(huge_json)}
+    assert metadata["test.text0"] == texts[0]
+    rows = {key: value for key, _, value in metadata_rows(spec)}
+    assert rows["tokenizer.huggingface.json"].startswith(f"[{len(huge_json):,} bytes] {{")
 
 
 def test_per_layer_head_counts_and_ffn(tmp_path: Path) -> None:

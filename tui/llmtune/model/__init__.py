@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from llmtune.model.gguf_file import GGUFArray, GGUFFile, TensorInfo, read_gguf
+from llmtune.model.gguf_file import GGUFArray, GGUFFile, GGUFString, TensorInfo, read_gguf
 from llmtune.model.spec import LayerGroup, ModelSpec, TypeStats, read_spec
 
 __all__ = [
     "GGUFArray",
     "GGUFFile",
+    "GGUFString",
     "LayerGroup",
     "ModelSpec",
     "TensorInfo",

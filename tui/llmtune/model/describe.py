@@ -11,7 +11,8 @@ import os
 import unicodedata
 from typing import Any
 
-from llmtune.model.gguf_file import GGUFArray, Value, value_type_name
+from llmtune.errors import GGUFError
+from llmtune.model.gguf_file import GGUFArray, GGUFString, Value, value_type_name
 from llmtune.model.spec import ModelSpec
 from llmtune.textsafe import inert
 from llmtune.units import format_bytes, format_count
@@ -20,6 +21,8 @@ from llmtune.units import format_bytes, format_count
 def _json_value(value: Value) -> Any:
     if isinstance(value, GGUFArray):
         return {"type": value.type_name, "length": value.length}
+    if isinstance(value, GGUFString):
+        return {"type": "STRING", "bytes": value.nbytes}
     if isinstance(value, list):
         item = _list_item_type(value)
         return {"type": item, "length": len(value)}
@@ -334,6 +337,12 @@ def metadata_rows(spec: ModelSpec, max_value_chars: int = 200) -> list[tuple[str
         type_name = value_type_name(spec.metadata_types.get(key, -1))
         if isinstance(value, GGUFArray):
             shown = f"[{value.length:,} × {value.type_name}]"
+        elif isinstance(value, GGUFString):
+            try:
+                head = value.text(max_bytes=max_value_chars * 4)
+            except GGUFError:  # the file changed since it was read
+                head = ""
+            shown = f"[{value.nbytes:,} bytes] {head}"
         elif isinstance(value, list):
             preview = ", ".join(str(v) for v in value[:8])
             more = ", …" if len(value) > 8 else ""

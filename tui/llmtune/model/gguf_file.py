@@ -64,6 +64,13 @@ EAGER_STRING_ITEMS = 64
 # one header, arrays stay lazy, so nested arrays cannot multiply a file's size in
 # memory; real headers decode a few thousand.
 MAX_EAGER_ITEMS = 1 << 15
+# A decoded string takes up to four times its bytes (one astral character makes
+# every character four bytes; bad UTF-8 decodes to U+FFFD, two). Longer strings,
+# and any past a header's budget, stay lazy: a bit flip in a string's length must
+# not decode gigabytes of tensor data. Real ones are chat templates of a few KB;
+# tokenizer.huggingface.json copies of several MB are never used.
+MAX_EAGER_STRING_BYTES = 1 << 20
+MAX_EAGER_TEXT_BYTES = 4 << 20
 # Walking variable-size array items (strings, nested arrays) costs time per item;
 # this caps it for a whole file so a crafted header cannot make us spin for
 # minutes. Real files hold under a million (262k tokens + 500k merges).
@@ -79,7 +86,7 @@ MAX_TENSORS = 1 << 16
 MAX_UTF8_WARNINGS = 5
 
 Scalar: TypeAlias = "int | float | bool | str"
-Value: TypeAlias = "Scalar | list[Value] | GGUFArray"
+Value: TypeAlias = "Scalar | list[Value] | GGUFArray | GGUFString"
 
 
 def value_type_name(type_id: int) -> str:
@@ -106,6 +113,27 @@ class GGUFArray:
         with _MappedFile(self.path) as mf:
             cursor = _Cursor(mf.buf, self.offset, mf.size, self.path)
             return [cursor.value(self.item_type, f"[{i}]", depth=1) for i in range(count)]
+
+
+@dataclass(frozen=True, slots=True)
+class GGUFString:
+    """A string value left undecoded in the file: its offset and length in bytes."""
+
+    path: str
+    offset: int
+    nbytes: int
+
+    def text(self, max_bytes: int | None = None) -> str:
+        """The string (its first ``max_bytes`` bytes), bad UTF-8 shown as U+FFFD."""
+        n = self.nbytes if max_bytes is None else min(max_bytes, self.nbytes)
+        with _MappedFile(self.path) as mf:
+            if self.offset + n > mf.size:
+                raise GGUFError("the file is shorter than when it was read", self.path)
+            with memoryview(mf.buf) as whole, whole[self.offset : self.offset + n] as raw:
+                return str(raw, "utf-8", errors="replace")
+
+    def __str__(self) -> str:
+        return f"[{self.nbytes:,}-byte string, not loaded]"
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +246,7 @@ class _Cursor:
         self.path = path
         self.walked = 0
         self.eager_items = 0
+        self.text_bytes = 0
         self.warnings: list[str] = []
         self.bad_utf8 = 0
 
@@ -278,11 +307,27 @@ class _Cursor:
                     )
                 return str(raw, "utf-8", errors="replace")
 
+    def text(self, what: str) -> str | GGUFString:
+        """A string value: decoded, or lazy when long or past the header's budget."""
+        start = self.pos
+        n = self.u64(f"{what} length")
+        if self.pos + n > self.size:
+            raise GGUFError(
+                f"{what} length {n:,} runs past the end of the file", self.where(what, start)
+            )
+        if n > MAX_EAGER_STRING_BYTES or self.text_bytes + n > MAX_EAGER_TEXT_BYTES:
+            lazy = GGUFString(self.path, self.pos, n)
+            self.pos += n
+            return lazy
+        self.text_bytes += n
+        self.pos = start
+        return self.string(what)
+
     def value(self, type_id: int, what: str, depth: int) -> Value:
         if type_id in _SCALARS:
             return self.scalar(type_id, what)
         if type_id == T_STRING:
-            return self.string(what)
+            return self.text(what)
         if type_id == T_ARRAY:
             items = self.array(what, depth + 1)
             assert items is not None
