@@ -178,3 +178,30 @@ def test_reaching_python_internals_or_changing_the_messages_gives_none(
 )
 def test_a_template_that_would_run_forever_gives_none(tmp_path: Path, template: str) -> None:
     assert render_or_fail(spec_with(tmp_path, template), "Hello") is None
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{% include 'SECRET' %}",
+        "{% import 'SECRET' as s %}{{ s }}",
+        "{% from 'SECRET' import x %}{{ x }}",
+        "{% extends 'SECRET' %}",
+        "{{ self._TemplateReference__context.environment.loader.get_source(None, 'SECRET') }}",
+        "{{ cycler.__init__.__globals__.open('SECRET').read() }}",
+        "{{ lipsum.__globals__['os'].environ }}",
+    ],
+    ids=["include", "import", "from", "extends", "loader", "open", "environ"],
+)
+def test_a_template_cannot_read_files_or_the_environment(tmp_path: Path, template: str) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the secret")
+    # Outside a sandbox, with a loader, the same include does read it.
+    loader = jinja2.Environment(loader=jinja2.FileSystemLoader("/"))
+    assert loader.from_string("{% include 'SECRET' %}".replace("SECRET", str(secret))).render() == (
+        "the secret"
+    )
+
+    rendered = render_or_fail(spec_with(tmp_path, template.replace("SECRET", str(secret))), "Hi")
+
+    assert rendered is None
