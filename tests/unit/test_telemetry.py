@@ -438,3 +438,13 @@ def test_gpu_probe_through_the_real_nvml_layer(monkeypatch: pytest.MonkeyPatch) 
             name="NVIDIA GeForce RTX 3090",
         ),
     )
+
+
+def test_latest_gives_the_newest_points_in_order_across_the_wrap() -> None:
+    series = Series(5)
+    for i in range(8):  # wraps: 3, 4, 5, 6, 7 remain
+        series.append(float(i), None if i == 6 else float(i * 10))
+    assert series.latest(3) == (50.0, None, 70.0)
+    assert series.latest(10) == (30.0, 40.0, 50.0, None, 70.0)
+    assert series.latest(0) == ()
+    assert series.latest(5) == series.view().values

@@ -116,6 +116,18 @@ class Series:
             tuple(None if math.isnan(v) else v for v in values[start:]),
         )
 
+    def latest(self, n: int) -> tuple[float | None, ...]:
+        """The newest ``n`` values, oldest first (``None`` where missing): what a
+        graph of ``n`` columns draws, without copying the whole buffer each tick."""
+        count = min(max(0, n), self._count)
+        out: list[float | None] = [None] * count
+        i = self._head
+        for k in range(count - 1, -1, -1):
+            i = (i - 1) if i else self._capacity - 1
+            value = self._values[i]
+            out[k] = None if math.isnan(value) else value
+        return tuple(out)
+
     def _count_within(self, cutoff: float) -> int:
         n = 0
         for i in self._newest_first():

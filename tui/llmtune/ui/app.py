@@ -173,6 +173,8 @@ class LlmtuneApp(App[None]):
         self.load_progress: float | None = None
         self.loaded_config: RunConfig | None = None
         self.loaded: Loaded | None = None
+        self.loaded_settings: Settings | None = None
+        self.loaded_plan: FitPlan | None = None  # made once per load, see _plan_loaded
         self.comparison: Comparison | None = None
         self.last_stats: Stats | None = None
         self._token_times: deque[float] = deque(maxlen=4096)
@@ -698,18 +700,25 @@ class LlmtuneApp(App[None]):
             )
 
     # -- the worker ----------------------------------------------------------------------
-    def run_config(self) -> RunConfig | None:
+    def run_settings(self) -> Settings | None:
+        """The settings the worker runs here: a what-if GPU's layers can only go to
+        this machine's CPU."""
         p = self.plan
-        if p is None or self.model_path is None:
+        if p is None:
             return None
-        # On this machine: a what-if GPU's layers cannot go anywhere but the CPU here.
         n_gpu_layers = p.n_gpu_layers if self.hardware.machine_gpus else 0
-        settings = self.settings.with_(n_gpu_layers=n_gpu_layers)
+        return self.settings.with_(n_gpu_layers=n_gpu_layers)
+
+    def run_config(self) -> RunConfig | None:
+        settings = self.run_settings()
+        if settings is None or self.model_path is None:
+            return None
         return RunConfig.from_settings(self.model_path, settings)
 
     def action_apply(self) -> None:
         config = self.run_config()
-        if config is None:
+        settings = self.run_settings()
+        if config is None or settings is None:
             return
         if self.quant:
             self.notify(
@@ -726,7 +735,9 @@ class LlmtuneApp(App[None]):
             self.engine.stop()
         self.engine.load(config)
         self.loaded_config = config
+        self.loaded_settings = settings
         self.loaded = None
+        self.loaded_plan = None
         self.comparison = None
         self.monitor_pane.show_comparison(None)
         self._set_worker_state("loading", progress=0.0)
@@ -830,7 +841,8 @@ class LlmtuneApp(App[None]):
             self._set_worker_state("loading", progress=event.fraction)
         elif isinstance(event, Loaded):
             self.loaded = event
-            self.comparison = self._compare(event)
+            self.loaded_plan = self._plan_loaded()
+            self.comparison = compare(event, self.loaded_plan) if self.loaded_plan else None
             monitor.show_comparison(self.comparison)
             self._set_worker_state("loaded")
             self.notify(
@@ -854,12 +866,14 @@ class LlmtuneApp(App[None]):
         if self.engine is not None:
             monitor.show_log(self.engine.log_tail(20))
 
-    def _compare(self, loaded: Loaded) -> Comparison | None:
-        if self.planner is None or self.loaded_config is None:
+    def _plan_loaded(self) -> FitPlan | None:
+        """The plan for what the worker loaded: the file, on this machine, as it ran.
+        Made once per load; the comparison, the graphs' predicted levels and the
+        run pane's predicted speed all read it."""
+        if self.planner is None or self.loaded_settings is None:
             return None
-        settings = self.settings.with_(n_gpu_layers=self.loaded_config.n_gpu_layers)
         try:
-            return compare(loaded, self.planner.machine_plan(self.hardware, settings))
+            return self.planner.machine_plan(self.hardware, self.loaded_settings)
         except LlmtuneError:
             return None
 
@@ -929,13 +943,8 @@ class LlmtuneApp(App[None]):
         return f"worker {pid}: {doing}{when} · ctx {loaded.n_ctx:,}" if loaded else doing
 
     def _predicted_machine_tg(self) -> float | None:
-        if self.planner is None or self.loaded_config is None:
-            return None
-        settings = self.settings.with_(n_gpu_layers=self.loaded_config.n_gpu_layers)
-        try:
-            return self.planner.machine_plan(self.hardware, settings).predicted.tg_tokens_per_s
-        except LlmtuneError:
-            return None
+        p = self.loaded_plan
+        return p.predicted.tg_tokens_per_s if p is not None else None
 
     # -- telemetry -----------------------------------------------------------------------
     def _on_sample(self, sample: object) -> None:
@@ -959,12 +968,8 @@ class LlmtuneApp(App[None]):
             pass  # a tick that lands while the app closes and its widgets are gone
 
     def _expected(self) -> Expected:
-        if self.loaded is None or self.planner is None or self.loaded_config is None:
-            return Expected()
-        settings = self.settings.with_(n_gpu_layers=self.loaded_config.n_gpu_layers)
-        try:
-            p = self.planner.machine_plan(self.hardware, settings)
-        except LlmtuneError:
+        p = self.loaded_plan
+        if self.loaded is None or p is None:
             return Expected()
         return Expected(
             gpu_bytes=tuple(d.total_bytes for d in p.gpus),
