@@ -10,7 +10,7 @@ from textual.widgets import Static
 
 from llmtune.telemetry.store import TelemetryStore
 from llmtune.textsafe import inert
-from llmtune.ui.panes.monitor import GRAPH_POINTS, Expected, fmt_bytes, fmt_tps
+from llmtune.ui.panes.monitor import Expected, fmt_bytes, fmt_tps
 from llmtune.ui.panes.offload import PlanView
 from llmtune.ui.widgets.devicebar import VERDICT_WORDS, DeviceBar
 from llmtune.ui.widgets.graph import TimeGraph
@@ -64,7 +64,7 @@ class GaugesPane(VerticalScroll):
 
     def show_samples(self, store: TelemetryStore, expected: Expected) -> None:
         self.query_one("#gauges-tps", TimeGraph).show(
-            store.worker.tokens_per_s.latest(GRAPH_POINTS), predicted=expected.tg_tokens_per_s
+            store.worker.tokens_per_s, predicted=expected.tg_tokens_per_s
         )
         vram = self.query_one("#gauges-vram", TimeGraph)
         gpus = store.gpus
@@ -75,11 +75,11 @@ class GaugesPane(VerticalScroll):
             if expected.gpu_bytes:
                 predicted = float(expected.gpu_bytes[0] + (g.other_processes_bytes or 0))
             vram.show(
-                g.memory_used_bytes.latest(GRAPH_POINTS),
+                g.memory_used_bytes,
                 ceiling=float(g.memory_total_bytes) if g.memory_total_bytes else None,
                 predicted=predicted,
             )
         self.query_one("#gauges-rss", TimeGraph).show(
-            store.worker.rss_bytes.latest(GRAPH_POINTS),
+            store.worker.rss_bytes,
             predicted=float(expected.host_bytes) if expected.host_bytes is not None else None,
         )

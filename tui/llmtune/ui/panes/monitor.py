@@ -19,7 +19,6 @@ from llmtune.ui.widgets.graph import TimeGraph
 from llmtune.units import format_bytes
 
 LOG_LINES = 12
-GRAPH_POINTS = 400  # the newest points a graph can show: wider than any terminal
 
 
 def fmt_bytes(v: float) -> str:
@@ -95,27 +94,25 @@ class MonitorPane(VerticalScroll):
             if g.other_processes_bytes:
                 note = f"others hold {format_bytes(g.other_processes_bytes)}"
             vram.show(
-                g.memory_used_bytes.latest(GRAPH_POINTS),
+                g.memory_used_bytes,
                 ceiling=float(g.memory_total_bytes) if g.memory_total_bytes else None,
                 predicted=predicted,
                 note=note,
             )
-            util.show(g.utilization_percent.latest(GRAPH_POINTS), ceiling=100.0)
+            util.show(g.utilization_percent, ceiling=100.0)
         worker = store.worker
         self.query_one("#graph-tps", TimeGraph).show(
-            worker.tokens_per_s.latest(GRAPH_POINTS), predicted=expected.tg_tokens_per_s
+            worker.tokens_per_s, predicted=expected.tg_tokens_per_s
         )
         self.query_one("#graph-worker", TimeGraph).show(
-            worker.rss_bytes.latest(GRAPH_POINTS),
+            worker.rss_bytes,
             predicted=float(expected.host_bytes) if expected.host_bytes is not None else None,
         )
         total = store.host.ram_total_bytes
         self.query_one("#graph-ram", TimeGraph).show(
-            store.host.ram_used_bytes.latest(GRAPH_POINTS), ceiling=float(total) if total else None
+            store.host.ram_used_bytes, ceiling=float(total) if total else None
         )
-        self.query_one("#graph-cpu", TimeGraph).show(
-            store.host.cpu_percent.latest(GRAPH_POINTS), ceiling=100.0
-        )
+        self.query_one("#graph-cpu", TimeGraph).show(store.host.cpu_percent, ceiling=100.0)
 
     def show_comparison(self, comparison: Comparison | None) -> None:
         table: DataTable[Text] = self.query_one("#compare", DataTable)

@@ -18,6 +18,8 @@ from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 
+from llmtune.telemetry.series import Series
+
 BLOCKS = " ▁▂▃▄▅▆▇█"
 LEVEL = "╌"
 
@@ -85,18 +87,24 @@ class TimeGraph(Widget):
 
     def show(
         self,
-        values: Sequence[float | None],
+        values: Sequence[float | None] | Series,
         *,
         ceiling: float | None = None,
         predicted: float | None = None,
         note: str = "",
     ) -> None:
+        """Draw ``values`` (or a series' newest points, as many as the graph is wide)."""
+        on_screen = self.on_screen
+        if isinstance(values, Series):
+            if not on_screen and self.values:
+                return  # nothing to draw now; the next tick in view draws the latest
+            values = values.latest(max(1, self.size.width))
         self.values = tuple(values)
         self.ceiling = ceiling
         self.predicted = predicted
         self.note = note
         self._strips = None
-        if self.on_screen:
+        if on_screen:
             self.refresh()
 
     @property
