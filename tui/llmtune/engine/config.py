@@ -35,22 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from llmtune.fit.settings import CACHE_TYPES, FlashAttn, Settings, SplitMode
+from llmtune.fit.settings import (
+    CACHE_TYPE_IDS,
+    CACHE_TYPES,
+    SPLIT_MODE_IDS,
+    FlashAttn,
+    Settings,
+    SplitMode,
+)
 
-# enum ggml_type values of the KV cache types llama.cpp accepts (ggml.h).
-GGML_TYPES: dict[str, int] = {
-    "f32": 0,
-    "f16": 1,
-    "q4_0": 2,
-    "q4_1": 3,
-    "q5_0": 6,
-    "q5_1": 7,
-    "q8_0": 8,
-    "iq4_nl": 20,
-    "bf16": 30,
-}
+# enum ggml_type of each KV cache type, and enum llama_split_mode (one table, in fit.settings).
+GGML_TYPES: dict[str, int] = CACHE_TYPE_IDS
 FLASH_ATTN_TYPES: dict[str, int] = {"auto": -1, "off": 0, "on": 1}  # enum llama_flash_attn_type
-SPLIT_MODES: dict[str, int] = {"none": 0, "layer": 1, "row": 2}  # enum llama_split_mode
+SPLIT_MODES: dict[str, int] = SPLIT_MODE_IDS
 # llama_cpp.LLAMA_LOAD_MODE_*: (use_mmap, use_mlock) -> enum llama_load_mode
 LOAD_MODES: dict[tuple[bool, bool], int] = {
     (False, False): 0,

@@ -27,24 +27,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmtune.fit.commandline import llama_cli_args, llama_server_args
-from llmtune.fit.settings import Settings
+from llmtune.fit.settings import CACHE_TYPE_IDS, SPLIT_MODE_IDS, Settings
 
 if TYPE_CHECKING:
     from llmtune.fit.plan import FitPlan
 
 # enum ggml_type (ggml.h) of the KV cache types, for Llama(type_k=..., type_v=...).
-_GGML_TYPE_IDS = {
-    "f32": 0,
-    "f16": 1,
-    "q4_0": 2,
-    "q4_1": 3,
-    "q5_0": 6,
-    "q5_1": 7,
-    "q8_0": 8,
-    "iq4_nl": 20,
-    "bf16": 30,
-}
-_SPLIT_MODE_IDS = {"none": 0, "layer": 1, "row": 2}  # enum llama_split_mode
 
 
 @dataclass(frozen=True)
@@ -116,13 +104,13 @@ def llama_cpp_kwargs(
         "offload_kqv": not s.no_kv_offload,
     }
     if s.cache_type_k != "f16":
-        kwargs["type_k"] = _GGML_TYPE_IDS[s.cache_type_k]
+        kwargs["type_k"] = CACHE_TYPE_IDS[s.cache_type_k]
     if s.cache_type_v != "f16":
-        kwargs["type_v"] = _GGML_TYPE_IDS[s.cache_type_v]
+        kwargs["type_v"] = CACHE_TYPE_IDS[s.cache_type_v]
     if not s.use_mmap:
         kwargs["use_mmap"] = False
     if s.split_mode != "layer":
-        kwargs["split_mode"] = _SPLIT_MODE_IDS[s.split_mode]
+        kwargs["split_mode"] = SPLIT_MODE_IDS[s.split_mode]
     if s.main_gpu:
         kwargs["main_gpu"] = s.main_gpu
     if s.tensor_split:
@@ -145,7 +133,7 @@ def llama_cpp_kwargs(
 
 def llama_cpp_snippet(kwargs: dict[str, Any]) -> str:
     """Python source that builds ``Llama(**kwargs)``."""
-    names = {v: k for k, v in _GGML_TYPE_IDS.items()}
+    names = {v: k for k, v in CACHE_TYPE_IDS.items()}
     lines = ["from llama_cpp import Llama", "", "llm = Llama("]
     for key, value in kwargs.items():
         comment = f"  # {names[value]}" if key in ("type_k", "type_v") else ""

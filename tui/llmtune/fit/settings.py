@@ -13,21 +13,22 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from llmtune.errors import FitError
+from llmtune.model.ggml_types import GGML_TYPE_BY_NAME
 from llmtune.units import MIB
 
-# --cache-type-k/-v values llama.cpp accepts (common/arg.cpp kv_cache_types).
+# --cache-type-k/-v values llama.cpp accepts (common/arg.cpp kv_cache_types), in its order.
+CACHE_TYPE_NAMES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+# name: (block size, bytes per block), as ggml_row_size computes rows; from the gguf
+# package's table of ggml types rather than typed again here.
 CACHE_TYPES: dict[str, tuple[int, int]] = {
-    # name: (block size, bytes per block), as ggml_row_size computes rows
-    "f32": (1, 4),
-    "f16": (1, 2),
-    "bf16": (1, 2),
-    "q8_0": (32, 34),
-    "q4_0": (32, 18),
-    "q4_1": (32, 20),
-    "iq4_nl": (32, 18),
-    "q5_0": (32, 22),
-    "q5_1": (32, 24),
+    name: (GGML_TYPE_BY_NAME[name.upper()].block_size, GGML_TYPE_BY_NAME[name.upper()].type_size)
+    for name in CACHE_TYPE_NAMES
 }
+# enum ggml_type of each (ggml.h), for llama_context_params.type_k/type_v.
+CACHE_TYPE_IDS: dict[str, int] = {
+    name: GGML_TYPE_BY_NAME[name.upper()].id for name in CACHE_TYPE_NAMES
+}
+SPLIT_MODE_IDS: dict[str, int] = {"none": 0, "layer": 1, "row": 2}  # enum llama_split_mode
 QUANTIZED_CACHE_TYPES = frozenset(t for t, (block, _) in CACHE_TYPES.items() if block > 1)
 
 FlashAttn = Literal["on", "off", "auto"]
