@@ -21,6 +21,7 @@ from typing import Any
 
 from llmtune.errors import FitError
 from llmtune.fit.settings import Settings
+from llmtune.paths import config_dir
 
 FILE_NAME = "settings.json"
 FORMAT_VERSION = 1
@@ -30,15 +31,6 @@ MAX_MODELS = 500  # the least recently saved models are forgotten beyond this
 # byte counts are llmtune's own and only need to fit an int64.
 INT_RANGE = (-(2**31), 2**31 - 1)
 BYTES_RANGE = (-(2**63), 2**63 - 1)
-
-
-def config_dir() -> Path:
-    override = os.environ.get("LLMTUNE_CONFIG_DIR")
-    if override:
-        return Path(override)
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("llmtune"))
 
 
 def settings_path() -> Path:

@@ -19,23 +19,14 @@ import os
 import platform
 import tempfile
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
+from llmtune.paths import config_dir
 
 FILE_NAME = "calibration.json"
 MAX_FILE_BYTES = 1 << 20  # an entry per machine takes about 200 bytes
 _BOUNDS = (0.02, 1.0)
-
-
-def config_dir() -> Path:
-    override = os.environ.get("LLMTUNE_CONFIG_DIR")
-    if override:
-        return Path(override)
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("llmtune"))
 
 
 def machine_key() -> str:

