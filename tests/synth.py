@@ -197,3 +197,22 @@ def llama_like(
         fill=fill,
         version=version,
     )
+
+
+# Llama-2-70B's shape (80 layers, GQA 64:8 heads, FFN 28672, vocabulary 32000).
+LLAMA2_70B_SHAPE: dict[str, Any] = dict(
+    n_layer=80, n_embd=8192, n_head=64, n_head_kv=8, n_ff=28672, n_vocab=32000, n_ctx_train=4096
+)
+
+
+def llama2_70b_q4_k_m(path: str | os.PathLike[str]) -> Path:
+    """A header in Llama-2-70B's shape at about Q4_K_M (Q4_K weights, Q6_K output): the
+    80-layer model the speed and memory benchmarks plan."""
+    (written,) = llama_like(
+        path,
+        **LLAMA2_70B_SHAPE,
+        weight_type=GGMLQuantizationType.Q4_K,
+        output_type=GGMLQuantizationType.Q6_K,
+        file_type=15,
+    )
+    return written

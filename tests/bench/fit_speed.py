@@ -18,7 +18,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gguf import GGMLQuantizationType as Q  # noqa: E402
 
 from llmtune.fit.costs import model_costs  # noqa: E402
 from llmtune.fit.plan import offload_curve, plan  # noqa: E402
@@ -27,7 +26,7 @@ from llmtune.hardware.host import host_device  # noqa: E402
 from llmtune.hardware.profiles import parse_gpu_spec  # noqa: E402
 from llmtune.model import read_spec  # noqa: E402
 from llmtune.units import GIB  # noqa: E402
-from synth import llama_like  # noqa: E402
+from synth import llama2_70b_q4_k_m  # noqa: E402
 
 
 def median_ms(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
@@ -42,18 +41,7 @@ def median_ms(fn, repeat: int) -> float:  # type: ignore[no-untyped-def]
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "llama-2-70b-shape.gguf")
-        llama_like(
-            path,
-            n_layer=80,
-            n_embd=8192,
-            n_head=64,
-            n_head_kv=8,
-            n_ff=28672,
-            n_vocab=32000,
-            weight_type=Q.Q4_K,
-            output_type=Q.Q6_K,
-            file_type=15,
-        )
+        llama2_70b_q4_k_m(path)
         inspect_ms = median_ms(lambda: read_spec(path), 9)
         spec = read_spec(path)
         devices = [parse_gpu_spec("rtx3060-12g"), host_device(64 * GIB, 51.2)]

@@ -29,7 +29,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gguf import GGMLQuantizationType as Q  # noqa: E402
 from textual import events  # noqa: E402
 from textual.widget import Widget  # noqa: E402
 
@@ -43,7 +42,7 @@ from llmtune.ui.planner import Hardware  # noqa: E402
 from llmtune.ui.widgets.devicebar import DeviceBar  # noqa: E402
 from llmtune.ui.widgets.slider import LayerSlider  # noqa: E402
 from llmtune.units import GIB  # noqa: E402
-from synth import llama_like  # noqa: E402
+from synth import llama2_70b_q4_k_m  # noqa: E402
 
 TARGET_MS = 50.0
 PRESSES = 60
@@ -111,18 +110,7 @@ async def measure(path: str) -> tuple[list[float], float]:
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "llama-2-70b-shape.Q4_K_M.gguf")
-        llama_like(
-            path,
-            n_layer=80,
-            n_embd=8192,
-            n_head=64,
-            n_head_kv=8,
-            n_ff=28672,
-            n_vocab=32000,
-            weight_type=Q.Q4_K,
-            output_type=Q.Q6_K,
-            file_type=15,
-        )
+        llama2_70b_q4_k_m(path)
         timings, plan_ms = asyncio.run(measure(path))
     median = statistics.median(timings)
     p90 = statistics.quantiles(timings, n=10)[-1]

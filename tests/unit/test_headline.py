@@ -20,7 +20,7 @@ from llmtune.hardware.host import host_device
 from llmtune.hardware.profiles import host_profile, parse_gpu_spec
 from llmtune.model import ModelSpec, read_spec
 from llmtune.units import GIB
-from synth import llama_like
+from synth import LLAMA2_70B_SHAPE, llama_like
 
 DEVICES = [
     parse_gpu_spec("rtx3060-12g"),
@@ -31,8 +31,7 @@ DEVICES = [
 @pytest.fixture(scope="module")
 def llama2_70b(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
     path = tmp_path_factory.mktemp("headline") / "llama-2-70b.f16.gguf"
-    llama_like(path, n_layer=80, n_embd=8192, n_head=64, n_head_kv=8, n_ff=28672,
-               n_vocab=32000, n_ctx_train=4096, weight_type=Q.F16)  # fmt: skip
+    llama_like(path, **LLAMA2_70B_SHAPE, weight_type=Q.F16)
     return read_spec(path)
 
 

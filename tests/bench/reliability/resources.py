@@ -77,24 +77,12 @@ def memory_80_layers(section: Section, config_dir: str) -> None:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from gguf import GGMLQuantizationType as Q
 
-    from synth import llama_like
+    from synth import llama2_70b_q4_k_m
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "llama-2-70b-shape.Q4_K_M.gguf")
-        llama_like(
-            path,
-            n_layer=80,
-            n_embd=8192,
-            n_head=64,
-            n_head_kv=8,
-            n_ff=28672,
-            n_vocab=32000,
-            weight_type=Q.Q4_K,
-            output_type=Q.Q6_K,
-            file_type=15,
-        )
+        llama2_70b_q4_k_m(path)
         with AppInTerminal([path, "--gpu", "rtx3060-12g"], env=app_env(config_dir)) as app:
             ready = app.wait_for("bpw", 60)  # the quantization table is shown
             time.sleep(5)  # and filled: every file type planned in a thread
