@@ -101,7 +101,7 @@ async def test_number_keys_switch_panes(demo_spec: ModelSpec) -> None:
 async def test_every_action_has_a_key_and_a_palette_entry(demo_spec: ModelSpec) -> None:
     app = make_app(demo_spec, hardware=cpu_only())
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.pause()
+        await wait_for(pilot, lambda: "Quit" in screen_text(app)[-1])  # the footer composes late
         footer = screen_text(app)[-1]
         for label in ("Quit", "Help", "Apply", "GPU", "Open", "Hand-off", "Tune"):
             assert label in footer
