@@ -223,6 +223,14 @@ def test_fit_ctx_max_picks_a_context(model) -> None:
     assert none.returncode == 2 and "not even 256 tokens" in none.stderr
 
 
+def test_fit_ctx_max_with_every_file_type_says_what_to_give(model) -> None:
+    # It once said "context must be positive, not -1": a value the user never typed.
+    result = _llmtune("fit", model.path, "--gpu", "64MiB", "--ctx", "max", "--quant", "all")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "--quant all plans every file type at one context" in result.stderr
+    assert "-1" not in result.stderr
+
+
 def test_human_table_shows_capacity_when_others_hold_part_of_a_device(model) -> None:
     from dataclasses import replace
 

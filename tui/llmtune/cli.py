@@ -353,6 +353,12 @@ def cmd_fit(argv: Sequence[str]) -> int:
     speed = _speed_model(this_machine)
     spec = read_spec(args.model)
     if args.quant and args.quant.lower() == "all":
+        if args.ctx == -1:
+            raise ConfigError(
+                "--quant all plans every file type at one context; give a size, or drop "
+                "--quant all for the largest context of this file",
+                "--ctx max",
+            )
         from llmtune.fit.report import quant_json, quant_text
         from llmtune.fit.whatif import quant_rows
 
