@@ -356,7 +356,7 @@ def shards(section: Section, work: Path) -> None:
         f"crafted shard names and split keys ({len(cases)}; the real shards one folder up)",
         f"{refused} refused; {len(opened)} files opened, {len(escaped)} outside the folder",
         "0 outside",
-        not escaped and opened,
+        bool(opened) and not escaped,
     )
     section.notes.extend(f"opened outside: {p}" for p in escaped[:3])
 
