@@ -88,3 +88,15 @@ async def test_a_megabyte_string_is_cut(hostile: Path) -> None:
         pane = app.query_one(ModelPane)
         long_row = next(r for r in pane._rows if r[0] == "general.long")
         assert len(long_row[2]) < 400 and "chars)" in long_row[2]
+
+
+async def test_a_template_too_long_to_read_says_so(tmp_path: Path) -> None:
+    template = "{{ messages[0].content }}" + "x" * (2 << 20)
+    (path,) = llama_like(tmp_path / "long.gguf", extra_kv=[("tokenizer.chat_template", template)])
+    app = make_app(read_spec(path), hardware=cpu_only())
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("1")
+        await pilot.pause()
+        shown = str(app.query_one("#chat-template").render())
+        assert "too long to use" in shown and "{{ messages[0].content }}" in shown
+        assert len(shown) < 30_000

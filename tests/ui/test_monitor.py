@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from rendered import screen_text
@@ -111,3 +112,22 @@ def test_gpu_spec_preselects_a_what_if_target(gpu_machine: FakeNVML) -> None:
     assert [d.kind for d in hardware.devices] == ["gpu", "gpu", "cpu"]
     assert hardware.machine_gpus[0].name == "NVIDIA GeForce RTX 3090"  # still this machine's
     assert "what-if" in hardware.describe()
+
+
+async def test_a_damaged_calibration_is_a_notice_and_defaults(
+    demo_spec: ModelSpec, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from llmtune.fit.speed import DEFAULT_SPEED_MODEL
+
+    monkeypatch.setenv("LLMTUNE_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "calibration.json").write_text("[" * 100_000)  # nested past any parser's depth
+    install(monkeypatch, FakeNVML(init_error=12))
+    try:
+        hardware = machine_hardware()
+        assert hardware.speed == DEFAULT_SPEED_MODEL
+        app = make_app(demo_spec, hardware=hardware)
+        async with app.run_test(size=(160, 30)) as pilot:
+            await pilot.pause()
+            assert "calibration" in screen_text(app)[1]
+    finally:
+        nvml.reset()

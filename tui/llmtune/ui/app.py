@@ -1027,7 +1027,7 @@ def machine_hardware(
     gpu_specs: Iterable[str] = (), *, exclude_pids: Iterable[int] = ()
 ) -> Hardware:
     """This machine's devices, the notice about them, and GPU profiles asked for with --gpu."""
-    from llmtune.engine.calibration import load_speed_model
+    from llmtune.engine import calibration
     from llmtune.hardware.detect import detect, gpu_build_warning, supports_gpu_offload
     from llmtune.hardware.nvml import nvml_status
     from llmtune.hardware.profiles import parse_gpu_spec
@@ -1040,7 +1040,10 @@ def machine_hardware(
         offload = supports_gpu_offload()
         notice = gpu_build_warning(devices, offload) or notice
     what_if = tuple(parse_gpu_spec(text, index=i) for i, text in enumerate(gpu_specs))
-    return Hardware(devices, what_if, notice, load_speed_model(), offload)
+    speed, damaged = calibration.load()
+    if damaged:  # the calibration file was unusable: say so, and predict with the defaults
+        notice = f"{notice} · {damaged}" if notice else damaged
+    return Hardware(devices, what_if, notice, speed, offload)
 
 
 def make_app(

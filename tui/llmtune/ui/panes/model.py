@@ -10,13 +10,22 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Input, Static
 
+from llmtune.errors import LlmtuneError
 from llmtune.model import ModelSpec
 from llmtune.model.describe import metadata_rows
+from llmtune.model.gguf_file import GGUFString
 from llmtune.textsafe import inert
 from llmtune.ui.widgets.summary import ModelSummary
 
 TEMPLATE_KEY = "tokenizer.chat_template"
 MAX_TEMPLATE_CHARS = 20_000
+
+
+def _read_head(value: GGUFString) -> str:
+    try:
+        return value.text(MAX_TEMPLATE_CHARS)
+    except LlmtuneError as exc:  # the file changed or went away since it was read
+        return exc.one_line()
 
 
 class ModelPane(VerticalScroll):
@@ -62,11 +71,15 @@ class ModelPane(VerticalScroll):
         self._rows = metadata_rows(spec)
         self._fill(self.query_one("#metadata-filter", Input).value)
         template = spec.metadata.get(TEMPLATE_KEY)
-        shown = (
-            inert(template, max_chars=MAX_TEMPLATE_CHARS, keep_newlines=True)
-            if isinstance(template, str)
-            else "(none: this file has no chat template)"
-        )
+        if isinstance(template, str):
+            shown = inert(template, max_chars=MAX_TEMPLATE_CHARS, keep_newlines=True)
+        elif isinstance(template, GGUFString):  # too long to read with the header
+            head = _read_head(template)
+            shown = f"(a {template.nbytes:,}-byte template, too long to use; its start:)\n" + inert(
+                head, max_chars=MAX_TEMPLATE_CHARS, keep_newlines=True
+            )
+        else:
+            shown = "(none: this file has no chat template)"
         self.query_one("#chat-template", Static).update(Text(shown))
 
     def _fill(self, needle: str) -> None:
