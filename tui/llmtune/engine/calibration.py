@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 from dataclasses import replace
 from typing import Any
@@ -31,16 +30,9 @@ _BOUNDS = (0.02, 1.0)
 
 def machine_key() -> str:
     """This machine's CPU model and core count (calibration does not travel)."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model} x{os.cpu_count() or 1}"
+    from llmtune.hardware.bandwidth import cpu_model_name
+
+    return f"{cpu_model_name()} x{os.cpu_count() or 1}"
 
 
 def _read() -> tuple[dict[str, Any], str | None]:
