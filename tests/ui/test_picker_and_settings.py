@@ -49,6 +49,8 @@ async def test_without_a_model_the_picker_offers_the_demo(home: Path, demo_model
         assert str(demo_model) in paths and str(mine) in paths
         assert not any(p.endswith("notes.gguf") for p in paths)
         assert picker.models[-1].is_demo  # the demo comes last
+        # The list is painted on the next refresh after the search ends.
+        await wait_for(pilot, lambda: "mine.Q8_0.gguf" in "\n".join(screen_text(app)))
         text = "\n".join(screen_text(app))
         assert "mine.Q8_0.gguf" in text and "~/models" in text and "demo" in text
         await pilot.press(*"mine", "enter")
