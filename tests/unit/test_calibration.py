@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmtune.engine import calibration
-from llmtune.engine.calibration import load, load_speed_model, machine_key, record
+from llmtune.engine.calibration import load, machine_key, record
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL
 from synth import llama_like
 
@@ -78,7 +78,7 @@ def test_a_corrupt_file_gives_the_defaults_and_one_sentence(folder: Path, conten
     assert speed == DEFAULT_SPEED_MODEL
     assert "corrupt" in one_sentence(notice)
     assert str(folder / calibration.FILE_NAME) in notice
-    assert load_speed_model() == DEFAULT_SPEED_MODEL
+    assert load()[0] == DEFAULT_SPEED_MODEL
 
 
 def test_a_file_too_large_to_be_ours_is_not_read_whole(folder: Path) -> None:

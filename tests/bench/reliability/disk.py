@@ -142,7 +142,8 @@ def app_session(model: str, change: bool = True) -> dict[str, Any]:
         return {
             "planned": planned,
             "defaults": defaults,
-            "notices": [n.message for n in app._notifications],
+            # What the app said: its notifications and its status line (machine notices).
+            "notices": [n.message for n in app._notifications] + [str(app.status.render())],
         }
 
     try:
@@ -223,10 +224,7 @@ def corrupt_calibration(section: Section, model: str, work: Path, bandwidth_cach
         app_good == n and app_noticed == n,
     )
     if app_noticed < n:
-        section.notes.append(
-            "the app does not show the calibration notice: ui/app.py machine_hardware() calls "
-            "load_speed_model(); calibration.load() returns the sentence to put in Hardware.notice"
-        )
+        section.notes.append("the app did not say that the calibration file was unusable")
     section.notes.extend(problems[:4])
 
 

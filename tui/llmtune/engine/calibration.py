@@ -63,11 +63,6 @@ def _clamp(value: float) -> float:
     return min(_BOUNDS[1], max(_BOUNDS[0], value))
 
 
-def load_speed_model() -> SpeedModel:
-    """The speed model calibrated for this machine, or the defaults."""
-    return load()[0]
-
-
 def load() -> tuple[SpeedModel, str | None]:
     """This machine's speed model, and a sentence when the file was unusable."""
     data, notice = _read()
