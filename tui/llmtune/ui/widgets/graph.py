@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from textual.geometry import Size
@@ -79,10 +80,18 @@ class TimeGraph(Widget):
         super().notify_style_update()
 
     def _style(self, name: str) -> Style:
-        """A component's style, looked up once (the graph redraws every tick)."""
+        """A component's style ("" for the widget's own, combined with each of
+        them), looked up once: the graph redraws every tick."""
         style = self._styles.get(name)
         if style is None:
-            style = self._styles[name] = self.get_component_rich_style(f"time-graph--{name}")
+            base = self._styles.get("")
+            if base is None:
+                base = self._styles[""] = self.rich_style
+            if name:
+                style = base + self.get_component_rich_style(f"time-graph--{name}")
+            else:
+                style = base
+            self._styles[name] = style
         return style
 
     def show(
@@ -103,8 +112,16 @@ class TimeGraph(Widget):
         self.ceiling = ceiling
         self.predicted = predicted
         self.note = note
-        self._strips = None
-        if on_screen:
+        if not on_screen:
+            self._strips = None
+            return
+        # Repaint only when what is drawn changed: an idle tokens/s graph or a
+        # steady RSS looks the same tick after tick, and a repaint costs far more
+        # than building the rows to compare.
+        size = (self.size.width, self.size.height)
+        strips = self._build(*size)
+        if strips != self._strips or size != self._strips_size:
+            self._strips, self._strips_size = strips, size
             self.refresh()
 
     @property
@@ -186,13 +203,21 @@ class TimeGraph(Widget):
         return out
 
     def _strip(self, parts: list[tuple[str, str]], width: int) -> Strip:
-        base = self.rich_style
-        segments = [
-            Segment(text, base + self._style(kind) if kind else base)
-            for text, kind in parts
-            if text
-        ]
-        return Strip(segments).adjust_cell_length(width, base)
+        """One row of exactly ``width`` cells: cut at the edge, padded after."""
+        segments: list[Segment] = []
+        used = 0
+        for text, kind in parts:
+            if not text or used >= width:
+                continue
+            cells = cell_len(text)
+            if used + cells > width:
+                text = set_cell_size(text, width - used)
+                cells = width - used
+            segments.append(Segment(text, self._style(kind)))
+            used += cells
+        if used < width:
+            segments.append(Segment(" " * (width - used), self._style("")))
+        return Strip(segments, width)
 
     def _build(self, width: int, height: int) -> list[Strip]:
         rows = [self.title_parts(), *self.graph_rows(width, max(0, height - 1))]
@@ -208,7 +233,7 @@ class TimeGraph(Widget):
             self._strips_size = size
         if 0 <= y < len(self._strips):
             return self._strips[y]
-        return Strip.blank(size[0], self.rich_style)
+        return Strip.blank(size[0], self._style(""))
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         return 5
