@@ -31,6 +31,7 @@ SOURCE_LABEL = {
     "ollama": "Ollama",
     "demo": "demo",
 }
+COLUMNS = (("size", "size"), ("quant", "quant"), ("where", "src"), ("model", "name"))
 DEMO_DOWNLOAD = "\0demo"  # the row that fetches the demo model when it is not here yet
 
 
@@ -57,17 +58,21 @@ class ModelPicker(ModalScreen[str | None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#picker-list", DataTable)
-        # The name last: it takes what room is left, so a narrow pane still shows the rest.
-        for label, key in (
-            ("size", "size"),
-            ("quant", "quant"),
-            ("where", "src"),
-            ("model", "name"),
-        ):
-            table.add_column(label, key=key)
+        self._set_columns([])
         self.query_one("#picker-filter", Input).focus()
         self.search()
+
+    def _set_columns(self, rows: list[tuple[Text, ...]]) -> None:
+        """Columns as wide as their widest cell. DataTable would measure new rows
+        when it next idles, but under load it sometimes painted them at the
+        headers' widths ("mine." for "mine.Q8_0.gguf"); widths given here leave
+        nothing to measure later. The name last: it takes what room is left, so
+        a narrow pane still shows the rest."""
+        table: DataTable[Text] = self.query_one("#picker-list", DataTable)
+        table.clear(columns=True)
+        for i, (label, key) in enumerate(COLUMNS):
+            width = max([len(label), *(row[i].cell_len for row in rows)])
+            table.add_column(label, key=key, width=width)
 
     @work(thread=True, exclusive=True, group="picker")
     def search(self) -> None:
@@ -81,30 +86,31 @@ class ModelPicker(ModalScreen[str | None]):
 
     def _fill(self, needle: str) -> None:
         table: DataTable[Text] = self.query_one("#picker-list", DataTable)
-        table.clear()
         needle = needle.strip().lower()
-        shown = 0
+        rows: list[tuple[str, tuple[Text, ...]]] = []
         has_demo = any(m.is_demo for m in self.models)
         for m in self.models:
             if needle and needle not in m.name.lower() and needle not in m.path.lower():
                 continue
-            table.add_row(
+            cells = (
                 Text(format_bytes(m.size_bytes), justify="right"),
                 Text(m.quant or ""),
                 Text(SOURCE_LABEL.get(m.source, m.source), "dim"),
                 Text(inert(m.name, max_chars=120)),
-                key=m.path,
             )
-            shown += 1
+            rows.append((m.path, cells))
         if not has_demo and not self.searching and (not needle or needle in "demo smollm2"):
-            table.add_row(
+            cells = (
                 Text("98 MB", justify="right"),
                 Text("Q4_1"),
                 Text("demo", "dim"),
                 Text("SmolLM2-135M-Instruct (Enter downloads it)"),
-                key=DEMO_DOWNLOAD,
             )
-            shown += 1
+            rows.append((DEMO_DOWNLOAD, cells))
+        self._set_columns([cells for _, cells in rows])
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
+        shown = len(rows)
         if self.last_model is not None:
             for i, m in enumerate(self.models):
                 if m.path == self.last_model and i < table.row_count:
