@@ -23,7 +23,10 @@ A step is taken only when it beats the incumbent by more than ``tolerance``
 (2%: what short runs can tell apart), so noise does not wander the search.
 A trial's score is the objective over its fastest runs: on a shared machine
 other work only ever slows a run down. Last, the two best configurations run
-once more (``confirm``), and the answer is the best score measured.
+once more, back to back (``confirm``), and the answer is the configuration
+with the best mean score over all its trials: the single best score would
+favour whichever trial was luckiest (the winner's curse), and on a shared
+machine a lucky trial beats a truly faster setting by 10% and more.
 A trial whose worker dies is recorded as crashed and the search goes on with a
 fresh worker. The objective is generation speed (``tg``), prompt speed
 (``pp``), or ``mix``: requests per second for the benchmark's prompt and
@@ -308,8 +311,7 @@ class Tuner:
         return self.result()
 
     def result(self) -> TuneResult:
-        done = [t for t in self.trials if t.ok]
-        best = max(done, key=lambda t: t.score) if done else None
+        best = best_configuration(self.trials)
         best_plan = self.plan_for(best.settings) if best is not None else None
         handoff = plan_handoff(self.spec.path, best_plan) if best_plan is not None else None
         return TuneResult(
@@ -548,6 +550,21 @@ class Tuner:
             if self._better(trial, best) and trial is not None:
                 best = trial
         return best
+
+
+def best_configuration(trials: Sequence[Trial]) -> Trial | None:
+    """The latest trial of the configuration with the best mean score over its
+    successful trials (ties go to the one tried first), or None when none ran."""
+    scores: dict[Settings, list[float]] = {}
+    latest: dict[Settings, Trial] = {}
+    for t in trials:
+        if t.ok:
+            scores.setdefault(t.settings, []).append(t.score)
+            latest[t.settings] = t
+    if not scores:
+        return None
+    best = max(scores, key=lambda s: sum(scores[s]) / len(scores[s]))  # first of equals
+    return latest[best]
 
 
 class _OutOfTrials(Exception):
