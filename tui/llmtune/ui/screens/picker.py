@@ -92,7 +92,7 @@ class ModelPicker(ModalScreen[str | None]):
         for m in self.models:
             if needle and needle not in m.name.lower() and needle not in m.path.lower():
                 continue
-            cells = (
+            cells: tuple[Text, ...] = (
                 Text(format_bytes(m.size_bytes), justify="right"),
                 Text(m.quant or ""),
                 Text(SOURCE_LABEL.get(m.source, m.source), "dim"),
