@@ -140,3 +140,54 @@ def _bandwidth_key() -> str:
     from llmtune.hardware.bandwidth import machine_key as bandwidth_machine_key
 
     return bandwidth_machine_key()
+
+
+def test_a_small_model_calibrates_the_overhead_and_a_large_one_the_bandwidth() -> None:
+    """Token time is reading plus a fixed cost per layer. A 135M model's time is
+    mostly the fixed cost: its measurement must not make the reading of every
+    larger model look slow (calibrating the bandwidth on it predicted 7B models
+    at 0.37x their speed)."""
+    from dataclasses import replace
+
+    from llmtune.engine.calibration import fold
+
+    speed = DEFAULT_SPEED_MODEL
+    layers = 31
+    overhead = layers * speed.cpu_layer_overhead_s  # 3.1 ms
+    # Predicted 3.5 ms reading + 3.1 ms overhead; measured 10.2 ms per token.
+    small = fold(
+        speed,
+        on_gpu=False,
+        predicted_tg=1 / (3.5e-3 + overhead),
+        measured_tg=1 / 10.2e-3,
+        overhead_s=overhead,
+        layers=layers,
+        measured_bandwidth=True,
+    )
+    assert set(small) == {"cpu_layer_overhead_s"}  # the reading stays as it was
+    assert small["cpu_layer_overhead_s"] == pytest.approx((10.2e-3 - 3.5e-3) / layers)
+
+    # A 7B: 123 ms reading + 3.3 ms overhead predicted, 115 ms measured: the
+    # reading was slower than the truth, and a measured bandwidth may go past 1.0.
+    large = fold(
+        speed,
+        on_gpu=False,
+        predicted_tg=1 / (123e-3 + 3.3e-3),
+        measured_tg=1 / 115e-3,
+        overhead_s=3.3e-3,
+        layers=33,
+        measured_bandwidth=True,
+    )
+    assert set(large) == {"cpu_measured_bandwidth_efficiency"}
+    assert large["cpu_measured_bandwidth_efficiency"] == pytest.approx(123 / 111.7, rel=1e-3)
+    # A peak figure's efficiency stays at most 1.
+    peak = fold(speed, on_gpu=False, predicted_tg=1 / 126.3e-3, measured_tg=1 / 50e-3,
+                overhead_s=3.3e-3, layers=33)  # fmt: skip
+    assert peak == {"cpu_bandwidth_efficiency": 1.0}
+
+    # An overhead pushed past its bounds leaves the rest to the reading.
+    fast = fold(replace(speed, cpu_layer_overhead_s=1e-3), on_gpu=False,
+                predicted_tg=1 / 40e-3, measured_tg=1 / 5e-3, overhead_s=31e-3, layers=31,
+                measured_bandwidth=True)  # fmt: skip
+    assert fast["cpu_layer_overhead_s"] == pytest.approx(5e-6)
+    assert fast["cpu_measured_bandwidth_efficiency"] > speed.cpu_measured_bandwidth_efficiency

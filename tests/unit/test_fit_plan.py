@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -262,17 +263,29 @@ def test_generation_speed_is_memory_traffic_over_bandwidth(model) -> None:
     s = Settings(n_ctx=4096)
     cpu_only = plan(model, [HOST], s)
     kv_read = cpu_only.host.kv_bytes / 8 * SPEED_DEPTH_TOKENS / 4096
+    assert not HOST.bandwidth_measured  # a peak figure: the peak efficiency applies
     host_bw = HOST.bandwidth_gbps * 1e9 * SPEED.cpu_bandwidth_efficiency
     everything = _read_per_token(model, range(8), True, kv_read)
-    assert cpu_only.predicted.tg_tokens_per_s == pytest.approx(host_bw / everything, rel=1e-6)
+    # Each layer (and the output) also costs a fixed time per token.
+    seconds = everything / host_bw + 9 * SPEED.cpu_layer_overhead_s
+    assert cpu_only.predicted.tg_tokens_per_s == pytest.approx(1 / seconds, rel=1e-6)
 
     # Half the layers and the output on a GPU: the two devices run one after the other.
     gpu = parse_gpu_spec("rtx3060-12g")
     split = plan(model, [gpu, HOST], s.with_(n_gpu_layers=5))
     gpu_bw = gpu.bandwidth_gbps * 1e9 * SPEED.gpu_bandwidth_efficiency
     seconds = _read_per_token(model, range(4, 8), True, kv_read) / gpu_bw
+    seconds += 5 * SPEED.gpu_layer_overhead_s
     seconds += _read_per_token(model, range(4), False, kv_read) / host_bw
+    seconds += 4 * SPEED.cpu_layer_overhead_s
     assert split.predicted.tg_tokens_per_s == pytest.approx(1 / seconds, rel=1e-6)
+
+    # A bandwidth measured on this machine is what programs get: its own efficiency.
+    measured = replace(HOST, bandwidth_measured=True)
+    probed = plan(model, [measured], s).predicted.tg_tokens_per_s
+    seconds = everything / (HOST.bandwidth_gbps * 1e9 * SPEED.cpu_measured_bandwidth_efficiency)
+    assert probed == pytest.approx(1 / (seconds + 9 * SPEED.cpu_layer_overhead_s), rel=1e-6)
+    assert probed > cpu_only.predicted.tg_tokens_per_s
 
 
 def test_prompt_speed_is_two_flops_per_weight_over_compute(model) -> None:

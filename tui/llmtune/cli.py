@@ -406,7 +406,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
     from llmtune.engine.calibration import record
     from llmtune.engine.config import RunConfig
     from llmtune.errors import ConfigError
-    from llmtune.fit.plan import plan
+    from llmtune.fit.plan import plan, token_overhead_s
     from llmtune.fit.report import bench_dict, bench_text
     from llmtune.model import read_spec
 
@@ -457,6 +457,9 @@ def cmd_bench(argv: Sequence[str]) -> int:
             predicted_pp=fit_plan.predicted.pp_tokens_per_s,
             measured_pp=result.pp.mean,
             speed=speed,
+            overhead_s=token_overhead_s(fit_plan, speed),
+            layers=sum(d.n_layers + d.has_output for d in fit_plan.devices),
+            measured_bandwidth=any(d.bandwidth_measured for d in devices if d.kind == "cpu"),
         )
     if args.json:
         _print_json(bench_dict(spec, fit_plan, result, calibrated is not None))

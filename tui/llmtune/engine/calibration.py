@@ -1,10 +1,18 @@
 """Per-machine calibration of the speed model from measured runs.
 
 ``llmtune bench`` compares the generation and prompt speeds it measured with
-what the plan predicted and keeps the ratio as this machine's efficiency
+what the plan predicted and keeps the difference in this machine's speed model
 (``fit.speed.SpeedModel``): the next ``llmtune fit`` on this machine predicts
 with it. Only runs that exercise one kind of device calibrate it (all on the
 CPU, or all on one GPU); a partial offload mixes both and is not used.
+
+A token's predicted time is reading (weights over bandwidth x efficiency) plus
+a fixed overhead per layer. One measurement cannot tell the two apart, so it
+corrects the one that dominates it: a model whose reading takes over four
+times its overhead calibrates the bandwidth efficiency; a small one calibrates
+the overhead, and only what the overhead's bounds cannot take goes to the
+efficiency. Calibrating on the 135M demo model once made every larger model's
+prediction 2.7x too slow, because its time is mostly overhead.
 
 The file lives in the user's config directory; it is written atomically (a
 failed write leaves the old file and no temporary one), and a missing,
@@ -26,6 +34,17 @@ from llmtune.paths import config_dir
 FILE_NAME = "calibration.json"
 MAX_FILE_BYTES = 1 << 20  # an entry per machine takes about 200 bytes
 _BOUNDS = (0.02, 1.0)
+_MEASURED_BOUNDS = (0.02, 1.5)  # a STREAM-style copy understates pure reading a little
+_OVERHEAD_BOUNDS = (5e-6, 5e-3)  # seconds per layer per token
+_FIELDS = {
+    "cpu_bandwidth_efficiency": _BOUNDS,
+    "cpu_measured_bandwidth_efficiency": _MEASURED_BOUNDS,
+    "gpu_bandwidth_efficiency": _BOUNDS,
+    "cpu_compute_efficiency": _BOUNDS,
+    "gpu_compute_efficiency": _BOUNDS,
+    "cpu_layer_overhead_s": _OVERHEAD_BOUNDS,
+    "gpu_layer_overhead_s": _OVERHEAD_BOUNDS,
+}
 
 
 def machine_key() -> str:
@@ -59,8 +78,8 @@ def _read() -> tuple[dict[str, Any], str | None]:
 _DEFAULTS = "speeds are predicted with the defaults"
 
 
-def _clamp(value: float) -> float:
-    return min(_BOUNDS[1], max(_BOUNDS[0], value))
+def _clamp(value: float, bounds: tuple[float, float] = _BOUNDS) -> float:
+    return min(bounds[1], max(bounds[0], value))
 
 
 def load() -> tuple[SpeedModel, str | None]:
@@ -70,16 +89,57 @@ def load() -> tuple[SpeedModel, str | None]:
     if not isinstance(entry, dict):
         return DEFAULT_SPEED_MODEL, notice
     model = DEFAULT_SPEED_MODEL
-    for name in (
-        "cpu_bandwidth_efficiency",
-        "gpu_bandwidth_efficiency",
-        "cpu_compute_efficiency",
-        "gpu_compute_efficiency",
-    ):
+    for name, bounds in _FIELDS.items():
         value = entry.get(name)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            model = replace(model, **{name: _clamp(float(value))})
+            model = replace(model, **{name: _clamp(float(value), bounds)})
     return model, notice
+
+
+def fold(
+    speed: SpeedModel,
+    *,
+    on_gpu: bool,
+    predicted_tg: float,
+    measured_tg: float,
+    predicted_pp: float = 0.0,
+    measured_pp: float = 0.0,
+    overhead_s: float = 0.0,
+    layers: int = 0,
+    measured_bandwidth: bool = False,
+) -> dict[str, float]:
+    """The fields of ``speed`` one measurement changes (pure).
+
+    ``overhead_s`` is the per-layer part of the predicted token time, over
+    ``layers`` layers (``fit.plan.token_overhead_s``); ``measured_bandwidth``:
+    the host's bandwidth was probed here, so its own efficiency applies.
+    """
+    changes: dict[str, float] = {}
+    if predicted_tg <= 0 or measured_tg <= 0:
+        return changes
+    kind = "gpu" if on_gpu else "cpu"
+    bandwidth_name = f"{kind}_bandwidth_efficiency"
+    if kind == "cpu" and measured_bandwidth:
+        bandwidth_name = "cpu_measured_bandwidth_efficiency"
+    overhead_name = f"{kind}_layer_overhead_s"
+    predicted_t, measured_t = 1.0 / predicted_tg, 1.0 / measured_tg
+    reading = max(predicted_t - overhead_s, 1e-12)
+    overhead = overhead_s
+    if layers > 0 and overhead_s * 4 > reading:
+        # Mostly overhead: correct it, within bounds; the rest goes to reading.
+        per_layer = _clamp((measured_t - reading) / layers, _OVERHEAD_BOUNDS)
+        changes[overhead_name] = per_layer
+        overhead = per_layer * layers
+    new_reading = max(measured_t - overhead, reading / 20)
+    if abs(new_reading - reading) > 1e-3 * reading:
+        bounds = _FIELDS[bandwidth_name]
+        changes[bandwidth_name] = _clamp(
+            getattr(speed, bandwidth_name) * reading / new_reading, bounds
+        )
+    if predicted_pp > 0 and measured_pp > 0:
+        compute_name = f"{kind}_compute_efficiency"
+        changes[compute_name] = _clamp(getattr(speed, compute_name) * measured_pp / predicted_pp)
+    return changes
 
 
 def record(
@@ -90,18 +150,26 @@ def record(
     predicted_pp: float,
     measured_pp: float,
     speed: SpeedModel,
+    overhead_s: float = 0.0,
+    layers: int = 0,
+    measured_bandwidth: bool = False,
 ) -> SpeedModel | None:
-    """Fold one measurement into this machine's calibration; returns the new
-    model, or None when nothing could be written (the run still counts)."""
+    """Fold one measurement into this machine's calibration (see :func:`fold`);
+    returns the new model, or None when nothing could be written (the run
+    still counts)."""
     if predicted_tg <= 0 or measured_tg <= 0:
         return None
-    kind = "gpu" if on_gpu else "cpu"
-    bandwidth_name = f"{kind}_bandwidth_efficiency"
-    compute_name = f"{kind}_compute_efficiency"
-    new_bandwidth = _clamp(getattr(speed, bandwidth_name) * measured_tg / predicted_tg)
-    changes: dict[str, float] = {bandwidth_name: new_bandwidth}
-    if predicted_pp > 0 and measured_pp > 0:
-        changes[compute_name] = _clamp(getattr(speed, compute_name) * measured_pp / predicted_pp)
+    changes = fold(
+        speed,
+        on_gpu=on_gpu,
+        predicted_tg=predicted_tg,
+        measured_tg=measured_tg,
+        predicted_pp=predicted_pp,
+        measured_pp=measured_pp,
+        overhead_s=overhead_s,
+        layers=layers,
+        measured_bandwidth=measured_bandwidth,
+    )
     calibrated = replace(speed, **changes)
     data = _read()[0]  # an unusable file is replaced
     entry = data.get(machine_key())

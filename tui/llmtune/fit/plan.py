@@ -355,6 +355,7 @@ def _evaluate(
         bw = gpu.bandwidth_gbps * 1e9 * speed.gpu_bandwidth_efficiency
         if bw:
             tg_time += (active + kv * c.kv_read_fraction) / bw
+        tg_time += (n_layers + has_output) * speed.gpu_layer_overhead_s
         flops = gpu.fp16_tflops * 1e12 * speed.gpu_compute_efficiency
         if flops:
             pp_time += 2.0 * active / costs.bytes_per_param / flops
@@ -396,9 +397,10 @@ def _evaluate(
             mapped_bytes=(costs.cpu_mapped_span if not gpus else host_weights) if s.use_mmap else 0,
         )
     )
-    host_bw = host.bandwidth_gbps * 1e9 * speed.cpu_bandwidth_efficiency
+    host_bw = host.bandwidth_gbps * 1e9 * host_bandwidth_efficiency(host, speed)
     if host_bw:
         tg_time += (active_cpu + host_kv * c.kv_read_fraction) / host_bw
+    tg_time += (cpu_layers_end + output_on_cpu) * speed.cpu_layer_overhead_s
     host_flops = host.fp16_tflops * 1e12 * speed.cpu_compute_efficiency
     if gpus and ngl > 0 and c.n_ubatch >= 32:
         # op offload: CPU-resident weights cross PCIe once per ubatch
@@ -408,6 +410,23 @@ def _evaluate(
     tg = 1.0 / tg_time if tg_time > 0 else 0.0
     pp = 1.0 / pp_time if pp_time > 0 else 0.0
     return plans, tg, pp
+
+
+def host_bandwidth_efficiency(host: Device, speed: SpeedModel) -> float:
+    """The fraction of ``host``'s bandwidth llama.cpp reads at: a measured
+    bandwidth is already what programs get; a peak figure is not."""
+    if host.bandwidth_measured:
+        return speed.cpu_measured_bandwidth_efficiency
+    return speed.cpu_bandwidth_efficiency
+
+
+def token_overhead_s(p: FitPlan, speed: SpeedModel) -> float:
+    """The part of a planned token's time that is per-layer overhead, not reading."""
+    total = 0.0
+    for d in p.devices:
+        per_layer = speed.gpu_layer_overhead_s if d.kind == "gpu" else speed.cpu_layer_overhead_s
+        total += (d.n_layers + d.has_output) * per_layer
+    return total
 
 
 def _resolve_ngl(s: Settings, n_layer: int, has_gpu: bool) -> int:

@@ -25,6 +25,7 @@ class Device:
     fp16_tflops: float = 0.0
     index: int = 0
     bandwidth_known: bool = True
+    bandwidth_measured: bool = False  # probed on this machine, not a peak figure
     source: str = "detected"  # detected | profile | spec
     profile: str = ""
 

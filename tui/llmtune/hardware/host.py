@@ -28,9 +28,11 @@ def host_device(
     ram_bytes: int | None = None,
     bandwidth_gbps: float | None = None,
     name: str | None = None,
+    measured: bool = False,
 ) -> Device:
     """The host. ``ram_bytes`` plans for another machine's RAM; otherwise the
-    RAM of this one, with what is available now as free."""
+    RAM of this one, with what is available now as free. ``measured``: the
+    bandwidth was probed here (what programs get), not a peak figure."""
     if ram_bytes is None:
         try:
             import psutil
@@ -51,6 +53,7 @@ def host_device(
         bandwidth_gbps=bandwidth_gbps or DEFAULT_HOST_BANDWIDTH_GBPS,
         fp16_tflops=physical_cores() * HOST_TFLOPS_PER_CORE,
         bandwidth_known=bandwidth_gbps is not None,
+        bandwidth_measured=measured and bandwidth_gbps is not None,
         source="detected" if ram_bytes is None else "spec",
     )
 
@@ -69,4 +72,4 @@ def host_device_measured(
         from llmtune.hardware.bandwidth import host_bandwidth_gbps
 
         bandwidth = host_bandwidth_gbps(probe=probe)
-    return host_device(ram_bytes=ram_bytes, bandwidth_gbps=bandwidth, name=name)
+    return host_device(ram_bytes=ram_bytes, bandwidth_gbps=bandwidth, name=name, measured=True)
