@@ -30,7 +30,7 @@ from gguf import GGMLQuantizationType  # noqa: E402
 from llmtune.engine import calibration  # noqa: E402
 from llmtune.engine.bench import run_bench  # noqa: E402
 from llmtune.engine.config import RunConfig  # noqa: E402
-from llmtune.fit.plan import plan, token_overhead_s  # noqa: E402
+from llmtune.fit.plan import plan  # noqa: E402
 from llmtune.fit.settings import Settings  # noqa: E402
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel  # noqa: E402
 from llmtune.hardware.host import host_device_measured  # noqa: E402
@@ -38,14 +38,16 @@ from llmtune.model import ModelSpec, read_spec  # noqa: E402
 from llmtune.model.demo import fetch_demo_model  # noqa: E402
 from synth import llama_like  # noqa: E402
 
-# name, layers, embedding, heads, kv heads, FFN: the shapes of real model families.
+# name, layers, embedding, heads, kv heads, FFN: shapes of real model families
+# (0.3B, 1.4B, 3.0B and 5.9B parameters with a 32k vocabulary).
 SHAPES = (
-    ("0.5B-like", 24, 1024, 16, 4, 2816),
-    ("1.5B-like", 28, 1536, 12, 2, 8960),
-    ("3B-like", 28, 3072, 24, 8, 8192),
-    ("7B-like", 32, 4096, 32, 8, 11008),
+    ("small", 24, 1024, 16, 4, 2816),
+    ("qwen2-1.5b-like", 28, 1536, 12, 2, 8960),
+    ("llama-3.2-3b-like", 28, 3072, 24, 8, 8192),
+    ("llama-7b-gqa-like", 32, 4096, 32, 8, 11008),
 )
 CTX = 512
+TARGET, TARGET_FROM_GB = 0.15, 0.5  # the small models' fixed costs vary more by shape
 SETTINGS = Settings(n_ctx=CTX, n_gpu_layers=0)
 
 
@@ -92,17 +94,21 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--largest", type=int, default=len(SHAPES), help="how many synthetic sizes")
     args = ap.parse_args()
+    host = host_device_measured(probe=True)
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"host bandwidth {host_device_measured(probe=True).bandwidth_gbps:.1f} GB/s (probe), {date.today()}"
+        f"host bandwidth {host.bandwidth_gbps:.1f} GB/s (probe), {date.today()}"
     )
+    print(f"target (llmtune's own): models of {TARGET_FROM_GB} GB and more within "
+          f"{TARGET:.0%}, with the defaults and after calibrating on the demo")  # fmt: skip
     print(f"baseline: llama.cpp generation, CPU, ngl 0, context {CTX}, "
           f"{args.gen} tokens x {args.repeat}")  # fmt: skip
     rows: list[tuple[str, ModelSpec, float, float]] = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("LLMTUNE_BENCH_DIR")) as tmp:
         specs = [("demo 135M", read_spec(fetch_demo_model()))]
         for name, *shape in SHAPES[: args.largest]:
-            specs.append((name, read_spec(synthetic(Path(tmp), name, *shape))))
+            spec = read_spec(synthetic(Path(tmp), name, *shape))
+            specs.append((f"{spec.parameters / 1e9:.1f}B", spec))
         for label, spec in specs:
             predicted, measured = measure(spec, args.gen, args.repeat)
             rows.append((label, spec, predicted, measured))
@@ -113,25 +119,25 @@ def main() -> int:
             )
         # Calibrate on the demo alone, as `llmtune bench` on the demo model does.
         _, demo, predicted, measured = rows[0]
-        host = host_device_measured()
         demo_plan = plan(demo, [host], SETTINGS, DEFAULT_SPEED_MODEL)
-        cal = replace(
-            DEFAULT_SPEED_MODEL,
-            **calibration.fold(
-                DEFAULT_SPEED_MODEL,
-                on_gpu=False,
-                predicted_tg=predicted,
-                measured_tg=measured,
-                overhead_s=token_overhead_s(demo_plan, DEFAULT_SPEED_MODEL),
-                layers=sum(d.n_layers + d.has_output for d in demo_plan.devices),
-                measured_bandwidth=host.bandwidth_measured,
-            ),
+        measurement = calibration.measurement_of(
+            demo_plan, DEFAULT_SPEED_MODEL, measured, 0.0, host.bandwidth_measured
         )
+        cal = replace(DEFAULT_SPEED_MODEL, **calibration.fold(DEFAULT_SPEED_MODEL, measurement))
         print("calibrated on the demo model alone:")
+        ratios = [measured / predicted for _l, spec, predicted, measured in rows
+                  if spec.tensor_bytes >= TARGET_FROM_GB * 1e9]  # fmt: skip
         for label, spec, _p, measured in rows:
             again = predict(spec, cal)
+            if spec.tensor_bytes >= TARGET_FROM_GB * 1e9:
+                ratios.append(measured / again)
             print(f"  {label:<10} predicted {again:7.1f}  measured {measured:7.1f}  "
                   f"measured/predicted {measured / again:.2f}")  # fmt: skip
+    if ratios:
+        worst = max(ratios, key=lambda r: abs(r - 1))
+        verdict = "PASS" if abs(worst - 1) <= TARGET else "MISS"
+        print(f"worst measured/predicted at {TARGET_FROM_GB} GB and more: {worst:.2f} "
+              f"(target 1 +- {TARGET:.2f}) {verdict}")  # fmt: skip
     return 0
 
 

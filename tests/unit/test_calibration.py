@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from llmtune.engine import calibration
-from llmtune.engine.calibration import load, machine_key, record
+from llmtune.engine.calibration import Measurement, fold, load, machine_key, record
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL
 from synth import llama_like
 
@@ -35,12 +35,8 @@ def calibrate(efficiency: float) -> None:
     """As ``llmtune bench`` does after a CPU run that went at ``efficiency`` x the
     default prediction."""
     assert record(
-        on_gpu=False,
-        predicted_tg=10.0,
-        measured_tg=10.0 * efficiency,
-        predicted_pp=0.0,
-        measured_pp=0.0,
-        speed=DEFAULT_SPEED_MODEL,
+        Measurement(on_gpu=False, predicted_tg=10.0, measured_tg=10.0 * efficiency),
+        DEFAULT_SPEED_MODEL,
     )
 
 
@@ -149,28 +145,27 @@ def test_a_small_model_calibrates_the_overhead_and_a_large_one_the_bandwidth() -
     at 0.37x their speed)."""
     from dataclasses import replace
 
-    from llmtune.engine.calibration import fold
-
     speed = DEFAULT_SPEED_MODEL
     layers = 31
     overhead = layers * speed.cpu_layer_overhead_s  # 3.1 ms
     # Predicted 3.5 ms reading + 3.1 ms overhead; measured 10.2 ms per token.
     small = fold(
         speed,
-        on_gpu=False,
-        predicted_tg=1 / (3.5e-3 + overhead),
-        measured_tg=1 / 10.2e-3,
-        overhead_s=overhead,
-        layers=layers,
-        measured_bandwidth=True,
+        Measurement(
+            on_gpu=False,
+            predicted_tg=1 / (3.5e-3 + overhead),
+            measured_tg=1 / 10.2e-3,
+            overhead_s=overhead,
+            layers=layers,
+            measured_bandwidth=True,
+        ),
     )
     assert set(small) == {"cpu_layer_overhead_s"}  # the reading stays as it was
     assert small["cpu_layer_overhead_s"] == pytest.approx((10.2e-3 - 3.5e-3) / layers)
 
     # A 7B: 123 ms reading + 3.3 ms overhead predicted, 115 ms measured: the
     # reading was slower than the truth, and a measured bandwidth may go past 1.0.
-    large = fold(
-        speed,
+    seven_b = Measurement(
         on_gpu=False,
         predicted_tg=1 / (123e-3 + 3.3e-3),
         measured_tg=1 / 115e-3,
@@ -178,16 +173,25 @@ def test_a_small_model_calibrates_the_overhead_and_a_large_one_the_bandwidth() -
         layers=33,
         measured_bandwidth=True,
     )
+    large = fold(speed, seven_b)
     assert set(large) == {"cpu_measured_bandwidth_efficiency"}
     assert large["cpu_measured_bandwidth_efficiency"] == pytest.approx(123 / 111.7, rel=1e-3)
     # A peak figure's efficiency stays at most 1.
-    peak = fold(speed, on_gpu=False, predicted_tg=1 / 126.3e-3, measured_tg=1 / 50e-3,
-                overhead_s=3.3e-3, layers=33)  # fmt: skip
+    peak = fold(speed, replace(seven_b, measured_tg=1 / 50e-3, measured_bandwidth=False))
     assert peak == {"cpu_bandwidth_efficiency": 1.0}
 
     # An overhead pushed past its bounds leaves the rest to the reading.
-    fast = fold(replace(speed, cpu_layer_overhead_s=1e-3), on_gpu=False,
-                predicted_tg=1 / 40e-3, measured_tg=1 / 5e-3, overhead_s=31e-3, layers=31,
-                measured_bandwidth=True)  # fmt: skip
+    slow = replace(speed, cpu_layer_overhead_s=1e-3)
+    fast = fold(
+        slow,
+        Measurement(
+            on_gpu=False,
+            predicted_tg=1 / 40e-3,
+            measured_tg=1 / 5e-3,
+            overhead_s=31e-3,
+            layers=31,
+            measured_bandwidth=True,
+        ),
+    )
     assert fast["cpu_layer_overhead_s"] == pytest.approx(5e-6)
     assert fast["cpu_measured_bandwidth_efficiency"] > speed.cpu_measured_bandwidth_efficiency

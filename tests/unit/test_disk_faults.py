@@ -55,12 +55,8 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def calibrate() -> SpeedModel | None:
     return calibration.record(
-        on_gpu=False,
-        predicted_tg=10.0,
-        measured_tg=5.0,
-        predicted_pp=0.0,
-        measured_pp=0.0,
-        speed=DEFAULT_SPEED_MODEL,
+        calibration.Measurement(on_gpu=False, predicted_tg=10.0, measured_tg=5.0),
+        DEFAULT_SPEED_MODEL,
     )
 
 

@@ -403,10 +403,10 @@ def cmd_fit(argv: Sequence[str]) -> int:
 def cmd_bench(argv: Sequence[str]) -> int:
     args = _bench_parser().parse_args(argv)
     from llmtune.engine.bench import run_bench
-    from llmtune.engine.calibration import record
+    from llmtune.engine.calibration import measurement_of, record
     from llmtune.engine.config import RunConfig
     from llmtune.errors import ConfigError
-    from llmtune.fit.plan import plan, token_overhead_s
+    from llmtune.fit.plan import plan
     from llmtune.fit.report import bench_dict, bench_text
     from llmtune.model import read_spec
 
@@ -450,17 +450,9 @@ def cmd_bench(argv: Sequence[str]) -> int:
     calibrated = None
     all_on_one_kind = fit_plan.n_gpu_layers in (0, fit_plan.n_layer + 1) and len(fit_plan.gpus) <= 1
     if not args.no_calibrate and all_on_one_kind:
-        calibrated = record(
-            on_gpu=bool(fit_plan.gpus) and fit_plan.n_gpu_layers > 0,
-            predicted_tg=fit_plan.predicted.tg_tokens_per_s,
-            measured_tg=result.tg.mean,
-            predicted_pp=fit_plan.predicted.pp_tokens_per_s,
-            measured_pp=result.pp.mean,
-            speed=speed,
-            overhead_s=token_overhead_s(fit_plan, speed),
-            layers=sum(d.n_layers + d.has_output for d in fit_plan.devices),
-            measured_bandwidth=any(d.bandwidth_measured for d in devices if d.kind == "cpu"),
-        )
+        host_measured = any(d.bandwidth_measured for d in devices if d.kind == "cpu")
+        measurement = measurement_of(fit_plan, speed, result.tg.mean, result.pp.mean, host_measured)
+        calibrated = record(measurement, speed)
     if args.json:
         _print_json(bench_dict(spec, fit_plan, result, calibrated is not None))
     else:

@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
+from llmtune.fit.plan import FitPlan, token_overhead_s
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.paths import config_dir
 
@@ -96,80 +97,81 @@ def load() -> tuple[SpeedModel, str | None]:
     return model, notice
 
 
-def fold(
-    speed: SpeedModel,
-    *,
-    on_gpu: bool,
-    predicted_tg: float,
-    measured_tg: float,
-    predicted_pp: float = 0.0,
-    measured_pp: float = 0.0,
-    overhead_s: float = 0.0,
-    layers: int = 0,
-    measured_bandwidth: bool = False,
-) -> dict[str, float]:
-    """The fields of ``speed`` one measurement changes (pure).
+@dataclass(frozen=True)
+class Measurement:
+    """One benchmark run beside its plan's prediction.
 
     ``overhead_s`` is the per-layer part of the predicted token time, over
     ``layers`` layers (``fit.plan.token_overhead_s``); ``measured_bandwidth``:
     the host's bandwidth was probed here, so its own efficiency applies.
     """
+
+    on_gpu: bool
+    predicted_tg: float
+    measured_tg: float
+    predicted_pp: float = 0.0
+    measured_pp: float = 0.0
+    overhead_s: float = 0.0
+    layers: int = 0
+    measured_bandwidth: bool = False
+
+
+def measurement_of(
+    p: FitPlan, speed: SpeedModel, measured_tg: float, measured_pp: float, host_measured: bool
+) -> Measurement:
+    """A run of plan ``p`` (predicted with ``speed``) that measured these speeds;
+    ``host_measured``: the plan's host bandwidth was probed on this machine."""
+    return Measurement(
+        on_gpu=bool(p.gpus) and p.n_gpu_layers > 0,
+        predicted_tg=p.predicted.tg_tokens_per_s,
+        measured_tg=measured_tg,
+        predicted_pp=p.predicted.pp_tokens_per_s,
+        measured_pp=measured_pp,
+        overhead_s=token_overhead_s(p, speed),
+        layers=sum(d.n_layers + d.has_output for d in p.devices),
+        measured_bandwidth=host_measured,
+    )
+
+
+def fold(speed: SpeedModel, m: Measurement) -> dict[str, float]:
+    """The fields of ``speed`` that measurement ``m`` changes (pure)."""
     changes: dict[str, float] = {}
-    if predicted_tg <= 0 or measured_tg <= 0:
+    if m.predicted_tg <= 0 or m.measured_tg <= 0:
         return changes
-    kind = "gpu" if on_gpu else "cpu"
+    kind = "gpu" if m.on_gpu else "cpu"
     bandwidth_name = f"{kind}_bandwidth_efficiency"
-    if kind == "cpu" and measured_bandwidth:
+    if kind == "cpu" and m.measured_bandwidth:
         bandwidth_name = "cpu_measured_bandwidth_efficiency"
     overhead_name = f"{kind}_layer_overhead_s"
-    predicted_t, measured_t = 1.0 / predicted_tg, 1.0 / measured_tg
-    reading = max(predicted_t - overhead_s, 1e-12)
-    overhead = overhead_s
-    if layers > 0 and overhead_s * 4 > reading:
+    predicted_t, measured_t = 1.0 / m.predicted_tg, 1.0 / m.measured_tg
+    reading = max(predicted_t - m.overhead_s, 1e-12)
+    overhead = m.overhead_s
+    if m.layers > 0 and m.overhead_s * 4 > reading:
         # Mostly overhead: correct it, within bounds; the rest goes to reading.
-        per_layer = _clamp((measured_t - reading) / layers, _OVERHEAD_BOUNDS)
+        per_layer = _clamp((measured_t - reading) / m.layers, _OVERHEAD_BOUNDS)
         changes[overhead_name] = per_layer
-        overhead = per_layer * layers
+        overhead = per_layer * m.layers
     new_reading = max(measured_t - overhead, reading / 20)
     if abs(new_reading - reading) > 1e-3 * reading:
         bounds = _FIELDS[bandwidth_name]
         changes[bandwidth_name] = _clamp(
             getattr(speed, bandwidth_name) * reading / new_reading, bounds
         )
-    if predicted_pp > 0 and measured_pp > 0:
+    if m.predicted_pp > 0 and m.measured_pp > 0:
         compute_name = f"{kind}_compute_efficiency"
-        changes[compute_name] = _clamp(getattr(speed, compute_name) * measured_pp / predicted_pp)
+        changes[compute_name] = _clamp(
+            getattr(speed, compute_name) * m.measured_pp / m.predicted_pp
+        )
     return changes
 
 
-def record(
-    *,
-    on_gpu: bool,
-    predicted_tg: float,
-    measured_tg: float,
-    predicted_pp: float,
-    measured_pp: float,
-    speed: SpeedModel,
-    overhead_s: float = 0.0,
-    layers: int = 0,
-    measured_bandwidth: bool = False,
-) -> SpeedModel | None:
-    """Fold one measurement into this machine's calibration (see :func:`fold`);
+def record(m: Measurement, speed: SpeedModel) -> SpeedModel | None:
+    """Fold measurement ``m`` into this machine's calibration (see :func:`fold`);
     returns the new model, or None when nothing could be written (the run
     still counts)."""
-    if predicted_tg <= 0 or measured_tg <= 0:
+    if m.predicted_tg <= 0 or m.measured_tg <= 0:
         return None
-    changes = fold(
-        speed,
-        on_gpu=on_gpu,
-        predicted_tg=predicted_tg,
-        measured_tg=measured_tg,
-        predicted_pp=predicted_pp,
-        measured_pp=measured_pp,
-        overhead_s=overhead_s,
-        layers=layers,
-        measured_bandwidth=measured_bandwidth,
-    )
+    changes = fold(speed, m)
     calibrated = replace(speed, **changes)
     data = _read()[0]  # an unusable file is replaced
     entry = data.get(machine_key())
