@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -326,6 +327,31 @@ def test_stopped_worker_is_reported_killed_and_replaced(sup: Supervisor, demo_mo
     os.kill(pid, signal.SIGSTOP)  # its socket stays open: no end of file will come
     stopped_worker(sup, pid, "kill -STOP")
     assert_works(sup, demo_model)
+
+
+def test_shutting_down_a_stopped_worker_does_not_wait_out_its_timeout(
+    sup: Supervisor, demo_model: Path
+) -> None:
+    """Quit or restart right after a kill -STOP, before the watchdog acts: the
+    stopped worker cannot read the request, so it is killed at once instead of
+    after the hour the call allows (a minute without returning is a hang)."""
+    pid = sup.start()
+    sup.load(demo_config(demo_model))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10.0
+    while supervisor_module.process_state(pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    quitting = threading.Thread(target=sup.shutdown, kwargs={"timeout_s": 3600.0}, daemon=True)
+    quitting.start()
+    quitting.join(60.0)
+    hung = quitting.is_alive()
+    if hung:
+        os.kill(pid, signal.SIGKILL)  # let the call return before failing
+        quitting.join()
+    assert not hung, "shutdown waited on a stopped worker"
+    assert not sup.alive
+    assert_reaped(pid)
 
 
 # About 400 tokens: a second or more of llama_decode on two threads, with no event on the way.

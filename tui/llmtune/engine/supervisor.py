@@ -208,6 +208,11 @@ class Supervisor:
             return
         proc.expected_exit = True
         self._send_to(proc, Shutdown())
+        if process_state(proc.pid) == "T":
+            # Stopped (kill -STOP): it cannot read the request, and the watchdog
+            # stands down once an exit is expected; waiting would only delay the
+            # user's quit or restart by the whole timeout.
+            timeout_s = 0.0
         try:
             proc.popen.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
