@@ -148,22 +148,10 @@ def default_output(source: str | os.PathLike[str], ftype_name: str) -> str:
     A split model's shard suffix goes (llama.cpp writes one file); a name without a
     tag gets ``-FTYPE`` before ``.gguf``.
     """
-    from llmtune.model.discover import _SPLIT_RE, _quant_matches
+    from llmtune.model.discover import with_quant_tag
 
-    path = os.path.abspath(os.fspath(source))
-    folder, name = os.path.split(path)
-    split = _SPLIT_RE.match(name)
-    if split:
-        name = split.group("prefix") + ".gguf"
-    stem = name[:-5] if name.lower().endswith(".gguf") else name
-    tag = file_type(ftype_name).name
-    matches = _quant_matches(stem)
-    if matches:
-        last = matches[-1]
-        stem = stem[: last.start()] + tag + stem[last.end() :]
-    else:
-        stem = f"{stem}-{tag}"
-    return os.path.join(folder, stem + ".gguf")
+    folder, name = os.path.split(os.path.abspath(os.fspath(source)))
+    return os.path.join(folder, with_quant_tag(name, file_type(ftype_name).name))
 
 
 def partial_path(output: str, pid: int | None = None) -> str:

@@ -80,6 +80,24 @@ def _quant_matches(name: str) -> list[re.Match[str]]:
     return list(_QUANT_RE.finditer(name))
 
 
+def with_quant_tag(file_name: str, tag: str) -> str:
+    """``file_name`` at another quantization: its last quant tag replaced by
+    ``tag`` (``x-Q8_0.gguf`` -> ``x-Q4_K_M.gguf``), a split shard's suffix
+    dropped (llama.cpp's quantizer writes one file), and ``-TAG`` added before
+    ``.gguf`` to a name without a tag."""
+    split = _SPLIT_RE.match(file_name)
+    if split:
+        file_name = split.group("prefix") + ".gguf"
+    stem = file_name[:-5] if file_name.lower().endswith(".gguf") else file_name
+    matches = _quant_matches(stem)
+    if matches:
+        last = matches[-1]
+        stem = stem[: last.start()] + tag + stem[last.end() :]
+    else:
+        stem = f"{stem}-{tag}"
+    return stem + ".gguf"
+
+
 def find_models(
     extra_dirs: Iterable[str | os.PathLike[str]] = (), include_demo: bool = True
 ) -> list[FoundModel]:
