@@ -5,12 +5,13 @@ quantization pane."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 from gguf import GGMLQuantizationType as Q
 from rendered import screen_text
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Static
 from ui_support import cpu_only, wait_for, with_gpu
 
 from llmtune.fit.handoff import plan_handoff
@@ -84,6 +85,8 @@ async def test_tune_shows_trials_live_cancels_and_applies_the_best(demo_spec: Mo
         await wait_for(pilot, lambda: len(screen.trials) >= 1, timeout_s=120)
         table = screen.query_one("#tune-trials", DataTable)
         assert table.row_count >= 1  # each trial shows as it finishes
+        first = table.get_row_at(0)
+        assert first[0].plain == str(screen.trials[0].index) == "1"  # numbered as the CLI does
         await pilot.press("escape")  # cancel: the running trial's worker is killed
         await wait_for(pilot, lambda: screen.state == "done", timeout_s=60)
         assert screen.result is not None and screen.result.cancelled
@@ -125,6 +128,10 @@ async def test_quantize_from_the_quantization_pane(tmp_path: Path) -> None:
         await pilot.press("enter")
         await wait_for(pilot, lambda: screen.state in ("done", "failed"), timeout_s=120)
         assert screen.state == "done"
+        # The title counted the tensors as llama.cpp does: it ends at "N of N".
+        title = str(screen.query_one("#quantize-title", Static).render())
+        done, count = map(int, re.search(r"tensor (\d+) of (\d+)", title).groups())  # type: ignore[union-attr]
+        assert done == count == len(read_spec(path).tensors)
         out = tmp_path / "tiny.Q8_0.gguf"
         assert out.is_file() and out.stat().st_size == predicted
         assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.F16.gguf", "tiny.Q8_0.gguf"]

@@ -139,14 +139,39 @@ async def test_changes_while_loaded_reload_after_a_pause(demo_spec: ModelSpec) -
         assert app.loaded is not None and app.loaded.n_ctx == 2048
 
 
-async def test_generate_without_a_model_says_what_to_do(demo_spec: ModelSpec) -> None:
-    app = recording_app(demo_spec, [])
+async def test_enter_with_no_model_loaded_loads_it_then_answers(demo_spec: ModelSpec) -> None:
+    """The run pane says how to load before anything runs; a prompt sent then
+    loads the model with the panes' settings and is answered once it is loaded."""
+    loads: list[RunConfig] = []
+    app = recording_app(demo_spec, loads)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("5")
+        await pilot.pause()
+        assert "no model loaded" in shown(app) and "a: load" in shown(app)
+        app.change_settings(n_ctx=1024)
+        app.query_one("#prompt").focus()
+        await pilot.press(*"Hi", "enter")
+        await wait_for(pilot, lambda: app.last_stats is not None)
+        (config,) = loads  # one load, with what the panes show
+        assert config.n_ctx == 1024
+        assert app.run_pane.output  # the answer streamed
+        assert app.worker_state == "loaded"
+
+
+async def test_a_prompt_waiting_for_a_load_that_is_stopped_is_dropped(
+    demo_spec: ModelSpec,
+) -> None:
+    loads: list[RunConfig] = []
+    app = recording_app(demo_spec, loads)
     async with app.run_test(size=(100, 40)) as pilot:
         await pilot.pause()
         app.generate("hello")
-        await pilot.pause()
-        assert app.engine is None  # nothing was started behind the user's back
-        assert any("press a to load" in n.message for n in app._notifications)
+        assert app.worker_state in ("starting", "loading") and len(loads) == 1
+        await pilot.press("escape")  # while it loads (or just after: the prompt goes either way)
+        await wait_for(pilot, lambda: app.worker_state in ("stopped", "loaded"))
+        await pilot.pause(0.5)
+        assert app.last_stats is None and app.run_pane.output == ""
 
 
 SLOW_TEMPLATE = (

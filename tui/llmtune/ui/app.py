@@ -179,6 +179,7 @@ class LlmtuneApp(App[None]):
         self.last_stats: Stats | None = None
         self._token_times: deque[float] = deque(maxlen=4096)
         self._prompt_pending = False  # a prompt whose chat template is being rendered
+        self._queued_prompt: str | None = None  # Enter before the model was loaded
         self.live_tps: float | None = None  # read by the sampler thread
         self._autoapply_timer: object | None = None
         # telemetry
@@ -240,7 +241,7 @@ class LlmtuneApp(App[None]):
             self.store, notice = config_store.load()
             if notice:
                 self.notify(notice, severity="warning", markup=False, timeout=8)
-        self._show_status()
+        self._set_worker_state(self.worker_state)  # the run pane says how to load
         if self.spec is not None and self.model_path is not None:
             self._open_spec(self.spec, self.model_path)
         else:
@@ -771,6 +772,7 @@ class LlmtuneApp(App[None]):
             self.engine.unload()
 
     def action_stop(self) -> None:
+        self._queued_prompt = None  # a prompt waiting for the load is not wanted now
         if self._prompt_pending:
             # Stopped while the chat template rendered: nothing was sent yet.
             self._prompt_pending = False
@@ -783,12 +785,25 @@ class LlmtuneApp(App[None]):
             self.set_focus(None)
 
     def generate(self, prompt: str) -> None:
+        """Generate an answer; with no model loaded yet, load it with the panes'
+        settings first and answer once it is loaded."""
         if not prompt.strip():
             self.notify("Type a prompt first.", markup=False)
             return
-        if self.worker_state != "loaded" or self.engine is None or self.spec is None:
-            what = "is loading" if self.worker_state == "loading" else "has no model loaded"
-            self.notify(f"The worker {what}: press a to load it.", markup=False)
+        state = self.worker_state
+        if state == "generating":
+            self.notify("Still answering: Escape stops it.", markup=False, timeout=3)
+            return
+        if state == "dead":
+            self.notify("The worker died: ctrl+r restarts it.", severity="error", markup=False)
+            return
+        if state != "loaded" or self.engine is None or self.spec is None:
+            if self.spec is None:
+                return
+            self._queued_prompt = prompt
+            if state == "stopped":
+                self.action_apply()
+            self.notify("Loading the model; the answer follows.", markup=False, timeout=3)
             return
         self._prompt_pending = True
         self._set_worker_state("generating")
@@ -848,6 +863,9 @@ class LlmtuneApp(App[None]):
             self.notify(
                 f"Loaded in {event.load_s + event.context_s:.1f} s.", markup=False, timeout=3
             )
+            queued, self._queued_prompt = self._queued_prompt, None
+            if queued is not None:
+                self.generate(queued)
         elif isinstance(event, Token):
             self._on_token(event)
         elif isinstance(event, Stats):
@@ -916,6 +934,8 @@ class LlmtuneApp(App[None]):
     def _set_worker_state(self, state: WorkerState, progress: float | None = None) -> None:
         if state != "generating":
             self._prompt_pending = False
+        if state in ("stopped", "dead"):
+            self._queued_prompt = None  # the load it waited for failed or was undone
         self.worker_state = state
         self.load_progress = progress if state == "loading" else None
         line = self.worker_line()

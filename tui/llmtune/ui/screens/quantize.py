@@ -153,7 +153,7 @@ class QuantizeScreen(ModalScreen[str | None]):
         elif isinstance(update, QuantizeStep):
             bar.update(progress=update.fraction)
             self.query_one("#quantize-title", Static).update(
-                f"Quantize to {self.file_type}: tensor {update.index + 1} of {update.count}"
+                f"Quantize to {self.file_type}: tensor {update.index} of {update.count}"
             )
         else:
             bar.update(progress=1.0)

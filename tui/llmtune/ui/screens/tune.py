@@ -80,7 +80,9 @@ class TuneScreen(ModalScreen[Settings | None]):
             yield Stepper("objective", OBJECTIVE_CHOICES, id="tune-objective", label_width=11)
             yield Stepper("context", self._context_choices(), id="tune-context", label_width=11)
             yield Static("", id="tune-status", markup=False)
-            yield ProgressBar(total=self.max_trials, show_eta=False, id="tune-progress")
+            # How many trials a search takes is known only at its end (5 to 15
+            # usually, --max-trials at most): the bar pulses until then.
+            yield ProgressBar(total=None, show_eta=False, id="tune-progress")
             table: DataTable[Text] = DataTable(id="tune-trials", cursor_type="row")
             yield table
             yield Static("", id="tune-best", markup=False)
@@ -92,6 +94,7 @@ class TuneScreen(ModalScreen[Settings | None]):
         return [Choice(n_ctx, shown), Choice(-1, "largest that fits")]
 
     def on_mount(self) -> None:
+        self.query_one("#tune-progress", ProgressBar).display = False  # until it starts
         table = self.query_one("#tune-trials", DataTable)
         for label, key in (
             ("#", "n"),
@@ -146,6 +149,7 @@ class TuneScreen(ModalScreen[Settings | None]):
             self._status(exc.one_line())
             return
         self.state = "running"
+        self.query_one("#tune-progress", ProgressBar).display = True
         self.query_one("#tune-objective", Stepper).disabled = True
         self.query_one("#tune-context", Stepper).disabled = True
         self._status("Tuning…")
@@ -165,7 +169,7 @@ class TuneScreen(ModalScreen[Settings | None]):
         table: DataTable[Text] = self.query_one("#tune-trials", DataTable)
         ok = trial.ok
         table.add_row(
-            Text(str(trial.index + 1), justify="right"),
+            Text(str(trial.index), justify="right"),
             Text(trial.stage),
             Text(trial_settings(trial.settings)),
             Text(f"{trial.tg_tokens_per_s:,.1f}" if ok else "–", justify="right"),
@@ -176,7 +180,6 @@ class TuneScreen(ModalScreen[Settings | None]):
             ),  # fmt: skip
         )
         table.move_cursor(row=table.row_count - 1, animate=False)
-        self.query_one("#tune-progress", ProgressBar).update(progress=len(self.trials))
 
     def _finished(self, result: TuneResult | None, error: str | None) -> None:
         self.result = result
