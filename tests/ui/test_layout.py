@@ -103,8 +103,9 @@ async def test_every_action_has_a_key_and_a_palette_entry(demo_spec: ModelSpec) 
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: "Quit" in screen_text(app)[-1])  # the footer composes late
         footer = screen_text(app)[-1]
-        for label in ("Quit", "Help", "Apply", "GPU", "Open", "Hand-off", "Tune"):
+        for label in ("Quit", "Help", "Apply", "Open", "Hand-off", "Tune"):
             assert label in footer
+        assert "g: plan for a GPU" in screen_text(app)[1]  # where g is offered, CPU only
         titles = {c.title for c in app.get_system_commands(app.screen)}
         for title in (
             "Apply settings",
@@ -115,6 +116,8 @@ async def test_every_action_has_a_key_and_a_palette_entry(demo_spec: ModelSpec) 
             "Copy the command line",
             "Show the Model pane",
             "Show the Run pane",
+            "One more layer on the GPU",
+            "Show the gauges",
         ):
             assert title in titles
         await pilot.press("question_mark")
@@ -170,3 +173,25 @@ async def test_samples_and_worker_events_under_a_dialog(demo_spec: ModelSpec) ->
         await pilot.press("escape")
         await pilot.pause()
         assert "worker RSS" in "\n".join(screen_text(app))
+
+
+async def test_the_footer_shows_the_focused_panes_keys_first(demo_spec: ModelSpec) -> None:
+    """At 80 columns each pane's own keys lead the footer, then apply, tune and
+    the hand-off; ? lists every key."""
+    app = make_app(demo_spec, hardware=cpu_only())
+    expected = {
+        "1": ("/ Search",),
+        "2": ("o Open file", "w Quantize"),
+        "3": ("[ ] ±layer", "c Copy"),
+        "4": ("u Unload", "R Restart"),
+        "5": ("esc Stop",),
+    }
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: "Apply" in screen_text(app)[-1])
+        for key, labels in expected.items():
+            await pilot.press(key)
+            await wait_for(pilot, lambda labels=labels: labels[0] in screen_text(app)[-1])
+            footer = screen_text(app)[-1]
+            assert all(label in footer for label in labels), footer
+            if key != "5":  # typing in the prompt, the letter keys are text
+                assert "a Apply" in footer and "t Tune" in footer, footer

@@ -114,18 +114,20 @@ class LlmtuneApp(App[None]):
     CSS_PATH = "llmtune.tcss"
     TITLE = "llmtune"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("q", "quit", "Quit"),
-        Binding("question_mark", "help", "Help"),
+        # The footer lists the focused pane's keys, then these in this order, and
+        # cuts what does not fit (? shows every key): the likeliest needed first.
         Binding("a", "apply", "Apply"),
+        Binding("t", "tune", "Tune"),
+        Binding("h", "handoff", "Hand-off"),
+        Binding("question_mark", "help", "Help"),
+        Binding("o", "open_model", "Open"),
+        Binding("q", "quit", "Quit"),
         Binding("escape", "stop", "Stop", show=False),
         Binding("R", "restart", "Restart worker", show=False),
         Binding("ctrl+r", "restart", "Restart worker", show=False, priority=True),
         Binding("u", "unload", "Unload", show=False),
-        Binding("g", "choose_gpu", "GPU"),
-        Binding("o", "open_model", "Open"),
+        Binding("g", "choose_gpu", "GPU", show=False),  # the status line offers it
         Binding("c", "copy_command", "Copy cmd", show=False),
-        Binding("h", "handoff", "Hand-off"),
-        Binding("t", "tune", "Tune"),
         Binding("w", "quantize", "Quantize", show=False),
         Binding("left_square_bracket", "layers(-1)", "-layer", show=False),
         Binding("right_square_bracket", "layers(1)", "+layer", show=False),
@@ -692,6 +694,13 @@ class LlmtuneApp(App[None]):
             ("Tune", "Find the fastest settings that fit, by real runs (t)", "tune"),
             ("Quantize", "Write the model at the chosen file type (w)", "quantize"),
             ("Search the metadata", "Filter the model's metadata (/)", "search_metadata"),
+            ("One more layer on the GPU", "Move the offload slider up one layer (])", "layers(1)"),
+            (
+                "One fewer layer on the GPU",
+                "Move the offload slider down one layer ([)",
+                "layers(-1)",
+            ),  # fmt: skip
+            ("Show the gauges", "The side-pane view for under 60 columns (0)", "pane('gauges')"),
             ("Help", "Keys and what each pane shows (?)", "help"),
         ):
             yield SystemCommand(title, help_text, _runner(self, action))

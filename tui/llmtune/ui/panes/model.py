@@ -4,9 +4,12 @@ Everything from the file is shown inert: as plain text, escapes made visible."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Input, Static
 
@@ -29,6 +32,11 @@ def _read_head(value: GGUFString) -> str:
 
 
 class ModelPane(VerticalScroll):
+    # Shown in the footer while this pane has focus (the app binds the same keys).
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("slash", "app.search_metadata", "Search", key_display="/"),
+    ]
+
     def __init__(
         self,
         spec: ModelSpec | None,

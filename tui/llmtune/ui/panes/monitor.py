@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
@@ -43,6 +45,12 @@ class Expected:
 
 
 class MonitorPane(VerticalScroll):
+    # Shown in the footer while this pane has focus (the app binds the same keys).
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("u", "app.unload", "Unload"),
+        Binding("R", "app.restart", "Restart"),
+    ]
+
     def compose(self) -> ComposeResult:
         yield Static("", id="monitor-state", markup=False)
         yield Vertical(id="gpu-graphs")

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical, VerticalScroll
 from textual.widgets import Static
 
@@ -98,6 +100,13 @@ def verdict_text(view: PlanView) -> Text:
 
 
 class OffloadPane(VerticalScroll):
+    # Shown in the footer while this pane has focus (the app binds the same keys).
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("right_square_bracket", "app.layers(1)", "±layer", key_display="[ ]"),
+        Binding("left_square_bracket", "app.layers(-1)", "-layer", show=False),
+        Binding("c", "app.copy_command", "Copy"),
+    ]
+
     """Settings flow down (``show``); user changes go up as Slider/Stepper messages."""
 
     def compose(self) -> ComposeResult:

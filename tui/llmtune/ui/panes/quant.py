@@ -39,6 +39,11 @@ class QuantTable(DataTable[Text]):
 
 
 class QuantPane(Vertical):
+    # Shown in the footer while this pane has focus (the app binds the same keys).
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("w", "app.quantize", "Quantize"),
+    ]
+
     @dataclass
     class Chosen(Message):
         """Plan as this file type (``None``: the file as it is)."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.widgets import Button, Input, ProgressBar, Static
@@ -18,6 +20,12 @@ MAX_OUTPUT_CHARS = 200_000  # older text is dropped beyond this
 
 
 class RunPane(Vertical):
+    # Shown in the footer while this pane has focus (the app binds the same keys).
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "app.stop", "Stop"),
+        Binding("ctrl+r", "app.restart", "Restart"),
+    ]
+
     @dataclass
     class Requested(Message):
         """The user asked for ``what``: generate, stop or reload."""

@@ -18,7 +18,10 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("PgUp PgDn", "slider: five layers; Home / End: none / all"),
     ("[ ]", "one layer fewer / more, from anywhere"),
     ("a", "apply: load the model in llama.cpp with these settings"),
-    ("enter", "in the prompt: generate; in the quantization table: plan as that type"),
+    (
+        "enter",
+        "in the prompt: generate (loading first if needed); quantization table: plan as that type",
+    ),
     ("escape", "stop generating; leave the prompt box"),
     ("ctrl+r / R", "restart the worker (after a crash)"),
     ("u", "unload the model"),
