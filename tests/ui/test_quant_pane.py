@@ -57,6 +57,13 @@ async def test_a_row_applies_its_file_type_to_every_pane(tmp_path: Path) -> None
         assert "Q4_K_M (what-if)" in line
         # The command line names the file that type would be.
         assert "tiny.Q4_K_M.gguf" in str(app.query_one("#offload-command", Static).render())
+        # The model pane shows the mix llama.cpp would write, and says it is a what-if.
+        await pilot.press("1")
+        await pilot.pause()
+        shown = "\n".join(screen_text(app))
+        assert "What-if Q4_K_M (the file is F16)" in shown, shown
+        assert "llama · Q4_K_M" in shown
+        assert "Q4_K" in shown and "Q6_K" in shown  # llama.cpp raises some tensors to Q6_K
 
         # The file's own row goes back to the file as it is.
         await pilot.press("2")
@@ -64,6 +71,9 @@ async def test_a_row_applies_its_file_type_to_every_pane(tmp_path: Path) -> None
         await pilot.press("enter")
         await pilot.pause()
         assert app.quant is None
+        await pilot.press("1")
+        await pilot.pause()
+        assert "What-if" not in "\n".join(screen_text(app))
 
 
 async def test_siblings_on_disk_are_marked_and_open(tmp_path: Path) -> None:

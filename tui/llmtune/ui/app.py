@@ -479,6 +479,7 @@ class LlmtuneApp(App[None]):
         )
         self.offload_pane.show(self.view)
         self.gauges_pane.show(self.view)
+        self.model_pane.show_what_if(self.quant, spec)
         self._schedule_quant_table(self.options.quant_delay_s)
 
     def command_for(self, p: FitPlan) -> str:

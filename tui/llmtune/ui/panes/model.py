@@ -49,8 +49,11 @@ class ModelPane(VerticalScroll):
         self.spec = spec
         self.path_label = path_label
         self._rows: list[tuple[str, str, str]] = []
+        self.file_spec: ModelSpec | None = spec
+        self.what_if: str | None = None
 
     def compose(self) -> ComposeResult:
+        yield Static("", id="model-what-if", markup=False)
         if self.spec is not None:
             yield ModelSummary(self.spec, path_label=self.path_label, id="model-summary")
         yield Static("Metadata", classes="section")
@@ -61,6 +64,7 @@ class ModelPane(VerticalScroll):
         yield Static("", id="chat-template", markup=False)
 
     def on_mount(self) -> None:
+        self.query_one("#model-what-if", Static).display = False
         table = self.query_one("#metadata", DataTable)
         table.add_column("key", key="key")
         table.add_column("type", key="type")
@@ -71,11 +75,9 @@ class ModelPane(VerticalScroll):
     def show(self, spec: ModelSpec, path_label: str | None = None) -> None:
         self.spec = spec
         self.path_label = path_label
-        summaries = list(self.query(ModelSummary))
-        if summaries:
-            summaries[0].show(spec, path_label)
-        else:
-            self.mount(ModelSummary(spec, path_label=path_label, id="model-summary"), before=0)
+        self.file_spec = spec
+        self._show_summary(spec)
+        self.show_what_if(None, spec)
         self._rows = metadata_rows(spec)
         self._fill(self.query_one("#metadata-filter", Input).value)
         template = spec.metadata.get(TEMPLATE_KEY)
@@ -89,6 +91,27 @@ class ModelPane(VerticalScroll):
         else:
             shown = "(none: this file has no chat template)"
         self.query_one("#chat-template", Static).update(Text(shown))
+
+    def _show_summary(self, spec: ModelSpec) -> None:
+        summaries = list(self.query(ModelSummary))
+        if summaries:
+            summaries[0].show(spec, self.path_label)
+        else:
+            summary = ModelSummary(spec, path_label=self.path_label, id="model-summary")
+            self.mount(summary, after=self.query_one("#model-what-if"))
+
+    def show_what_if(self, quant: str | None, spec: ModelSpec) -> None:
+        """The summary as the model would be at ``quant`` (what llama.cpp's quantizer
+        would write), or as the file is (``None``); the metadata stay the file's."""
+        if quant == self.what_if:
+            return
+        self.what_if = quant
+        banner = self.query_one("#model-what-if", Static)
+        banner.display = quant is not None
+        if quant is not None:
+            was = self.file_spec.file_type_name if self.file_spec else "?"
+            banner.update(f"What-if {quant} (the file is {was}): as llama.cpp would write it")
+        self._show_summary(spec)
 
     def _fill(self, needle: str) -> None:
         table: DataTable[Text] = self.query_one("#metadata", DataTable)
