@@ -106,3 +106,27 @@ def test_fit_here_says_prominently_that_the_build_cannot_use_the_gpu(
     # --json: one object on stdout, the warning among its notes, nothing on stderr
     assert machine.err == ""
     assert any(CUDA_REINSTALL_COMMAND in note for note in json.loads(machine.out)["notes"])
+
+
+@pytest.mark.parametrize("command", ["bench", "tune"])
+@pytest.mark.parametrize(
+    "flag", [["--gpu", "rtx3060-12g"], ["--list-gpus"], ["--ram", "64GiB"], ["--quant", "Q8_0"]]
+)
+def test_bench_and_tune_refuse_other_hardware_in_one_line(
+    tmp_path: Path, command: str, flag: list[str]
+) -> None:
+    """They run the model here: a what-if option is refused before anything loads
+    (--list-gpus once ran a whole tune), and their help does not offer them."""
+    (model,) = llama_like(tmp_path / "m.gguf", n_layer=2)
+    run = subprocess.run(
+        [sys.executable, "-m", "llmtune.cli", command, str(model), *flag],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stdout == ""
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"llmtune: error: {command} runs the model on this machine")
+    helped = subprocess.run(
+        [sys.executable, "-m", "llmtune.cli", command, "--help"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert flag[0] not in helped.stdout and "--ctx" in helped.stdout

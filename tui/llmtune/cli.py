@@ -123,7 +123,7 @@ def _bench_parser() -> argparse.ArgumentParser:
         prog="llmtune bench",
         description="Load the model in llama.cpp on this machine and measure it, like llama-bench.",
     )
-    _add_settings_options(parser)
+    _add_settings_options(parser, what_if=False)
     parser.add_argument("--prompt-tokens", type=_whole, default=512, metavar="N")
     parser.add_argument("--gen-tokens", type=_whole, default=128, metavar="N")
     parser.add_argument("--repeat", type=_whole, default=3, metavar="N")
@@ -172,7 +172,7 @@ def _tune_parser() -> argparse.ArgumentParser:
         "short benchmarks. Settings you give (--ngl, --flash-attn, --cache-type-k/-v, "
         "--ubatch, --n-cpu-moe, --threads) stay fixed; the others are searched.",
     )
-    _add_settings_options(parser)
+    _add_settings_options(parser, what_if=False)
     parser.add_argument(
         "--objective",
         choices=("tg", "pp", "mix"),
@@ -193,7 +193,14 @@ def _tune_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_settings_options(parser: argparse.ArgumentParser) -> None:
+def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True) -> None:
+    """The plan's settings. ``what_if=False`` (bench, tune: they run on this
+    machine) hides the other-hardware options from the help; they still parse,
+    so the command can refuse them in one line."""
+
+    def shown(text: str) -> str:
+        return text if what_if else argparse.SUPPRESS
+
     parser.add_argument("model", help="a .gguf file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -201,14 +208,18 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SPEC",
-        help="a GPU profile (rtx3060-12g) or size (12GiB, 24GB:1008GB/s); repeat for more GPUs",
-    )
-    parser.add_argument("--list-gpus", action="store_true", help="list the GPU profiles and exit")
-    parser.add_argument(
-        "--ram", metavar="SIZE", help="host RAM to plan for (default: this machine's)"
+        help=shown(
+            "a GPU profile (rtx3060-12g) or size (12GiB, 24GB:1008GB/s); repeat for more GPUs"
+        ),
     )
     parser.add_argument(
-        "--host", metavar="PROFILE", help="host memory profile, e.g. ddr4-3200, ddr5-5600"
+        "--list-gpus", action="store_true", help=shown("list the GPU profiles and exit")
+    )
+    parser.add_argument(
+        "--ram", metavar="SIZE", help=shown("host RAM to plan for (default: this machine's)")
+    )
+    parser.add_argument(
+        "--host", metavar="PROFILE", help=shown("host memory profile, e.g. ddr4-3200, ddr5-5600")
     )
     parser.add_argument(
         "--ngl", type=_int_or_max, default=-1, help="layers on the GPU, or max (default)"
@@ -240,7 +251,9 @@ def _add_settings_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quant",
         metavar="FTYPE",
-        help="plan as if quantized to FTYPE (Q4_K_M, Q8_0, ...); 'all' prints every file type",
+        help=shown(
+            "plan as if quantized to FTYPE (Q4_K_M, Q8_0, ...); 'all' prints every file type"
+        ),
     )
     parser.add_argument(
         "--overhead", default="0", metavar="SIZE", help="per-GPU overhead (CUDA context), default 0"
@@ -410,9 +423,10 @@ def cmd_bench(argv: Sequence[str]) -> int:
     from llmtune.fit.report import bench_dict, bench_text
     from llmtune.model import read_spec
 
-    if args.gpu or args.ram or args.host or args.quant:
+    if args.gpu or args.ram or args.host or args.quant or args.list_gpus:
         raise ConfigError(
-            "bench runs the model on this machine; --gpu, --ram, --host and --quant are for fit",
+            "bench runs the model on this machine; --gpu, --list-gpus, --ram, --host and "
+            "--quant are for fit",
             "llmtune bench",
         )
     if args.ctx == -1:
@@ -552,9 +566,10 @@ def cmd_tune(argv: Sequence[str]) -> int:
     from llmtune.errors import ConfigError, WorkerError
     from llmtune.model import read_spec
 
-    if args.gpu or args.ram or args.host or args.quant:
+    if args.gpu or args.ram or args.host or args.quant or args.list_gpus:
         raise ConfigError(
-            "tune runs the model on this machine; --gpu, --ram, --host and --quant are for fit",
+            "tune runs the model on this machine; --gpu, --list-gpus, --ram, --host and "
+            "--quant are for fit",
             "llmtune tune",
         )
     threads: tuple[int, ...] = ()
