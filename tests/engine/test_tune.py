@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from llmtune.engine.tune import Trial, TrialBench, Tuner, TuneSpace, best_configuration
-from llmtune.fit.plan import plan
+from llmtune.fit.plan import max_context, plan
 from llmtune.fit.settings import Settings
 from llmtune.hardware.host import host_device
 from llmtune.model import ModelSpec, read_spec
@@ -148,6 +148,22 @@ def test_cli_json_is_one_object_and_given_settings_stay_fixed(demo_model: Path) 
     assert " -t 2 " in server and " -fa on " in server and server.endswith("--fit off")
     assert data["handoff"]["ollama_modelfile"].startswith(f"FROM {demo_model}")
     assert data["settings"]["n_gpu_layers"] == 0 and data["objective"] == "tg"
+
+
+def test_cli_ctx_max_tunes_at_the_largest_context_that_fits(demo_model: Path) -> None:
+    """--ctx max: the largest context the estimator fits here (on this machine's
+    24 GB the demo's whole trained context), and every trial runs at it."""
+    spec = read_spec(demo_model)
+    result = _llmtune(
+        "tune", str(demo_model), "--ctx", "max", "--threads", "2", "--flash-attn", "on",
+        "--prompt-tokens", "16", "--gen-tokens", "8", "--repeat", "1", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    largest = max_context(spec, [host_device()], Settings(n_gpu_layers=0, n_ctx=256))
+    assert data["n_ctx"] == largest == spec.n_ctx_train
+    assert {t["settings"]["n_ctx"] for t in data["trials"]} == {largest}
+    assert f" -c {largest} " in data["handoff"]["llama_server"]
 
 
 @pytest.mark.parametrize(
