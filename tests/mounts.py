@@ -85,3 +85,18 @@ def is_read_only(path: Path) -> bool:
     os.close(fd)
     os.unlink(path / ".probe")
     return False
+
+
+@contextmanager
+def read_only_or_skip(path: Path) -> Iterator[Path]:
+    """:func:`read_only` for a pytest test: skipped where mounting is not allowed
+    or a read-only mount still takes writes."""
+    import pytest
+
+    try:
+        with read_only(path):
+            if not is_read_only(path):
+                pytest.skip("read-only bind mounts are not read-only here")
+            yield path
+    except MountUnavailable as exc:
+        pytest.skip(f"cannot mount here: {exc}")

@@ -216,3 +216,23 @@ def llama2_70b_q4_k_m(path: str | os.PathLike[str]) -> Path:
         file_type=15,
     )
     return written
+
+
+def write_bad_shapes(path: str | os.PathLike[str]) -> None:
+    """A model llama.cpp refuses to load: the metadata says 128 wide, token_embd is
+    64 wide (a contradiction between header and tensors)."""
+    n_vocab = 64
+    kv = [
+        ("general.name", "contradiction"),
+        ("llama.block_count", 1),
+        ("llama.context_length", 512),
+        ("llama.embedding_length", 128),
+        ("llama.feed_forward_length", 256),
+        ("llama.attention.head_count", 4),
+        ("llama.attention.head_count_kv", 4),
+        ("llama.attention.layer_norm_rms_epsilon", 1e-5),
+        ("tokenizer.ggml.model", "llama"),
+        ("tokenizer.ggml.tokens", [f"t{i}" for i in range(n_vocab)]),
+    ]
+    tensors = [Tensor("token_embd.weight", (64, n_vocab)), Tensor("output_norm.weight", (64,))]
+    write_gguf(path, kv, tensors)

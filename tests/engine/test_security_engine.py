@@ -21,11 +21,10 @@ from gguf import GGUFValueType as V
 from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import Exited, Failed, Generate, Loaded, Stats
 from llmtune.engine.supervisor import Supervisor
+from strace_log import SYSCALL, WRITE_FLAGS, network, opens
 from synth import llama_like
 
 TIMEOUT_S = 300
-_SYSCALL = re.compile(r"^(?P<pid>\d+) +(?P<call>\w+)\((?P<args>.*)\) += (?P<result>-?\d+)")
-_WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 
 
 def traced(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess[str], list[str]]:
@@ -53,30 +52,12 @@ def traced(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess
 
 
 def opens_of(lines: list[str], paths: set[str]) -> list[str]:
-    found = []
-    for line in lines:
-        m = _SYSCALL.match(line)
-        if (
-            m
-            and m["call"] in ("openat", "open", "creat")
-            and any(f'"{p}"' in m["args"] for p in paths)
-        ):
-            found.append(line)
-    return found
+    return [m.string for m in opens(lines, paths)]
 
 
 def network_sockets(lines: list[str]) -> list[str]:
     """Sockets that could reach another machine: anything but AF_UNIX pairs."""
-    bad = []
-    for line in lines:
-        m = _SYSCALL.match(line)
-        if not m:
-            continue
-        if m["call"] in ("socket", "connect", "sendto", "sendmsg", "bind") and (
-            "AF_INET" in m["args"] or "AF_INET6" in m["args"] or "AF_PACKET" in m["args"]
-        ):
-            bad.append(line)
-    return bad
+    return network(lines)[0]
 
 
 def test_bench_opens_the_model_read_only_in_every_process_and_no_socket(
@@ -91,10 +72,10 @@ def test_bench_opens_the_model_read_only_in_every_process_and_no_socket(
     opens = opens_of(lines, {str(demo_model)})
     pids = {line.split()[0] for line in opens}
     assert len(pids) >= 2, opens  # llmtune read the header, the worker loaded the model
-    assert not [line for line in opens if any(flag in line for flag in _WRITE_FLAGS)], opens
+    assert not [line for line in opens if any(flag in line for flag in WRITE_FLAGS)], opens
     assert network_sockets(lines) == []
     assert any(
-        _SYSCALL.match(line) and "socketpair(AF_UNIX" in line for line in lines
+        SYSCALL.match(line) and "socketpair(AF_UNIX" in line for line in lines
     )  # the control
 
 
@@ -105,7 +86,7 @@ def test_quantize_reads_the_source_read_only_and_no_socket(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     opens = opens_of(lines, {str(source)})
     assert len({line.split()[0] for line in opens}) >= 2, opens  # llmtune and llama.cpp
-    assert not [line for line in opens if any(flag in line for flag in _WRITE_FLAGS)], opens
+    assert not [line for line in opens if any(flag in line for flag in WRITE_FLAGS)], opens
     # The control: strace does see a file opened for writing, the partial output.
     partial = re.compile(re.escape(f'"{out}.') + r'\d+\.partial".*O_WRONLY')
     assert any(partial.search(line) for line in lines)

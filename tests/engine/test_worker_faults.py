@@ -35,7 +35,7 @@ from llmtune.engine.protocol import (
     Token,
 )
 from llmtune.engine.supervisor import Supervisor
-from synth import Tensor, llama_like, write_gguf
+from synth import llama_like, write_bad_shapes
 
 TIMEOUT_S = 30.0
 
@@ -118,25 +118,6 @@ def test_kill_9_while_generating(sup: Supervisor, demo_model: Path) -> None:
     sup.kill()
     killed_worker(sup, pid)
     assert_works(sup, demo_model)
-
-
-def write_bad_shapes(path: Path) -> None:
-    """Metadata says 128 wide; token_embd is 64 wide."""
-    n_vocab = 64
-    kv = [
-        ("general.name", "contradiction"),
-        ("llama.block_count", 1),
-        ("llama.context_length", 512),
-        ("llama.embedding_length", 128),
-        ("llama.feed_forward_length", 256),
-        ("llama.attention.head_count", 4),
-        ("llama.attention.head_count_kv", 4),
-        ("llama.attention.layer_norm_rms_epsilon", 1e-5),
-        ("tokenizer.ggml.model", "llama"),
-        ("tokenizer.ggml.tokens", [f"t{i}" for i in range(n_vocab)]),
-    ]
-    tensors = [Tensor("token_embd.weight", (64, n_vocab)), Tensor("output_norm.weight", (64,))]
-    write_gguf(path, kv, tensors)
 
 
 def test_contradicting_shapes_fail_with_llama_cpp_lines(

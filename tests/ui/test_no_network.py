@@ -11,12 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ui_support import wait_for
+from ui_support import whole_session
 
 from audit import NETWORK_EVENTS, PROCESS_EVENTS, recording
 from llmtune.model import ModelSpec
 from llmtune.ui.app import AppOptions, default_sampler_factory, machine_hardware, make_app
-from llmtune.ui.panes.run import RunPane
 
 
 async def test_a_whole_session_never_reaches_the_network(
@@ -32,23 +31,7 @@ async def test_a_whole_session_never_reaches_the_network(
             sampler_factory=default_sampler_factory,
         )
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.pause()
-            await pilot.press("3", "a")
-            await wait_for(pilot, lambda: app.worker_state == "loaded")
-            for pane in "124":
-                await pilot.press(pane)
-                await pilot.pause(0.3)  # a few samples on each
-            await pilot.press("5", *"Hi", "enter")  # the run pane's prompt takes the keys
-            await wait_for(pilot, lambda: len(app.query_one(RunPane).output) > 3)
-            await pilot.press("escape")
-            await wait_for(pilot, lambda: app.worker_state == "loaded")
-            await pilot.press("escape", "3", "h")  # the second escape leaves the prompt
-            await wait_for(pilot, lambda: type(app.screen).__name__ == "HandoffScreen")
-            await pilot.press("escape", "o")
-            await wait_for(pilot, lambda: type(app.screen).__name__ == "ModelPicker")
-            await pilot.pause(0.5)
-            await pilot.press("escape")
-            await pilot.pause()
+            await whole_session(app, pilot)
     network = [e for e in events if e.name in NETWORK_EVENTS]
     started = [e for e in events if e.name in PROCESS_EVENTS]
     assert network == []

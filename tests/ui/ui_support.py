@@ -33,3 +33,28 @@ async def wait_for(pilot: Pilot[Any], ready: Callable[[], bool], timeout_s: floa
             raise AssertionError("the app never reached the expected state")
         await pilot.pause(0.05)
         await asyncio.sleep(0)
+
+
+async def whole_session(app: Any, pilot: Pilot[Any]) -> None:
+    """What a user does in one sitting: load, look at every pane while samples
+    come in, generate and stop, open the hand-off and the picker. The network
+    test and the reliability report's strace run both drive the app through it."""
+    from llmtune.ui.panes.run import RunPane
+
+    await pilot.pause()
+    await pilot.press("3", "a")
+    await wait_for(pilot, lambda: app.worker_state == "loaded")
+    for pane in "124":
+        await pilot.press(pane)
+        await pilot.pause(0.3)  # a few samples on each
+    await pilot.press("5", *"Hi", "enter")  # the run pane's prompt takes the keys
+    await wait_for(pilot, lambda: len(app.query_one(RunPane).output) > 3)
+    await pilot.press("escape")
+    await wait_for(pilot, lambda: app.worker_state == "loaded")
+    await pilot.press("escape", "3", "h")  # the second escape leaves the prompt
+    await wait_for(pilot, lambda: type(app.screen).__name__ == "HandoffScreen")
+    await pilot.press("escape", "o")
+    await wait_for(pilot, lambda: type(app.screen).__name__ == "ModelPicker")
+    await pilot.pause(0.5)
+    await pilot.press("escape")
+    await pilot.pause()

@@ -20,7 +20,7 @@ from llmtune.engine import calibration
 from llmtune.fit.settings import Settings
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.hardware import bandwidth
-from mounts import MountUnavailable, fill, is_read_only, read_only, small_tmpfs
+from mounts import MountUnavailable, fill, read_only_or_skip, small_tmpfs
 
 MODEL = "/models/m.gguf"
 
@@ -40,13 +40,8 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
     folder = tmp_path / "ro"
     folder.mkdir()
     (folder / "keep").write_text("")
-    try:
-        with read_only(folder):
-            if not is_read_only(folder):
-                pytest.skip("read-only bind mounts are not read-only here")
-            yield folder
-    except MountUnavailable as exc:
-        pytest.skip(f"cannot mount here: {exc}")
+    with read_only_or_skip(folder):
+        yield folder
 
 
 def snapshot(folder: Path) -> dict[str, str]:

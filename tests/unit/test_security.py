@@ -31,7 +31,7 @@ from llmtune.hardware.profiles import parse_gpu_spec
 from llmtune.model import GGUFArray, read_spec
 from llmtune.model.describe import inspect_dict, inspect_text
 from llmtune.model.discover import find_models, sibling_quantizations
-from mounts import MountUnavailable, is_read_only, read_only
+from mounts import read_only_or_skip
 from synth import llama_like
 
 PACKAGE = Path(__file__).resolve().parents[2] / "tui" / "llmtune"
@@ -88,13 +88,8 @@ def test_models_are_opened_and_mapped_read_only(demo_model: Path, split_model: P
 @pytest.fixture
 def read_only_models(tmp_path: Path, split_model: Path) -> Iterator[Path]:
     folder = split_model[0].parent
-    try:
-        with read_only(folder):
-            if not is_read_only(folder):
-                pytest.skip("read-only bind mounts are not read-only here")
-            yield folder
-    except MountUnavailable as exc:
-        pytest.skip(f"cannot mount here: {exc}")
+    with read_only_or_skip(folder):
+        yield folder
 
 
 def test_inspect_and_fit_work_on_a_read_only_mount(read_only_models: Path) -> None:

@@ -436,11 +436,3 @@ def run() -> Section:
         unwritable_config(section, model, work, cache)
         full_disk_quantize(section, work)
     return section
-
-
-if __name__ == "__main__":
-    result = run()
-    for row in result.rows:
-        print(f"{row.what}: {row.measured} [target {row.target}] {'PASS' if row.met else 'MISS'}")
-    for note in result.notes:
-        print(f"note: {note}")

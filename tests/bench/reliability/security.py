@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import struct
 import subprocess
@@ -41,9 +40,10 @@ for _path in (TESTS / "bench", TESTS, TESTS / "unit", TESTS / "ui"):
 
 from mounts import MountUnavailable, is_read_only, read_only  # noqa: E402
 from reliability import Section  # noqa: E402
+from strace_log import network  # noqa: E402
+from strace_log import opens as strace_opens  # noqa: E402
+from strace_log import writable as opened_for_writing  # noqa: E402
 
-_SYSCALL = re.compile(r"^(?P<pid>\d+) +(?P<call>\w+)\((?P<args>.*)\) += (?P<result>-?\d+)")
-_WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC", "O_APPEND")
 _TRACED = "socket,socketpair,connect,sendto,sendmsg,bind,openat,open,creat,truncate"
 
 # Code execution, file and environment reads, mutation, and templates that never end.
@@ -87,66 +87,20 @@ def _strace(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Compl
     )
 
 
-def _opens(lines: list[str], paths: set[str]) -> list[re.Match[str]]:
-    found = []
-    for line in lines:
-        m = _SYSCALL.match(line)
-        if (
-            m
-            and m["call"] in ("openat", "open", "creat")
-            and any(f'"{p}"' in m["args"] for p in paths)
-        ):
-            found.append(m)
-    return found
-
-
-def _network(lines: list[str]) -> tuple[list[str], list[str]]:
-    """(sockets that could reach another machine, connections to any socket)."""
-    remote, connects = [], []
-    for line in lines:
-        m = _SYSCALL.match(line)
-        if not m:
-            continue
-        if m["call"] in ("socket", "connect", "sendto", "sendmsg", "bind") and any(
-            family in m["args"] for family in ("AF_INET", "AF_INET6", "AF_PACKET")
-        ):
-            remote.append(line)
-        if m["call"] == "connect":
-            connects.append(line)
-    return remote, connects
-
-
 APP_SESSION = textwrap.dedent(
     """
     import asyncio, sys
     sys.path[:0] = [{tests!r}, {ui!r}]
-    from ui_support import wait_for
+    from ui_support import whole_session
     from llmtune.model import read_spec
     from llmtune.ui.app import AppOptions, default_sampler_factory, machine_hardware, make_app
-    from llmtune.ui.panes.run import RunPane
 
     async def main():
         app = make_app(read_spec({model!r}), hardware=machine_hardware(),
                        options=AppOptions(persist=True, interval_s=0.2),
                        sampler_factory=default_sampler_factory)
         async with app.run_test(size=(120, 40)) as pilot:
-            await pilot.pause()
-            await pilot.press("3", "a")
-            await wait_for(pilot, lambda: app.worker_state == "loaded")
-            for pane in "124":
-                await pilot.press(pane)
-                await pilot.pause(0.3)
-            await pilot.press("5", *"Hi", "enter")
-            await wait_for(pilot, lambda: len(app.query_one(RunPane).output) > 3)
-            await pilot.press("escape")
-            await wait_for(pilot, lambda: app.worker_state == "loaded")
-            await pilot.press("escape", "3", "h")
-            await wait_for(pilot, lambda: type(app.screen).__name__ == "HandoffScreen")
-            await pilot.press("escape", "o")
-            await wait_for(pilot, lambda: type(app.screen).__name__ == "ModelPicker")
-            await pilot.pause(0.5)
-            await pilot.press("escape")
-            await pilot.pause()
+            await whole_session(app, pilot)
 
     asyncio.run(main())
     """
@@ -202,11 +156,11 @@ def traced_runs(section: Section, model: str, work: Path) -> None:
             failed.append(f"{what}: exit {done.returncode} {done.stderr.strip()[-200:]!r}")
             continue
         lines = log.read_text(errors="replace").splitlines()
-        found = _opens(lines, files)
+        found = strace_opens(lines, files)
         opens += len(found)
         processes += len({m["pid"] for m in found})
-        writable += sum(any(flag in m["args"] for flag in _WRITE_FLAGS) for m in found)
-        r, c = _network(lines)
+        writable += len(opened_for_writing(found))
+        r, c = network(lines)
         remote += [f"{what}: {line}" for line in r]
         connects += [f"{what}: {line}" for line in c]
         section.notes.append(
@@ -407,11 +361,3 @@ def run() -> Section:
         read_only_mount(section, model, work)
         traced_runs(section, model, work)
     return section
-
-
-if __name__ == "__main__":
-    result = run()
-    for row in result.rows:
-        print(f"{row.what}: {row.measured} [target {row.target}] {'PASS' if row.met else 'MISS'}")
-    for note in result.notes:
-        print(f"note: {note}")

@@ -357,7 +357,7 @@ def refusal_case(
 
 
 def write_models(folder: Path) -> dict[str, Path]:
-    from synth import Tensor, llama_like, write_gguf
+    from synth import llama_like, write_bad_shapes
 
     paths = {name: folder / f"{name}.gguf" for name in ("no-bytes", "head-15", "shapes")}
     llama_like(paths["no-bytes"], n_layer=1, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=64)
@@ -374,24 +374,7 @@ def write_models(folder: Path) -> dict[str, Path]:
         byte_tokens=True,
     )
 
-    # The metadata says 128 wide; token_embd is 64 wide.
-    kv = [
-        ("general.name", "contradiction"),
-        ("llama.block_count", 1),
-        ("llama.context_length", 512),
-        ("llama.embedding_length", 128),
-        ("llama.feed_forward_length", 256),
-        ("llama.attention.head_count", 4),
-        ("llama.attention.head_count_kv", 4),
-        ("llama.attention.layer_norm_rms_epsilon", 1e-5),
-        ("tokenizer.ggml.model", "llama"),
-        ("tokenizer.ggml.tokens", [f"t{i}" for i in range(64)]),
-    ]
-    write_gguf(
-        paths["shapes"],
-        kv,
-        [Tensor("token_embd.weight", (64, 64)), Tensor("output_norm.weight", (64,))],
-    )
+    write_bad_shapes(paths["shapes"])  # the metadata says 128 wide; token_embd is 64
     return paths
 
 
