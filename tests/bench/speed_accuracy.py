@@ -120,9 +120,7 @@ def main() -> int:
         # Calibrate on the demo alone, as `llmtune bench` on the demo model does.
         _, demo, predicted, measured = rows[0]
         demo_plan = plan(demo, [host], SETTINGS, DEFAULT_SPEED_MODEL)
-        measurement = calibration.measurement_of(
-            demo_plan, DEFAULT_SPEED_MODEL, measured, 0.0, host.bandwidth_measured
-        )
+        measurement = calibration.measurement_of(demo_plan, measured, 0.0, host.bandwidth_measured)
         cal = replace(DEFAULT_SPEED_MODEL, **calibration.fold(DEFAULT_SPEED_MODEL, measurement))
         print("calibrated on the demo model alone:")
         ratios = [measured / predicted for _l, spec, predicted, measured in rows

@@ -465,7 +465,7 @@ def cmd_bench(argv: Sequence[str]) -> int:
     all_on_one_kind = fit_plan.n_gpu_layers in (0, fit_plan.n_layer + 1) and len(fit_plan.gpus) <= 1
     if not args.no_calibrate and all_on_one_kind:
         host_measured = any(d.bandwidth_measured for d in devices if d.kind == "cpu")
-        measurement = measurement_of(fit_plan, speed, result.tg.mean, result.pp.mean, host_measured)
+        measurement = measurement_of(fit_plan, result.tg.mean, result.pp.mean, host_measured)
         calibrated = record(measurement, speed)
     if args.json:
         _print_json(bench_dict(spec, fit_plan, result, calibrated is not None))

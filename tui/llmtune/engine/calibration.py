@@ -28,7 +28,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from typing import Any
 
-from llmtune.fit.plan import FitPlan, token_overhead_s
+from llmtune.fit.plan import FitPlan
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.paths import config_dir
 
@@ -102,7 +102,7 @@ class Measurement:
     """One benchmark run beside its plan's prediction.
 
     ``overhead_s`` is the per-layer part of the predicted token time, over
-    ``layers`` layers (``fit.plan.token_overhead_s``); ``measured_bandwidth``:
+    ``layers`` layers (``FitPlan.predicted.tg_overhead_s``); ``measured_bandwidth``:
     the host's bandwidth was probed here, so its own efficiency applies.
     """
 
@@ -117,9 +117,9 @@ class Measurement:
 
 
 def measurement_of(
-    p: FitPlan, speed: SpeedModel, measured_tg: float, measured_pp: float, host_measured: bool
+    p: FitPlan, measured_tg: float, measured_pp: float, host_measured: bool
 ) -> Measurement:
-    """A run of plan ``p`` (predicted with ``speed``) that measured these speeds;
+    """A run of plan ``p`` that measured these speeds;
     ``host_measured``: the plan's host bandwidth was probed on this machine."""
     return Measurement(
         on_gpu=bool(p.gpus) and p.n_gpu_layers > 0,
@@ -127,7 +127,7 @@ def measurement_of(
         measured_tg=measured_tg,
         predicted_pp=p.predicted.pp_tokens_per_s,
         measured_pp=measured_pp,
-        overhead_s=token_overhead_s(p, speed),
+        overhead_s=p.predicted.tg_overhead_s,
         layers=sum(d.n_layers + d.has_output for d in p.devices),
         measured_bandwidth=host_measured,
     )

@@ -87,6 +87,7 @@ class DevicePlan:
 class Speed:
     tg_tokens_per_s: float
     pp_tokens_per_s: float
+    tg_overhead_s: float = 0.0  # of a token's time, the fixed per-layer part (not reading)
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,9 @@ def _evaluate(
     ngl: int,
     n_vocab_outputs: int,
     speed: SpeedModel = DEFAULT_SPEED_MODEL,
-) -> tuple[list[DevicePlan], float, float]:
+) -> tuple[list[DevicePlan], float, float, float]:
+    """Per-device plans, generation and prompt tokens/s, and the per-layer
+    overhead part of a generated token's time."""
     n_layer = len(costs.layers)
     ranges = _gpu_ranges(gpus, s, n_layer, ngl)
     plans: list[DevicePlan] = []
@@ -312,6 +315,7 @@ def _evaluate(
     host_kv = c.kv_prefix[cpu_layers_end]
     tg_time = 0.0
     pp_time = 0.0
+    overhead = 0.0
     active_cpu = float(c.active_prefix[cpu_layers_end])
     for gpu, (first, end, has_output) in zip(gpus, ranges, strict=True):
         w = c.weights_prefix[end] - c.weights_prefix[first]
@@ -355,7 +359,7 @@ def _evaluate(
         bw = gpu.bandwidth_gbps * 1e9 * speed.gpu_bandwidth_efficiency
         if bw:
             tg_time += (active + kv * c.kv_read_fraction) / bw
-        tg_time += (n_layers + has_output) * speed.gpu_layer_overhead_s
+        overhead += (n_layers + has_output) * speed.gpu_layer_overhead_s
         flops = gpu.fp16_tflops * 1e12 * speed.gpu_compute_efficiency
         if flops:
             pp_time += 2.0 * active / costs.bytes_per_param / flops
@@ -400,7 +404,8 @@ def _evaluate(
     host_bw = host.bandwidth_gbps * 1e9 * host_bandwidth_efficiency(host, speed)
     if host_bw:
         tg_time += (active_cpu + host_kv * c.kv_read_fraction) / host_bw
-    tg_time += (cpu_layers_end + output_on_cpu) * speed.cpu_layer_overhead_s
+    overhead += (cpu_layers_end + output_on_cpu) * speed.cpu_layer_overhead_s
+    tg_time += overhead
     host_flops = host.fp16_tflops * 1e12 * speed.cpu_compute_efficiency
     if gpus and ngl > 0 and c.n_ubatch >= 32:
         # op offload: CPU-resident weights cross PCIe once per ubatch
@@ -409,7 +414,7 @@ def _evaluate(
         pp_time += 2.0 * active_cpu / costs.bytes_per_param / host_flops
     tg = 1.0 / tg_time if tg_time > 0 else 0.0
     pp = 1.0 / pp_time if pp_time > 0 else 0.0
-    return plans, tg, pp
+    return plans, tg, pp, overhead
 
 
 def host_bandwidth_efficiency(host: Device, speed: SpeedModel) -> float:
@@ -418,15 +423,6 @@ def host_bandwidth_efficiency(host: Device, speed: SpeedModel) -> float:
     if host.bandwidth_measured:
         return speed.cpu_measured_bandwidth_efficiency
     return speed.cpu_bandwidth_efficiency
-
-
-def token_overhead_s(p: FitPlan, speed: SpeedModel) -> float:
-    """The part of a planned token's time that is per-layer overhead, not reading."""
-    total = 0.0
-    for d in p.devices:
-        per_layer = speed.gpu_layer_overhead_s if d.kind == "gpu" else speed.cpu_layer_overhead_s
-        total += (d.n_layers + d.has_output) * per_layer
-    return total
 
 
 def _resolve_ngl(s: Settings, n_layer: int, has_gpu: bool) -> int:
@@ -473,7 +469,7 @@ def plan(
     c = _context(costs, s, spec.n_ctx_train)
     outputs = costs.n_vocab * max(1, s.n_parallel) * 4
     ngl = _resolve_ngl(s, n_layer, bool(gpus))
-    plans, tg, pp = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
+    plans, tg, pp, overhead = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
     max_ngl = _max_gpu_layers(costs, gpus, host, s, c, outputs)
     notes: list[str] = []
     if s.cache_type_v in QUANTIZED_CACHE_TYPES and s.flash_attn == "auto":
@@ -501,7 +497,7 @@ def plan(
         flash_attn=c.flash_attn,
         devices=tuple(plans),
         max_gpu_layers=max_ngl,
-        predicted=Speed(tg, pp),
+        predicted=Speed(tg, pp, overhead),
         notes=tuple(notes),
     )
 
@@ -550,7 +546,7 @@ def offload_curve(
     points: list[CurvePoint] = []
     top = len(costs.layers) + 1 if gpus else 0
     for ngl in range(top + 1):
-        plans, tg, _pp = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
+        plans, tg, _pp, _overhead = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
         points.append(
             CurvePoint(
                 n_gpu_layers=ngl,

@@ -49,7 +49,6 @@ class ModelPane(VerticalScroll):
         self.spec = spec
         self.path_label = path_label
         self._rows: list[tuple[str, str, str]] = []
-        self.file_spec: ModelSpec | None = spec
         self.what_if: str | None = None
 
     def compose(self) -> ComposeResult:
@@ -75,9 +74,9 @@ class ModelPane(VerticalScroll):
     def show(self, spec: ModelSpec, path_label: str | None = None) -> None:
         self.spec = spec
         self.path_label = path_label
-        self.file_spec = spec
+        self.what_if = None  # a newly opened file shows as it is
+        self.query_one("#model-what-if", Static).display = False
         self._show_summary(spec)
-        self.show_what_if(None, spec)
         self._rows = metadata_rows(spec)
         self._fill(self.query_one("#metadata-filter", Input).value)
         template = spec.metadata.get(TEMPLATE_KEY)
@@ -109,7 +108,7 @@ class ModelPane(VerticalScroll):
         banner = self.query_one("#model-what-if", Static)
         banner.display = quant is not None
         if quant is not None:
-            was = self.file_spec.file_type_name if self.file_spec else "?"
+            was = self.spec.file_type_name if self.spec else "?"  # the file's own
             banner.update(f"What-if {quant} (the file is {was}): as llama.cpp would write it")
         self._show_summary(spec)
 
