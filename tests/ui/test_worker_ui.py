@@ -110,6 +110,7 @@ async def test_a_killed_worker_says_why_and_restarts(demo_spec: ModelSpec) -> No
         os.kill(first_pid, signal.SIGKILL)
         await wait_for(pilot, lambda: app.worker_state == "dead")
         assert "killed by SIGKILL" in app.worker_reason
+        assert "out of memory" in app.worker_reason  # what a SIGKILL from outside usually is
         status = screen_text(app)[1]
         assert "worker died" in status and "SIGKILL" in status and "ctrl+r" in status
         # The dead worker was reaped: no zombie left behind.

@@ -424,4 +424,8 @@ def crash_reason(exited: Exited, tail: tuple[str, ...]) -> str:
         elif why:
             break
     head = f"the llama.cpp worker died ({exited.describe})"
+    if not why and exited.signal == signal.SIGKILL:
+        # Nothing in llama.cpp's log: SIGKILL comes from outside, most often
+        # the kernel when memory runs out.
+        why.append("out of memory (the kernel's OOM killer), or another process killed it")
     return f"{head}: {' '.join(why)}" if why else head

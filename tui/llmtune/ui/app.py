@@ -966,7 +966,8 @@ class LlmtuneApp(App[None]):
             pct = f" {self.load_progress * 100:.0f}%" if self.load_progress is not None else ""
             return f"worker {pid}: loading{pct}"
         if state == "dead":
-            return f"worker died: {self.worker_reason} · ctrl+r: restart"
+            # The key first: in a narrow pane the end of the line is cut.
+            return f"ctrl+r: restart · {self.worker_reason}"
         loaded = self.loaded
         when = f" in {loaded.load_s + loaded.context_s:.1f} s" if loaded else ""
         doing = "generating" if state == "generating" else "loaded"
