@@ -418,9 +418,9 @@ def cmd_bench(argv: Sequence[str]) -> int:
     from llmtune.engine.bench import run_bench
     from llmtune.engine.calibration import measurement_of, record
     from llmtune.engine.config import RunConfig
+    from llmtune.engine.report import bench_dict, bench_text
     from llmtune.errors import ConfigError
     from llmtune.fit.plan import plan
-    from llmtune.fit.report import bench_dict, bench_text
     from llmtune.model import read_spec
 
     if args.gpu or args.ram or args.host or args.quant or args.list_gpus:

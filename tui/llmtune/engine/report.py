@@ -1,4 +1,4 @@
-"""What ``llmtune quantize`` and ``llmtune tune`` print: JSON objects and plain lines.
+"""What ``llmtune bench``, ``llmtune quantize`` and ``llmtune tune`` print: JSON objects and plain lines.
 
 Text from model files and llama.cpp goes through ``inert``: no escape sequence reaches
 the terminal.
@@ -7,19 +7,100 @@ the terminal.
 from __future__ import annotations
 
 import os
+import textwrap
 from typing import TYPE_CHECKING, Any
 
+from llmtune.fit.report import cut_line, plan_dict, plan_lines
 from llmtune.textsafe import inert
 from llmtune.units import format_bytes
 
 if TYPE_CHECKING:
+    from llmtune.engine.bench import BenchResult
     from llmtune.engine.quantize import QuantizeJob, QuantizePlan, QuantizeResult, QuantizeStep
     from llmtune.engine.tune import Trial, TuneResult
+    from llmtune.fit.plan import FitPlan
     from llmtune.model import ModelSpec
 
 
 def _pct(value: float, reference: float) -> str:
     return f"{(value - reference) / reference * 100:+.2f}%" if reference else "n/a"
+
+
+# ---- bench -----------------------------------------------------------------------------------
+
+
+def bench_dict(spec: ModelSpec, p: FitPlan, r: BenchResult, calibrated: bool) -> dict[str, Any]:
+    fit = plan_dict(spec, p)
+    return {
+        "model": fit["model"],
+        "settings": fit["settings"],
+        "load_s": round(r.load_s, 4),
+        "n_prompt": r.n_prompt,
+        "n_gen": r.n_gen,
+        "repeat": len(r.tg.runs),
+        "pp_tokens_per_s": {"mean": r.pp.mean, "stdev": r.pp.stdev, "runs": list(r.pp.runs)},
+        "tg_tokens_per_s": {"mean": r.tg.mean, "stdev": r.tg.stdev, "runs": list(r.tg.runs)},
+        "measured": [
+            {"buffer": b.name, "kind": b.kind, "bytes": b.bytes} for b in r.loaded.buffers
+        ],
+        "predicted": {"devices": fit["devices"], **fit["predicted"]},
+        "comparison": [
+            {
+                "device": c.device,
+                "kind": c.kind,
+                "predicted_bytes": c.predicted_bytes,
+                "measured_bytes": c.measured_bytes,
+                "error_pct": None if c.error_pct is None else round(c.error_pct, 3),
+            }
+            for c in r.comparison.rows
+        ],
+        "peak_rss_bytes": r.peak_rss_bytes,
+        "vram_delta_bytes": r.vram_delta_bytes,
+        "calibrated": calibrated,
+        "notes": list(r.notes),
+    }
+
+
+def bench_text(
+    spec: ModelSpec, p: FitPlan, r: BenchResult, calibrated: bool, width: int = 80
+) -> str:
+    w = max(50, width)
+    lines = plan_lines(spec, p, w)[:2]
+    lines.append("")
+    lines.append(f"  {'test':<12}{'tokens/s':>12}{'± stdev':>10}{'predicted':>12}")
+    lines.append(
+        f"  {'pp' + str(r.n_prompt):<12}{r.pp.mean:>12.1f}{r.pp.stdev:>10.1f}"
+        f"{p.predicted.pp_tokens_per_s:>12.1f}"
+    )
+    lines.append(
+        f"  {'tg' + str(r.n_gen):<12}{r.tg.mean:>12.1f}{r.tg.stdev:>10.1f}"
+        f"{p.predicted.tg_tokens_per_s:>12.1f}"
+    )
+    lines.append(f"  load {r.load_s:.2f} s, {len(r.tg.runs)} runs")
+    lines.append("")
+    lines.append(f"  {'device':<8}{'buffer':<9}{'predicted':>12}{'llama.cpp':>12}{'error':>9}")
+    for c in r.comparison.rows:
+        if c.predicted_bytes == 0 and c.measured_bytes == 0:
+            continue
+        err = "" if c.error_pct is None else f"{c.error_pct:+.1f}%"
+        lines.append(
+            f"  {inert(c.device, max_chars=8):<8}{c.kind:<9}{format_bytes(c.predicted_bytes):>12}"
+            f"{format_bytes(c.measured_bytes):>12}{err:>9}"
+        )
+    if r.peak_rss_bytes is not None:
+        lines.append(f"  peak worker RSS {format_bytes(r.peak_rss_bytes)}")
+    if r.vram_delta_bytes is not None:
+        lines.append(f"  VRAM taken {format_bytes(r.vram_delta_bytes)}")
+    if calibrated:
+        lines.append("")
+        lines.extend(
+            textwrap.wrap(
+                "Kept as this machine's calibration: llmtune fit now predicts speed with it.", w
+            )
+        )
+    for note in r.notes:
+        lines.extend(textwrap.wrap(f"note: {inert(note)}", w, subsequent_indent="      "))
+    return "\n".join(cut_line(line, w) for line in lines) + "\n"
 
 
 # ---- quantize --------------------------------------------------------------------------------
@@ -125,8 +206,6 @@ def trial_dict(trial: Trial) -> dict[str, Any]:
 
 
 def tune_dict(result: TuneResult, spec: ModelSpec) -> dict[str, Any]:
-    from llmtune.fit.report import plan_dict
-
     best_plan = plan_dict(spec, result.plan) if result.plan is not None else None
     return {
         "model": os.path.abspath(spec.path),

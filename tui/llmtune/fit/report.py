@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import os
 import textwrap
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llmtune.fit.commandline import llama_server_command
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.whatif import QuantRow
-
-if TYPE_CHECKING:
-    from llmtune.engine.bench import BenchResult
 from llmtune.model import ModelSpec
 from llmtune.textsafe import inert
 from llmtune.units import format_bytes
@@ -85,14 +82,14 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
     lines: list[str] = []
     s = p.settings
     lines.append(
-        _cut(
+        cut_line(
             f"{inert(spec.name, max_chars=w)} · {spec.file_type_name} · {format_bytes(spec.file_bytes)}",
             w,
         )
     )
     fa = "on" if p.flash_attn else "off"
     lines.append(
-        _cut(
+        cut_line(
             f"  ngl {p.n_gpu_layers}/{p.n_layer + 1} · ctx {p.n_ctx:,} · batch {s.n_batch}/{s.n_ubatch}"
             f" · KV {s.cache_type_k}/{s.cache_type_v} · flash-attn {fa}"
             + (f" · {s.n_parallel} seqs" if s.n_parallel > 1 else ""),
@@ -116,7 +113,7 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
         else:
             lines.append(f"  {name}")
             lines.append(
-                _cut(
+                cut_line(
                     f"    weights {_mib(d.weights_bytes)}, KV {_mib(d.kv_bytes)}, "
                     f"compute {_mib(d.compute_bytes)}, other {_mib(d.other_bytes)}",
                     w,
@@ -133,7 +130,7 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
             else ""
         )
         lines.append(
-            _cut(
+            cut_line(
                 f"    {_VERDICT_WORDS[d.verdict]}: {layers}, {_headroom(d.headroom_bytes)}{capacity}",
                 w,
             )
@@ -161,7 +158,7 @@ def _headroom(n: int) -> str:
     return f"{format_bytes(n)} to spare" if n >= 0 else f"{format_bytes(-n)} short"
 
 
-def _cut(line: str, width: int) -> str:
+def cut_line(line: str, width: int) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -210,7 +207,7 @@ def quant_json(spec: ModelSpec, rows: list[QuantRow]) -> dict[str, Any]:
 def quant_text(spec: ModelSpec, rows: list[QuantRow], width: int = 80) -> str:
     w = max(50, width)
     lines = [
-        _cut(
+        cut_line(
             f"{inert(spec.name, max_chars=w)}: {format_bytes(spec.file_bytes)} as {spec.file_type_name}",
             w,
         )
@@ -233,7 +230,7 @@ def quant_text(spec: ModelSpec, rows: list[QuantRow], width: int = 80) -> str:
         line += f"{r.plan.predicted.tg_tokens_per_s:>7.1f}"
         if wide:
             line += f"  {r.quality}"
-        lines.append(_cut(line, w))
+        lines.append(cut_line(line, w))
     lines.append("")
     lines.append("* the file's own type. Sizes follow llama-quantize's per-tensor rules;")
     lines.append("  speed is with the most layers that fit on the GPU.")
@@ -246,77 +243,3 @@ def quant_text(spec: ModelSpec, rows: list[QuantRow], width: int = 80) -> str:
             )
         )
     return "\n".join(lines) + "\n"
-
-
-def bench_dict(spec: ModelSpec, p: FitPlan, r: BenchResult, calibrated: bool) -> dict[str, Any]:
-    fit = plan_dict(spec, p)
-    return {
-        "model": fit["model"],
-        "settings": fit["settings"],
-        "load_s": round(r.load_s, 4),
-        "n_prompt": r.n_prompt,
-        "n_gen": r.n_gen,
-        "repeat": len(r.tg.runs),
-        "pp_tokens_per_s": {"mean": r.pp.mean, "stdev": r.pp.stdev, "runs": list(r.pp.runs)},
-        "tg_tokens_per_s": {"mean": r.tg.mean, "stdev": r.tg.stdev, "runs": list(r.tg.runs)},
-        "measured": [
-            {"buffer": b.name, "kind": b.kind, "bytes": b.bytes} for b in r.loaded.buffers
-        ],
-        "predicted": {"devices": fit["devices"], **fit["predicted"]},
-        "comparison": [
-            {
-                "device": c.device,
-                "kind": c.kind,
-                "predicted_bytes": c.predicted_bytes,
-                "measured_bytes": c.measured_bytes,
-                "error_pct": None if c.error_pct is None else round(c.error_pct, 3),
-            }
-            for c in r.comparison.rows
-        ],
-        "peak_rss_bytes": r.peak_rss_bytes,
-        "vram_delta_bytes": r.vram_delta_bytes,
-        "calibrated": calibrated,
-        "notes": list(r.notes),
-    }
-
-
-def bench_text(
-    spec: ModelSpec, p: FitPlan, r: BenchResult, calibrated: bool, width: int = 80
-) -> str:
-    w = max(50, width)
-    lines = plan_lines(spec, p, w)[:2]
-    lines.append("")
-    lines.append(f"  {'test':<12}{'tokens/s':>12}{'± stdev':>10}{'predicted':>12}")
-    lines.append(
-        f"  {'pp' + str(r.n_prompt):<12}{r.pp.mean:>12.1f}{r.pp.stdev:>10.1f}"
-        f"{p.predicted.pp_tokens_per_s:>12.1f}"
-    )
-    lines.append(
-        f"  {'tg' + str(r.n_gen):<12}{r.tg.mean:>12.1f}{r.tg.stdev:>10.1f}"
-        f"{p.predicted.tg_tokens_per_s:>12.1f}"
-    )
-    lines.append(f"  load {r.load_s:.2f} s, {len(r.tg.runs)} runs")
-    lines.append("")
-    lines.append(f"  {'device':<8}{'buffer':<9}{'predicted':>12}{'llama.cpp':>12}{'error':>9}")
-    for c in r.comparison.rows:
-        if c.predicted_bytes == 0 and c.measured_bytes == 0:
-            continue
-        err = "" if c.error_pct is None else f"{c.error_pct:+.1f}%"
-        lines.append(
-            f"  {inert(c.device, max_chars=8):<8}{c.kind:<9}{format_bytes(c.predicted_bytes):>12}"
-            f"{format_bytes(c.measured_bytes):>12}{err:>9}"
-        )
-    if r.peak_rss_bytes is not None:
-        lines.append(f"  peak worker RSS {format_bytes(r.peak_rss_bytes)}")
-    if r.vram_delta_bytes is not None:
-        lines.append(f"  VRAM taken {format_bytes(r.vram_delta_bytes)}")
-    if calibrated:
-        lines.append("")
-        lines.extend(
-            textwrap.wrap(
-                "Kept as this machine's calibration: llmtune fit now predicts speed with it.", w
-            )
-        )
-    for note in r.notes:
-        lines.extend(textwrap.wrap(f"note: {inert(note)}", w, subsequent_indent="      "))
-    return "\n".join(_cut(line, w) for line in lines) + "\n"
