@@ -13,9 +13,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# llama.cpp's AMX kernels (Intel Xeon Sapphire Rapids and newer) crash the worker
+# with SIGSEGV in this llama.cpp (ggml-org/llama.cpp#20824, seen here on the first
+# prompt): x86_64 builds leave them out. A wheel pip cached before this flag
+# existed still has them, so the install checks and rebuilds it once.
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8
+endif
+HAS_AMX := import sys, llama_cpp; sys.exit("AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode())
+LLAMA_VERSION := import llama_cpp; print(llama_cpp.__version__)
+
 $(STAMP): pyproject.toml | $(BIN)/python
 	@echo "Installing llmtune and its dependencies into $(VENV) (llama-cpp-python compiles once, ~10 min on 2 cores)..."
-	$(BIN)/python -m pip install --quiet -e .
+	CMAKE_ARGS="$$CMAKE_ARGS $(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e .
+	@if [ -n "$(LLAMA_CMAKE_ARGS)" ] && $(BIN)/python -c '$(HAS_AMX)' 2>/dev/null; then \
+		echo "Rebuilding llama-cpp-python without llama.cpp's AMX kernels (a cached wheel had them)..."; \
+		CMAKE_ARGS="$$CMAKE_ARGS $(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir \
+			--force-reinstall --no-deps "llama-cpp-python==$$($(BIN)/python -c '$(LLAMA_VERSION)')"; fi
 	@touch $@
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
