@@ -8,6 +8,7 @@ import sys
 import types
 
 import pytest
+
 from fake_pynvml import (
     GIB,
     MIB,
@@ -18,13 +19,11 @@ from fake_pynvml import (
     FakeProcess,
     install,
 )
-
 from llmtune.hardware import bandwidth, nvml
 from llmtune.hardware.detect import (
     CUDA_REINSTALL_COMMAND,
     HostState,
     cpu_features,
-    describe_machine,
     detect,
     gpu_build_warning,
     host_state,
@@ -36,6 +35,8 @@ from llmtune.hardware.detect import (
 )
 from llmtune.hardware.device import Device
 from llmtune.hardware.host import DEFAULT_HOST_BANDWIDTH_GBPS
+from llmtune.hardware.machine import machine
+from llmtune.hardware.nvml import nvml_status, snapshot
 from llmtune.hardware.profiles import DEFAULT_GPU_BANDWIDTH_GBPS, parse_gpu_spec
 
 NO_BUS_WIDTH = {"nvmlDeviceGetMemoryBusWidth": NVML_ERROR_NOT_SUPPORTED}
@@ -287,19 +288,20 @@ def test_load_percent_between_two_states():
     assert before.load_percent_since(before) is None  # no time passed
 
 
-def test_describe_machine_warns_about_a_cpu_only_build(monkeypatch):
+def test_machine_warns_about_a_cpu_only_build(monkeypatch, tmp_path):
     gpu = FakeGPU(compute=[FakeProcess(pid=77, usedGpuMemory=int(3.1 * GIB))], used=4 * GIB)
     install(monkeypatch, FakeNVML(gpus=[gpu]))
     fake_llama = types.ModuleType("llama_cpp")
     fake_llama.llama_print_system_info = lambda: CPU_BUILD_INFO  # type: ignore[attr-defined]
     fake_llama.llama_supports_gpu_offload = lambda: False  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "llama_cpp", fake_llama)
+    monkeypatch.setenv("LLMTUNE_CONFIG_DIR", str(tmp_path))
 
-    machine = describe_machine()
-    assert machine.nvml_available
-    assert machine.nvml_reason == "NVML sees 1 NVIDIA GPU (driver 550.54.14)."
-    assert [d.kind for d in machine.devices] == ["gpu", "cpu"]
-    assert machine.gpus[0].other_processes_note() == "other processes hold 3.10 GiB of this GPU"
-    assert machine.cpu_features["AVX2"]
-    assert machine.supports_offload is False
-    assert machine.warning is not None and CUDA_REINSTALL_COMMAND in machine.warning
+    here = machine(for_worker=True, probe_bandwidth=False)
+    assert nvml_status() == (True, "NVML sees 1 NVIDIA GPU (driver 550.54.14).")
+    assert [d.kind for d in here.devices] == ["gpu", "cpu"]
+    assert snapshot()[0].other_processes_note() == "other processes hold 3.10 GiB of this GPU"
+    assert cpu_features(parse_system_info(llama_system_info()))["AVX2"]
+    assert here.supports_offload is False
+    assert here.notice is not None and CUDA_REINSTALL_COMMAND in here.notice
+    assert [n.kind for n in here.notices] == ["gpu_build"]

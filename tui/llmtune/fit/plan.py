@@ -437,9 +437,8 @@ def _split_devices(devices: Sequence[Device], s: Settings) -> tuple[list[Device]
     gpus = [d for d in devices if d.kind == "gpu"]
     hosts = [d for d in devices if d.kind == "cpu"]
     if not hosts:
-        from llmtune.hardware.host import host_device
-
-        hosts = [host_device()]
+        # The caller decides the host (hardware.machine): a plan never reads this machine.
+        raise ValueError("plan() needs the host among its devices")
     if s.split_mode == "none" and gpus:
         if not 0 <= s.main_gpu < len(gpus):
             from llmtune.errors import FitError
@@ -583,3 +582,15 @@ def max_context(
         else:
             hi = mid
     return lo * CTX_PAD
+
+
+def with_max_context(spec: ModelSpec, devices: Sequence[Device], settings: Settings) -> Settings:
+    """``settings`` with the largest context that fits at their offload (``--ctx max``)."""
+    from llmtune.errors import FitError
+
+    largest = max_context(spec, devices, settings.with_(n_ctx=CTX_PAD))
+    if largest == 0:
+        raise FitError(
+            f"not even {CTX_PAD} tokens of context fit at this offload; lower --ngl", "--ctx max"
+        )
+    return settings.with_(n_ctx=largest)

@@ -15,11 +15,11 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from llmtune.hardware.device import Device
 from llmtune.hardware.host import host_device_measured
-from llmtune.hardware.nvml import GPUState, nvml_status, snapshot
+from llmtune.hardware.nvml import GPUState, snapshot
 from llmtune.hardware.profiles import (
     DEFAULT_GPU_BANDWIDTH_GBPS,
     DEFAULT_GPU_TFLOPS,
@@ -278,38 +278,3 @@ def detect(exclude_pids: Iterable[int] = (), probe_bandwidth: bool = True) -> li
     except Exception as err:  # host_device reads /proc and psutil; never fail detection
         logger.warning("host detection failed: %r", err)
     return devices
-
-
-@dataclass(frozen=True)
-class Machine:
-    """Everything detection learns in one go, for the app's hardware view."""
-
-    devices: tuple[Device, ...]
-    gpus: tuple[GPUState, ...]
-    nvml_available: bool
-    nvml_reason: str
-    host: HostState
-    cpu_features: Mapping[str, bool] = field(default_factory=dict)
-    supports_offload: bool | None = None
-    warning: str | None = None
-
-
-def describe_machine(exclude_pids: Iterable[int] = ()) -> Machine:
-    """GPUs, host, llama.cpp's CPU features and offload support, and the build warning."""
-    pids = tuple(exclude_pids)
-    available, reason = nvml_status()
-    gpus = snapshot(pids)
-    devices = [d for d in (gpu_device(s) for s in gpus) if d is not None]
-    devices.append(host_device_measured())
-    info = llama_system_info()
-    offload = supports_gpu_offload()
-    return Machine(
-        devices=tuple(devices),
-        gpus=gpus,
-        nvml_available=available,
-        nvml_reason=reason,
-        host=host_state(),
-        cpu_features=cpu_features(parse_system_info(info)) if info is not None else {},
-        supports_offload=offload,
-        warning=gpu_build_warning(devices, offload),
-    )
