@@ -17,6 +17,7 @@ from llmtune import cli
 from llmtune.hardware import bandwidth, nvml
 from llmtune.hardware import detect as detect_module
 from llmtune.hardware.detect import CUDA_REINSTALL_COMMAND, detect
+from llmtune.hardware.machine import machine
 from synth import llama_like
 
 
@@ -27,7 +28,7 @@ def test_gpu_with_a_cpu_only_build_warns_with_the_reinstall_command(
     monkeypatch.setattr(detect_module, "supports_gpu_offload", lambda: False)
     devices = detect(probe_bandwidth=False)
     assert devices[0].is_gpu and "3090" in devices[0].name
-    notes = cli._machine_notes(devices)
+    notes = machine(probe_bandwidth=False).plan_notes()
     assert any(
         'CMAKE_ARGS="-DGGML_CUDA=on"' in n and "llama-cpp-python==0.3.36" in n for n in notes
     )
@@ -37,7 +38,7 @@ def test_no_driver_is_cpu_only_in_one_sentence(monkeypatch: pytest.MonkeyPatch) 
     install(monkeypatch, FakeNVML(init_error=12))  # NVML_ERROR_LIBRARY_NOT_FOUND
     devices = detect(probe_bandwidth=False)
     assert [d.kind for d in devices] == ["cpu"]
-    notes = cli._machine_notes(devices)
+    notes = machine(probe_bandwidth=False).plan_notes()
     assert len(notes) == 1 and "CPU-only" in notes[0]
 
 

@@ -7,6 +7,7 @@ import os
 import sys
 
 import pytest
+
 from fake_pynvml import (
     GIB,
     MIB,
@@ -19,7 +20,6 @@ from fake_pynvml import (
     FakeProcess,
     install,
 )
-
 from llmtune.hardware import nvml
 from llmtune.hardware.nvml import GPUProcess, GPUState
 

@@ -1,5 +1,8 @@
 """The ``llmtune`` command: argument parsing and dispatch, no logic of its own.
 
+Each sub-command's logic and output live in ``llmtune.commands.<name>``; this
+module turns the command line into the typed values they take.
+
 Every error reaches the user as one line, ``llmtune: error: <what> (<where>)``,
 with exit status 2; a traceback only with ``LLMTUNE_DEBUG=1``.
 """
@@ -7,22 +10,17 @@ with exit status 2; a traceback only with ``LLMTUNE_DEBUG=1``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from llmtune import __version__
 from llmtune.errors import LlmtuneError
 
 if TYPE_CHECKING:
     from llmtune.fit.settings import Settings
-    from llmtune.fit.speed import SpeedModel
-    from llmtune.hardware.device import Device
-
-SUBCOMMANDS = ("inspect", "fit", "bench", "quantize", "tune")
+    from llmtune.hardware.machine import MachineOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,7 +41,7 @@ def _app_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="llmtune",
         description="Will this GGUF model run here, with which llama.cpp settings, and how fast?",
-        epilog="Sub-commands: " + ", ".join(SUBCOMMANDS) + " (llmtune COMMAND --help).",
+        epilog="Sub-commands: inspect, fit, bench, quantize, tune" + " (llmtune COMMAND --help).",
     )
     parser.add_argument(
         "model", nargs="?", help="a .gguf file (default: a picker over the models found here)"
@@ -201,7 +199,8 @@ def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True)
     def shown(text: str) -> str:
         return text if what_if else argparse.SUPPRESS
 
-    parser.add_argument("model", help="a .gguf file")
+    # fit --list-gpus needs no model; fit without one says so like argparse would.
+    parser.add_argument("model", nargs="?" if what_if else None, help="a .gguf file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
         "--gpu",
@@ -260,26 +259,6 @@ def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True)
     )
 
 
-def _devices_from_args(args: argparse.Namespace) -> tuple[list[Device], bool]:
-    """The devices to plan on, and whether they are this machine's own."""
-    from llmtune.errors import ConfigError
-    from llmtune.hardware.host import host_device
-    from llmtune.hardware.profiles import host_profile, parse_gpu_spec
-    from llmtune.units import parse_size
-
-    ram = parse_size(args.ram, "--ram") if args.ram else None
-    if ram is not None and ram <= 0:
-        raise ConfigError("host RAM must be more than 0", "--ram")
-    bandwidth = host_profile(args.host).bandwidth_gbps if args.host else None
-    if not args.gpu and ram is None and bandwidth is None:
-        from llmtune.hardware.detect import detect
-
-        return list(detect()), True
-    devices = [parse_gpu_spec(text, index=i) for i, text in enumerate(args.gpu)]
-    devices.append(host_device(ram_bytes=ram, bandwidth_gbps=bandwidth))
-    return devices, False
-
-
 def _settings_from_args(args: argparse.Namespace) -> Settings:
     from llmtune.errors import ConfigError
     from llmtune.fit.settings import Settings
@@ -315,416 +294,91 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def _machine_notes(devices: Sequence[Device]) -> tuple[str, ...]:
-    """What this machine's GPUs and llama.cpp build mean for the plan, in words."""
-    from llmtune.hardware.detect import gpu_build_warning, supports_gpu_offload
-    from llmtune.hardware.nvml import nvml_status
+def _machine_options(args: argparse.Namespace) -> MachineOptions:
+    from llmtune.hardware.machine import MachineOptions
 
-    notes: list[str] = []
-    available, sentence = nvml_status()
-    if not available:
-        notes.append(sentence)
-    if any(d.is_gpu for d in devices):
-        warning = gpu_build_warning(devices, supports_gpu_offload())
-        if warning:
-            notes.append(warning)
-    return tuple(notes)
+    return MachineOptions(gpus=tuple(args.gpu), ram=args.ram, host=args.host)
 
 
-def _speed_model(this_machine: bool) -> SpeedModel:
-    """This machine's calibrated speed model; the defaults for other hardware."""
-    from llmtune.fit.speed import DEFAULT_SPEED_MODEL
+# The Settings field each tune-searchable flag sets: a flag the user gave stays fixed.
+_TUNE_FIELDS = {
+    "--ngl": "n_gpu_layers",
+    "--flash-attn": "flash_attn",
+    "--ubatch": "n_ubatch",
+    "--cache-type-k": "cache_type_k",
+    "--cache-type-v": "cache_type_v",
+    "--n-cpu-moe": "n_cpu_moe",
+    "--cpu-moe": "n_cpu_moe",
+}
 
-    if not this_machine:
-        return DEFAULT_SPEED_MODEL
-    from llmtune.engine.calibration import load
-    from llmtune.textsafe import inert
 
-    speed, notice = load()
-    if notice:
-        print(f"llmtune: warning: {inert(notice, max_chars=500)}", file=sys.stderr)
-    return speed
+def _given_fields(argv: Sequence[str]) -> frozenset[str]:
+    """The Settings fields whose flags the user wrote (``--flag value`` or ``--flag=value``)."""
+    return frozenset(
+        name
+        for flag, name in _TUNE_FIELDS.items()
+        if any(a == flag or a.startswith(flag + "=") for a in argv)
+    )
+
+
+def cmd_inspect(argv: Sequence[str]) -> int:
+    from llmtune.commands import inspect
+
+    return inspect.run(_inspect_parser().parse_args(argv))
 
 
 def cmd_fit(argv: Sequence[str]) -> int:
-    if "--list-gpus" in argv:
-        from llmtune.hardware.profiles import GPU_PROFILES
-
-        for p in GPU_PROFILES:
-            print(
-                f"{p.key:<15} {p.memory_mib / 1024:6.1f} GiB {p.bandwidth_gbps:7.0f} GB/s  {p.name}"
-            )
-        return 0
     args = _fit_parser().parse_args(argv)
-    from llmtune.errors import ConfigError
-    from llmtune.fit.plan import plan
-    from llmtune.fit.report import plan_dict, plan_text
-    from llmtune.model import read_spec
+    from llmtune.commands import fit
 
-    devices, this_machine = _devices_from_args(args)
-    settings = _settings_from_args(args)
-    speed = _speed_model(this_machine)
-    spec = read_spec(args.model)
-    if args.quant and args.quant.lower() == "all":
-        if args.ctx == -1:
-            raise ConfigError(
-                "--quant all plans every file type at one context; give a size, or drop "
-                "--quant all for the largest context of this file",
-                "--ctx max",
-            )
-        from llmtune.fit.report import quant_json, quant_text
-        from llmtune.fit.whatif import quant_rows
-
-        rows = quant_rows(spec, devices, settings, speed=speed)
-        if args.json:
-            _print_json(quant_json(spec, rows))
-        else:
-            width = min(shutil.get_terminal_size((80, 24)).columns, 100)
-            sys.stdout.write(quant_text(spec, rows, width=width))
-        return 0
-    if args.quant:
-        from llmtune.fit.quant import requantize
-
-        spec = requantize(spec, args.quant)
-    if args.ctx == -1:
-        from llmtune.fit.plan import max_context
-
-        largest = max_context(spec, devices, settings.with_(n_ctx=256))
-        if largest == 0:
-            raise ConfigError(
-                "not even 256 tokens of context fit at this offload; lower --ngl", "--ctx max"
-            )
-        settings = settings.with_(n_ctx=largest)
-    fit_plan = plan(spec, devices, settings, speed)
-    if this_machine:
-        import dataclasses
-
-        machine = _machine_notes(devices)
-        fit_plan = dataclasses.replace(fit_plan, notes=machine + fit_plan.notes)
-        if not args.json:
-            for note in machine:
-                if "CPU-only" in note and "reinstall" in note:
-                    print(f"llmtune: warning: {note}", file=sys.stderr)
-    if args.json:
-        _print_json(plan_dict(spec, fit_plan))
-    else:
-        width = min(shutil.get_terminal_size((80, 24)).columns, 100)
-        sys.stdout.write(plan_text(spec, fit_plan, width=width))
-    return 0
+    if args.list_gpus:
+        return fit.list_gpus()
+    if args.model is None:
+        _fit_parser().error("the following arguments are required: model")
+    return fit.run(args, _settings_from_args(args), _machine_options(args))
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
     args = _bench_parser().parse_args(argv)
-    from llmtune.engine.bench import run_bench
-    from llmtune.engine.calibration import measurement_of, record
-    from llmtune.engine.config import RunConfig
-    from llmtune.engine.report import bench_dict, bench_text
-    from llmtune.errors import ConfigError
-    from llmtune.fit.plan import plan
-    from llmtune.model import read_spec
+    from llmtune.commands import bench
 
-    if args.gpu or args.ram or args.host or args.quant or args.list_gpus:
-        raise ConfigError(
-            "bench runs the model on this machine; --gpu, --list-gpus, --ram, --host and "
-            "--quant are for fit",
-            "llmtune bench",
-        )
-    if args.ctx == -1:
-        raise ConfigError("give bench a context size; fit --ctx max finds one", "--ctx")
-    for flag, value in (("--prompt-tokens", args.prompt_tokens), ("--gen-tokens", args.gen_tokens)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1", flag)
-    if not 1 <= args.repeat <= 100:
-        raise ConfigError("--repeat must be 1 to 100", "--repeat")
-    devices, _ = _devices_from_args(args)
-    settings = _settings_from_args(args)
-    speed = _speed_model(True)
-    spec = read_spec(args.model)
-    fit_plan = plan(spec, devices, settings, speed)
-    config = RunConfig.from_settings(spec.path, fit_plan.settings)
-    interactive = sys.stderr.isatty() and not args.json
-
-    def progress(line: str) -> None:
-        if interactive:
-            sys.stderr.write(f"\r\x1b[2K{line}")
-            sys.stderr.flush()
-
-    try:
-        result = run_bench(
-            config,
-            fit_plan,
-            prompt_tokens=args.prompt_tokens,
-            gen_tokens=args.gen_tokens,
-            repeat=args.repeat,
-            on_progress=progress,
-        )
-    finally:
-        if interactive:
-            sys.stderr.write("\r\x1b[2K")
-    calibrated = None
-    all_on_one_kind = fit_plan.n_gpu_layers in (0, fit_plan.n_layer + 1) and len(fit_plan.gpus) <= 1
-    if not args.no_calibrate and all_on_one_kind:
-        host_measured = any(d.bandwidth_measured for d in devices if d.kind == "cpu")
-        measurement = measurement_of(fit_plan, result.tg.mean, result.pp.mean, host_measured)
-        calibrated = record(measurement, speed)
-    if args.json:
-        _print_json(bench_dict(spec, fit_plan, result, calibrated is not None))
-    else:
-        width = min(shutil.get_terminal_size((80, 24)).columns, 100)
-        sys.stdout.write(bench_text(spec, fit_plan, result, calibrated is not None, width=width))
-    return 0
-
-
-class _ProgressLine:
-    """Progress on stderr: one rewritten line on a terminal, else a line per tenth."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.interactive = enabled and sys.stderr.isatty()
-        self.tenths = -1
-
-    def show(self, line: str, fraction: float) -> None:
-        if not self.enabled:
-            return
-        if self.interactive:
-            sys.stderr.write(f"\r\x1b[2K{line}")
-            sys.stderr.flush()
-        elif int(fraction * 10) > self.tenths:
-            self.tenths = int(fraction * 10)
-            print(line, file=sys.stderr, flush=True)
-
-    def clear(self) -> None:
-        if self.interactive:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
+    return bench.run(args, _settings_from_args(args), _machine_options(args))
 
 
 def cmd_quantize(argv: Sequence[str]) -> int:
-    args = _quantize_parser().parse_args(argv)
-    import contextlib
+    from llmtune.commands import quantize
 
-    from llmtune.engine.quantize import (
-        QuantizePlan,
-        QuantizeResult,
-        QuantizeStep,
-        prepare_quantize,
-        run_quantize,
-    )
-    from llmtune.engine.report import (
-        quantize_dict,
-        quantize_plan_lines,
-        quantize_result_line,
-        quantize_step_line,
-    )
-
-    job = prepare_quantize(
-        args.model,
-        args.to,
-        args.output,
-        allow_requantize=args.allow_requantize,
-        imatrix=args.imatrix,
-        force=args.force,
-        threads=args.threads,
-    )
-    if not args.json:
-        for warning in job.warnings:
-            print(f"llmtune: warning: {warning}", file=sys.stderr)
-    progress = _ProgressLine(not args.json)
-    result = None
-    try:
-        with contextlib.closing(run_quantize(job)) as updates:
-            for update in updates:
-                if isinstance(update, QuantizePlan) and not args.json:
-                    print("\n".join(quantize_plan_lines(update)), flush=True)
-                elif isinstance(update, QuantizeStep):
-                    progress.show(quantize_step_line(update, job), update.fraction)
-                elif isinstance(update, QuantizeResult):
-                    result = update
-    except KeyboardInterrupt:
-        progress.clear()
-        print("llmtune: quantization cancelled; nothing was written", file=sys.stderr)
-        return 130
-    finally:
-        progress.clear()
-    assert result is not None
-    if args.json:
-        _print_json(quantize_dict(result))
-    else:
-        print(quantize_result_line(result))
-    return 0
-
-
-def _given(argv: Sequence[str], *flags: str) -> bool:
-    """Whether the user wrote one of ``flags`` (as ``--flag value`` or ``--flag=value``)."""
-    return any(a == f or a.startswith(f + "=") for a in argv for f in flags)
+    return quantize.run(_quantize_parser().parse_args(argv))
 
 
 def cmd_tune(argv: Sequence[str]) -> int:
     args = _tune_parser().parse_args(argv)
-    from llmtune.engine.report import trial_row, tune_dict, tune_header_lines, tune_summary_lines
-    from llmtune.engine.tune import DEFAULT_UBATCHES, Trial, TrialBench, Tuner, TuneSpace
-    from llmtune.errors import ConfigError, WorkerError
-    from llmtune.model import read_spec
+    from llmtune.commands import tune
 
-    if args.gpu or args.ram or args.host or args.quant or args.list_gpus:
-        raise ConfigError(
-            "tune runs the model on this machine; --gpu, --list-gpus, --ram, --host and "
-            "--quant are for fit",
-            "llmtune tune",
-        )
-    threads: tuple[int, ...] = ()
-    if args.threads:
-        try:
-            threads = tuple(sorted({int(x) for x in args.threads.split(",") if x.strip()}))
-        except ValueError:
-            raise ConfigError(
-                f"not a list of whole numbers: {args.threads!r}", "--threads"
-            ) from None
-        if not threads or min(threads) < 1:
-            raise ConfigError("thread counts must be 1 or more", "--threads")
-    for flag, value in (
-        ("--gen-tokens", args.gen_tokens),
-        ("--repeat", args.repeat),
-        ("--max-trials", args.max_trials),
-    ):
-        if value < 1:
-            raise ConfigError(f"{flag} must be at least 1", flag)
-    if args.prompt_tokens is not None and args.prompt_tokens < 1:
-        raise ConfigError("--prompt-tokens must be at least 1", "--prompt-tokens")
-    devices, _ = _devices_from_args(args)
     settings = _settings_from_args(args)
-    if threads and len(threads) == 1:
-        settings = settings.with_(threads=threads[0])
-    space = TuneSpace(
-        threads=threads,
-        flash_attn=(settings.flash_attn,) if _given(argv, "--flash-attn") else ("on", "off"),
-        ubatch=(settings.n_ubatch,) if _given(argv, "--ubatch") else DEFAULT_UBATCHES,
-        cache_types=()
-        if _given(argv, "--cache-type-k", "--cache-type-v")
-        else ("f16", "q8_0", "q4_0"),
-        gpu_layers=not _given(argv, "--ngl"),
-        moe=not _given(argv, "--n-cpu-moe", "--cpu-moe"),
-    )
-    bench = TrialBench.for_objective(args.objective)
-    bench = TrialBench(
-        prompt_tokens=args.prompt_tokens or bench.prompt_tokens,
-        gen_tokens=args.gen_tokens,
-        repeat=args.repeat,
-    )
-    spec = read_spec(args.model)
-    progress = _ProgressLine(not args.json and sys.stderr.isatty())
-    printed_header = [False]
-
-    def on_trial(trial: Trial) -> None:
-        progress.clear()
-        if args.json:
-            return
-        if not printed_header[0]:
-            printed_header[0] = True
-            header = tune_header_lines(spec.name, spec.file_type_name, tuner.n_ctx, args.objective)
-            print("\n".join(header))
-        print(trial_row(trial), flush=True)
-
-    tuner = Tuner(
-        spec,
-        devices,
-        settings,
-        objective=args.objective,
-        space=space,
-        bench=bench,
-        speed=_speed_model(True),
-        max_trials=args.max_trials,
-        on_trial=on_trial,
-        on_progress=lambda line: progress.show(line, 0.0),
-    )
-    try:
-        result = tuner.run()
-    finally:
-        progress.clear()
-    if result.best is None and not result.cancelled:
-        why = next((t.reason for t in result.trials if t.reason), "no trial ran")
-        raise WorkerError(f"no configuration ran here: {why}", "llmtune tune")
-    if args.json:
-        _print_json(tune_dict(result, spec))
-    else:
-        print()
-        print("\n".join(tune_summary_lines(result)))
-    if result.cancelled:
-        print("llmtune: tuning cancelled; the best so far is above", file=sys.stderr)
-        return 130
-    return 0
-
-
-def _print_json(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def cmd_inspect(argv: Sequence[str]) -> int:
-    args = _inspect_parser().parse_args(argv)
-    from llmtune.model import read_spec
-    from llmtune.model.describe import inspect_dict, inspect_text
-
-    spec = read_spec(args.model)
-    if args.json:
-        _print_json(inspect_dict(spec))
-    else:
-        width = min(shutil.get_terminal_size((80, 24)).columns, 100)
-        sys.stdout.write(inspect_text(spec, width=width))
-    for warning in spec.warnings:
-        from llmtune.textsafe import inert
-
-        print(f"llmtune: warning: {inert(warning, max_chars=500)}", file=sys.stderr)
-    return 0
+    return tune.run(args, settings, _machine_options(args), _given_fields(argv))
 
 
 def cmd_app(argv: Sequence[str]) -> int:
-    import math
+    from llmtune.commands import app
 
-    from llmtune.errors import ConfigError
+    return app.run(_app_parser().parse_args(argv))
 
-    args = _app_parser().parse_args(argv)
-    if not math.isfinite(args.interval) or args.interval <= 0:
-        what = f"the interval must be a positive number of seconds, not {args.interval}"
-        raise ConfigError(what, "--interval")
-    from llmtune.model import read_spec
-    from llmtune.ui.app import AppOptions, LlmtuneApp, default_sampler_factory, machine_hardware
 
-    spec = read_spec(args.model) if args.model else None
-    theme = args.theme
-    if theme is not None:
-        from textual.theme import BUILTIN_THEMES
-
-        if theme not in BUILTIN_THEMES:
-            from llmtune.hardware.profiles import close_names
-
-            close = close_names(theme, list(BUILTIN_THEMES))
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown theme {theme!r}{hint}", "--theme")
-    hardware = machine_hardware(args.gpu)
-    app = LlmtuneApp(
-        spec,
-        os.path.abspath(args.model) if args.model else None,
-        hardware,
-        options=AppOptions(interval_s=max(0.2, args.interval), compact=args.compact, theme=theme),
-        sampler_factory=default_sampler_factory,
-    )
-    app.run()
-    return 0
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "inspect": cmd_inspect,
+    "fit": cmd_fit,
+    "bench": cmd_bench,
+    "quantize": cmd_quantize,
+    "tune": cmd_tune,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and args[0] == "inspect":
-            return cmd_inspect(args[1:])
-        if args and args[0] == "fit":
-            return cmd_fit(args[1:])
-        if args and args[0] == "bench":
-            return cmd_bench(args[1:])
-        if args and args[0] == "quantize":
-            return cmd_quantize(args[1:])
-        if args and args[0] == "tune":
-            return cmd_tune(args[1:])
+        if args and args[0] in COMMANDS:
+            return COMMANDS[args[0]](args[1:])
         return cmd_app(args)
     except LlmtuneError as exc:
         if os.environ.get("LLMTUNE_DEBUG"):

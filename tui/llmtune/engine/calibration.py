@@ -198,3 +198,17 @@ def record(m: Measurement, speed: SpeedModel) -> SpeedModel | None:
             except OSError:
                 pass
     return calibrated
+
+
+def record_bench(
+    p: FitPlan, measured_tg: float, measured_pp: float, host_measured: bool, speed: SpeedModel
+) -> SpeedModel | None:
+    """Keep a benchmark of plan ``p`` as this machine's calibration when it
+    describes one kind of device: all layers on the CPU, or all on one GPU (a
+    split run mixes both speeds and would teach neither). ``host_measured``: the
+    host's bandwidth was probed here. Returns the new model, or None when the run
+    was not kept."""
+    all_on_one_kind = p.n_gpu_layers in (0, p.n_layer + 1) and len(p.gpus) <= 1
+    if not all_on_one_kind:
+        return None
+    return record(measurement_of(p, measured_tg, measured_pp, host_measured), speed)

@@ -43,7 +43,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,6 +76,23 @@ class TuneSpace:
     cache_types: tuple[str, ...] = ("f16", "q8_0", "q4_0")  # K and V alike, in this order
     gpu_layers: bool = True  # False: keep the settings' n_gpu_layers
     moe: bool = True  # try MoE experts on the CPU
+
+    @classmethod
+    def around(
+        cls, settings: Settings, given: Collection[str], threads: tuple[int, ...] = ()
+    ) -> TuneSpace:
+        """The search that keeps what the user set: ``given`` names the Settings
+        fields they gave; ``threads``, the thread counts to try."""
+        return cls(
+            threads=threads,
+            flash_attn=(settings.flash_attn,) if "flash_attn" in given else ("on", "off"),
+            ubatch=(settings.n_ubatch,) if "n_ubatch" in given else DEFAULT_UBATCHES,
+            cache_types=()
+            if {"cache_type_k", "cache_type_v"} & set(given)
+            else ("f16", "q8_0", "q4_0"),
+            gpu_layers="n_gpu_layers" not in given,
+            moe="n_cpu_moe" not in given,
+        )
 
 
 @dataclass(frozen=True)

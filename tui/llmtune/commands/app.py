@@ -1,0 +1,39 @@
+"""``llmtune [MODEL]``: the app."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+
+from llmtune.errors import ConfigError
+
+
+def run(args: argparse.Namespace) -> int:
+    if not math.isfinite(args.interval) or args.interval <= 0:
+        what = f"the interval must be a positive number of seconds, not {args.interval}"
+        raise ConfigError(what, "--interval")
+    from llmtune.model import read_spec
+    from llmtune.ui.app import AppOptions, LlmtuneApp, default_sampler_factory, machine_hardware
+
+    spec = read_spec(args.model) if args.model else None
+    theme = args.theme
+    if theme is not None:
+        from textual.theme import BUILTIN_THEMES
+
+        if theme not in BUILTIN_THEMES:
+            from llmtune.hardware.profiles import close_names
+
+            close = close_names(theme, list(BUILTIN_THEMES))
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown theme {theme!r}{hint}", "--theme")
+    hardware = machine_hardware(args.gpu)
+    app = LlmtuneApp(
+        spec,
+        os.path.abspath(args.model) if args.model else None,
+        hardware,
+        options=AppOptions(interval_s=max(0.2, args.interval), compact=args.compact, theme=theme),
+        sampler_factory=default_sampler_factory,
+    )
+    app.run()
+    return 0

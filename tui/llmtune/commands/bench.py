@@ -1,0 +1,63 @@
+"""``llmtune bench MODEL``: load the model in llama.cpp here and measure it, like llama-bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llmtune.commands.common import (
+    ProgressLine,
+    print_json,
+    refuse_what_if,
+    text_width,
+    warn_calibration,
+)
+from llmtune.errors import ConfigError
+from llmtune.fit.settings import Settings
+from llmtune.hardware.machine import MachineOptions, machine
+
+
+def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -> int:
+    from llmtune.engine.bench import run_bench
+    from llmtune.engine.calibration import record_bench
+    from llmtune.engine.config import RunConfig
+    from llmtune.engine.report import bench_dict, bench_text
+    from llmtune.fit.plan import plan
+    from llmtune.model import read_spec
+
+    refuse_what_if("bench", options, args.quant, args.list_gpus)
+    if settings.n_ctx == -1:
+        raise ConfigError("give bench a context size; fit --ctx max finds one", "--ctx")
+    for flag, value in (("--prompt-tokens", args.prompt_tokens), ("--gen-tokens", args.gen_tokens)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1", flag)
+    if not 1 <= args.repeat <= 100:
+        raise ConfigError("--repeat must be 1 to 100", "--repeat")
+    m = machine(options, for_worker=True)
+    warn_calibration(m)
+    spec = read_spec(args.model)
+    fit_plan = plan(spec, m.devices, settings, m.speed)
+    config = RunConfig.from_settings(spec.path, fit_plan.settings)
+    progress = ProgressLine(sys.stderr.isatty() and not args.json)
+    try:
+        result = run_bench(
+            config,
+            fit_plan,
+            prompt_tokens=args.prompt_tokens,
+            gen_tokens=args.gen_tokens,
+            repeat=args.repeat,
+            on_progress=lambda line: progress.show(line, 0.0),
+        )
+    finally:
+        progress.clear()
+    calibrated = None
+    if not args.no_calibrate:
+        measured = m.host.bandwidth_measured
+        calibrated = record_bench(fit_plan, result.tg.mean, result.pp.mean, measured, m.speed)
+    if args.json:
+        print_json(bench_dict(spec, fit_plan, result, calibrated is not None))
+    else:
+        sys.stdout.write(
+            bench_text(spec, fit_plan, result, calibrated is not None, width=text_width())
+        )
+    return 0

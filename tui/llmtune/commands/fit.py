@@ -1,0 +1,68 @@
+"""``llmtune fit MODEL``: the plan for a model on this machine or on a what-if."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from llmtune.commands.common import print_json, text_width, warn, warn_calibration
+from llmtune.errors import ConfigError
+from llmtune.fit.plan import plan, with_max_context
+from llmtune.fit.quant import requantize
+from llmtune.fit.report import plan_dict, plan_text, quant_json, quant_text
+from llmtune.fit.settings import Settings
+from llmtune.fit.whatif import quant_rows
+from llmtune.hardware.machine import Machine, MachineOptions, machine
+from llmtune.model import ModelSpec, read_spec
+
+
+def list_gpus() -> int:
+    from llmtune.hardware.profiles import GPU_PROFILES
+
+    for p in GPU_PROFILES:
+        print(f"{p.key:<15} {p.memory_mib / 1024:6.1f} GiB {p.bandwidth_gbps:7.0f} GB/s  {p.name}")
+    return 0
+
+
+def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -> int:
+    if args.list_gpus:
+        return list_gpus()
+    m = machine(options)
+    warn_calibration(m)
+    spec = read_spec(args.model)
+    if args.quant and args.quant.lower() == "all":
+        return _every_file_type(args, spec, m, settings)
+    if args.quant:
+        spec = requantize(spec, args.quant)
+    if settings.n_ctx == -1:
+        settings = with_max_context(spec, m.devices, settings)
+    fit_plan = plan(spec, m.devices, settings, m.plan_speed)
+    machine_notes = m.plan_notes()
+    fit_plan = dataclasses.replace(fit_plan, notes=machine_notes + fit_plan.notes)
+    if args.json:
+        print_json(plan_dict(spec, fit_plan))
+        return 0
+    for notice in m.notices:
+        if notice.kind == "gpu_build" and notice.text in machine_notes:
+            warn(notice.text)  # the plan below cannot run with this build: say so first
+    sys.stdout.write(plan_text(spec, fit_plan, width=text_width()))
+    return 0
+
+
+def _every_file_type(
+    args: argparse.Namespace, spec: ModelSpec, m: Machine, settings: Settings
+) -> int:
+    """``--quant all``: one row per llama.cpp file type, at one context."""
+    if settings.n_ctx == -1:
+        raise ConfigError(
+            "--quant all plans every file type at one context; give a size, or drop "
+            "--quant all for the largest context of this file",
+            "--ctx max",
+        )
+    rows = quant_rows(spec, m.devices, settings, speed=m.plan_speed)
+    if args.json:
+        print_json(quant_json(spec, rows))
+    else:
+        sys.stdout.write(quant_text(spec, rows, width=text_width()))
+    return 0
