@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 # The stamp changes whenever pyproject.toml does, so `make` reinstalls then.
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+# llama-cpp-python (runs models: load, bench, tune, quantize) is this extra;
+# `pip install llmtune` alone plans (inspect, fit, the app's panes).
+ENGINE_EXTRA := engine
 
 .PHONY: run test bench screenshots model lint typecheck clean
 
@@ -14,12 +17,13 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	@echo "Installing llmtune and its dependencies into $(VENV) (llama-cpp-python compiles once, ~10 min on 2 cores)..."
-	$(BIN)/python -m pip install --quiet -e .
+	@echo "Installing llmtune[$(ENGINE_EXTRA)] into $(VENV): llama-cpp-python compiles llama.cpp from source once (5 to 10 minutes on 2 cores); the rest takes seconds..."
+	$(BIN)/python -m pip install --quiet -e '.[$(ENGINE_EXTRA)]'
 	@touch $@
 
 $(TEST_STAMP): pyproject.toml $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@echo "Installing the test tools into $(VENV) (seconds)..."
+	$(BIN)/python -m pip install --quiet -e '.[$(ENGINE_EXTRA),test]'
 	@touch $@
 
 ## model: fetch the demo model (SmolLM2-135M-Instruct Q4_1) into the user cache and print its path
