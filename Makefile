@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 # llama-cpp-python (runs models: load, bench, tune, quantize) is this extra;
-# `pip install llmtune` alone plans (inspect, fit, the app's panes).
+# llmtune installed without it still plans (inspect, fit, the app's panes).
 ENGINE_EXTRA := engine
 
 .PHONY: run test bench screenshots model lint typecheck clean
