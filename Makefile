@@ -53,6 +53,7 @@ screenshots: $(TEST_STAMP)
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check tui tests scripts
 	$(BIN)/ruff format --check tui tests scripts
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy
