@@ -1,7 +1,7 @@
-"""Planning needs no llama.cpp: ``pip install llmtune`` without the engine extra.
+"""Planning needs no llama.cpp: llmtune installed without the engine extra.
 
 In a child interpreter where llama-cpp-python is not installed
-(``without_engine``), inspect, fit (with its options) and the demo model answer
+(tests/without_engine.py), inspect, fit (with its options) and the demo model answer
 as they do with the binding; bench, quantize and tune fail with one line
 saying how to add it, exit status 2 and no traceback. The app's planning
 panes: tests/ui/test_panes_without_engine.py.
