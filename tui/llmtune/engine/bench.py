@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from llmtune.engine import require_llama_cpp
 from llmtune.engine.compare import Comparison, compare
 from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import Exited, Failed, Loaded, Progress, Stats
@@ -145,6 +146,7 @@ def run_bench(
     kill it from another thread to cancel, and shuts it down). ``on_started`` gets
     the worker's pid once it runs.
     """
+    require_llama_cpp("bench")
     vram_before = _gpu_used_bytes()
     warning = _build_warning()
     owned = supervisor is None

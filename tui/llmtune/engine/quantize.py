@@ -2,13 +2,14 @@
 
 The steps, for one source model and one file type:
 
-1. :func:`prepare_quantize` checks everything that needs no llama.cpp: the
-   source reads as GGUF, the file type exists, the output name (by default the
-   source's with its quant tag replaced, :func:`default_output`) is not the
-   source and does not exist (unless ``force``), requantizing an already
-   quantized model was allowed (llama.cpp refuses it otherwise, and it costs
-   quality), an importance matrix is given when the file type needs one, and
-   the predicted file (``fit.quant.requantize``) fits on the disk.
+1. :func:`prepare_quantize` checks everything that needs no llama.cpp run:
+   llama-cpp-python is installed, the source reads as GGUF, the file type
+   exists, the output name (by default the source's with its quant tag
+   replaced, :func:`default_output`) is not the source and does not exist
+   (unless ``force``), requantizing an already quantized model was allowed
+   (llama.cpp refuses it otherwise, and it costs quality), an importance
+   matrix is given when the file type needs one, and the predicted file
+   (``fit.quant.requantize``) fits on the disk.
 2. :func:`run_quantize` asks llama.cpp for a dry run
    (``llama_model_quantize_params.dry_run``): the type of every tensor and the
    size it will write, beside llmtune's prediction; the disk is checked again
@@ -34,6 +35,7 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
+from llmtune.engine import require_llama_cpp
 from llmtune.engine.protocol import (
     Event,
     Exited,
@@ -209,6 +211,7 @@ def prepare_quantize(
     threads: int = 0,
 ) -> QuantizeJob:
     """Check a quantization before anything runs; raise with a one-line reason."""
+    require_llama_cpp("quantize")
     spec = read_spec(model)
     try:
         ft = file_type(to)
@@ -317,6 +320,7 @@ def run_quantize(
     file deleted, and QuantizeCancelled raised. Closing the generator early does
     the same cleanup. ``file_size_limit_bytes`` is a test hook (a full disk).
     """
+    require_llama_cpp("quantize")
     stop = cancel or threading.Event()
     started = time.monotonic()
     remove_stale_partials(job.output)

@@ -44,6 +44,7 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from llmtune.engine import require_llama_cpp
 from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import (
     Command,
@@ -142,7 +143,11 @@ class Supervisor:
         return proc is not None and not proc.exited.is_set() and proc.popen.poll() is None
 
     def start(self) -> int:
-        """Start a worker (stopping any previous one) and return its pid."""
+        """Start a worker (stopping any previous one) and return its pid.
+
+        Raises EngineMissingError, before anything starts, without llama-cpp-python.
+        """
+        require_llama_cpp("running a model")
         with self._lock:
             if self._proc is not None:
                 self._stop_locked(timeout_s=2.0)

@@ -47,6 +47,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llmtune.engine import require_llama_cpp
 from llmtune.engine.bench import run_bench
 from llmtune.engine.config import RunConfig
 from llmtune.engine.supervisor import Supervisor
@@ -318,7 +319,11 @@ class Tuner:
 
     # ---- the search ----------------------------------------------------------------------
     def run(self) -> TuneResult:
-        """Search; returns the best found (also when cancelled, with what was found)."""
+        """Search; returns the best found (also when cancelled, with what was found).
+
+        Without llama-cpp-python it raises at once: every trial would fail the same way.
+        """
+        require_llama_cpp("tune")
         try:
             self._search()
         except (TuneCancelled, KeyboardInterrupt):
