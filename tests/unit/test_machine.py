@@ -129,3 +129,17 @@ def test_a_machine_built_by_hand_plans_its_own_devices() -> None:
     host = host_device(ram_bytes=32 * GIB, bandwidth_gbps=51.2)
     m = Machine((host,))
     assert m.devices == (host,) and m.host is host and m.notice is None
+
+
+def test_without_llama_cpp_the_worker_side_says_how_to_add_it(
+    one_gpu: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmtune.engine
+
+    monkeypatch.setattr(llmtune.engine, "llama_cpp_installed", lambda: False)
+    planning = machine(probe_bandwidth=False)
+    assert all(n.kind != "no_engine" for n in planning.notices)  # fit never runs a model
+    worker_side = machine(for_worker=True, probe_bandwidth=False)
+    (notice,) = [n for n in worker_side.notices if n.kind == "no_engine"]
+    assert "llmtune[engine]" in notice.text and notice.text in (worker_side.notice or "")
+    assert notice.text not in worker_side.plan_notes()

@@ -28,7 +28,7 @@ from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.hardware.device import Device
 from llmtune.units import format_bytes
 
-NoticeKind = Literal["no_gpu_driver", "gpu_build", "calibration"]
+NoticeKind = Literal["no_gpu_driver", "gpu_build", "calibration", "no_engine"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class Notice:
     ``no_gpu_driver``: NVML is missing or failing, so the plan is CPU-only;
     ``gpu_build``: a GPU is here but this llama.cpp build cannot use it (the
     command line shows it prominently); ``calibration``: the calibration file
-    was unusable and the default speed model is used.
+    was unusable and the default speed model is used; ``no_engine``:
+    llama-cpp-python is not installed, so plans work and runs do not.
     """
 
     kind: NoticeKind
@@ -198,6 +199,12 @@ def machine(
         speed, calibration_notice = _calibration()
         if calibration_notice:
             notices.append(Notice("calibration", calibration_notice))
+    if for_worker:
+        from llmtune.engine import ENGINE_INSTALL_HINT, llama_cpp_installed
+
+        if not llama_cpp_installed():
+            text = f"llama-cpp-python is not installed, so models are planned, not run: {ENGINE_INSTALL_HINT}"
+            notices.append(Notice("no_engine", text))
     elif what_if_host is None:
         # A what-if GPU with this machine's RAM: the host alone, no GPU probing.
         from llmtune.hardware.host import host_device_measured
