@@ -199,17 +199,17 @@ def machine(
         speed, calibration_notice = _calibration()
         if calibration_notice:
             notices.append(Notice("calibration", calibration_notice))
+    elif what_if_host is None:
+        # A what-if GPU with this machine's RAM: the host alone, no GPU probing.
+        from llmtune.hardware.host import host_device_measured
+
+        local = (host_device_measured(probe=probe_bandwidth),)
     if for_worker:
         from llmtune.engine import ENGINE_INSTALL_HINT, llama_cpp_installed
 
         if not llama_cpp_installed():
             text = f"llama-cpp-python is not installed, so models are planned, not run: {ENGINE_INSTALL_HINT}"
             notices.append(Notice("no_engine", text))
-    elif what_if_host is None:
-        # A what-if GPU with this machine's RAM: the host alone, no GPU probing.
-        from llmtune.hardware.host import host_device_measured
-
-        local = (host_device_measured(probe=probe_bandwidth),)
     return Machine(
         local=local,
         what_if=what_if,
