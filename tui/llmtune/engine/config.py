@@ -204,7 +204,8 @@ class RunConfig:
 
         Built by :func:`llmtune.fit.commandline.llama_args`, llmtune's one builder.
         """
-        from llmtune.fit.commandline import Extras, llama_args
+        from llmtune.fit.commandline import llama_args
+        from llmtune.fit.settings import Extras
 
         extras = Extras(
             threads_batch=self.threads_batch,
