@@ -222,42 +222,15 @@ def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True)
         "--host", metavar="PROFILE", help=shown("host memory profile, e.g. ddr4-3200, ddr5-5600")
     )
     parser.add_argument(
-        "--ngl", type=_int_or_max, default=-1, help="layers on the GPU, or max (default)"
-    )
-    parser.add_argument(
-        "--ctx",
-        type=_context_arg,
-        default=4096,
-        help="context size (default 4096; train: the trained context; max: the largest that fits)",
-    )
-    parser.add_argument("--batch", type=_whole, default=2048)
-    parser.add_argument("--ubatch", type=_whole, default=512)
-    parser.add_argument("--parallel", type=_whole, default=1)
-    parser.add_argument("--kv-unified", action="store_true")
-    parser.add_argument("--cache-type-k", default="f16", metavar="T")
-    parser.add_argument("--cache-type-v", default="f16", metavar="T")
-    parser.add_argument("--flash-attn", default="auto", metavar="on|off|auto")
-    parser.add_argument("--swa-full", action="store_true")
-    parser.add_argument("--no-kv-offload", action="store_true")
-    parser.add_argument("--split-mode", default="layer", metavar="layer|row|none")
-    parser.add_argument("--main-gpu", type=_whole, default=0)
-    parser.add_argument("--tensor-split", default="", metavar="A,B,...")
-    parser.add_argument("--n-cpu-moe", type=_whole, default=0, metavar="N")
-    parser.add_argument("--cpu-moe", action="store_true", help="all experts on the CPU")
-    parser.add_argument("--no-mmap", action="store_true")
-    parser.add_argument(
-        "--margin", default="1024MiB", metavar="SIZE", help="memory to keep free per GPU"
-    )
-    parser.add_argument(
         "--quant",
         metavar="FTYPE",
         help=shown(
             "plan as if quantized to FTYPE (Q4_K_M, Q8_0, ...); 'all' prints every file type"
         ),
     )
-    parser.add_argument(
-        "--overhead", default="0", metavar="SIZE", help="per-GPU overhead (CUDA context), default 0"
-    )
+    from llmtune.fit.options import add_arguments
+
+    add_arguments(parser)  # --ngl, --ctx, ...: llama.cpp's options, from one table
 
 
 def _devices_from_args(args: argparse.Namespace) -> tuple[list[Device], bool]:
@@ -281,38 +254,9 @@ def _devices_from_args(args: argparse.Namespace) -> tuple[list[Device], bool]:
 
 
 def _settings_from_args(args: argparse.Namespace) -> Settings:
-    from llmtune.errors import ConfigError
-    from llmtune.fit.settings import Settings
-    from llmtune.units import parse_size
+    from llmtune.fit.options import settings_from_namespace
 
-    try:
-        split = tuple(float(x) for x in args.tensor_split.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(
-            f"not a list of numbers: {args.tensor_split!r}", "--tensor-split"
-        ) from None
-    if args.n_cpu_moe < 0:
-        raise ConfigError("--n-cpu-moe must be 0 or more (use --cpu-moe for all)", "--n-cpu-moe")
-    return Settings(
-        n_gpu_layers=args.ngl,
-        n_ctx=args.ctx,
-        n_batch=args.batch,
-        n_ubatch=args.ubatch,
-        n_parallel=args.parallel,
-        kv_unified=args.kv_unified,
-        cache_type_k=args.cache_type_k.lower(),
-        cache_type_v=args.cache_type_v.lower(),
-        flash_attn=args.flash_attn.lower(),
-        swa_full=args.swa_full,
-        no_kv_offload=args.no_kv_offload,
-        split_mode=args.split_mode.lower(),
-        main_gpu=args.main_gpu,
-        tensor_split=split,
-        n_cpu_moe=-1 if args.cpu_moe else args.n_cpu_moe,
-        use_mmap=not args.no_mmap,
-        margin_bytes=parse_size(args.margin, "--margin"),
-        gpu_overhead_bytes=parse_size(args.overhead, "--overhead"),
-    )
+    return settings_from_namespace(args)
 
 
 def _machine_notes(devices: Sequence[Device]) -> tuple[str, ...]:
@@ -595,15 +539,16 @@ def cmd_tune(argv: Sequence[str]) -> int:
     settings = _settings_from_args(args)
     if threads and len(threads) == 1:
         settings = settings.with_(threads=threads[0])
+    from llmtune.fit.options import given_fields
+
+    given = given_fields(args)  # what the user fixed; the rest is searched
     space = TuneSpace(
         threads=threads,
-        flash_attn=(settings.flash_attn,) if _given(argv, "--flash-attn") else ("on", "off"),
-        ubatch=(settings.n_ubatch,) if _given(argv, "--ubatch") else DEFAULT_UBATCHES,
-        cache_types=()
-        if _given(argv, "--cache-type-k", "--cache-type-v")
-        else ("f16", "q8_0", "q4_0"),
-        gpu_layers=not _given(argv, "--ngl"),
-        moe=not _given(argv, "--n-cpu-moe", "--cpu-moe"),
+        flash_attn=(settings.flash_attn,) if "flash_attn" in given else ("on", "off"),
+        ubatch=(settings.n_ubatch,) if "n_ubatch" in given else DEFAULT_UBATCHES,
+        cache_types=() if given & {"cache_type_k", "cache_type_v"} else ("f16", "q8_0", "q4_0"),
+        gpu_layers="n_gpu_layers" not in given,
+        moe="n_cpu_moe" not in given,
     )
     bench = TrialBench.for_objective(args.objective)
     bench = TrialBench(
