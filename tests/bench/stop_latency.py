@@ -95,7 +95,7 @@ def main() -> int:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {datetime.date.today()}")
     print(f"model: {model.name}, {args.threads} threads, {args.trials} trials per kind")
     print("measured: parent clock from stop() to the Stats event; target < 200 ms")
-    worker = Worker(RunConfig(str(model), n_ctx=4096, n_ubatch=256, threads=args.threads))
+    worker = Worker(RunConfig.of(str(model), n_ctx=4096, n_ubatch=256, threads=args.threads))
     worst = 0.0
     try:
         print(f"{'stop while':<12}{'median ms':>11}{'worst ms':>10}  how it finished")

@@ -48,9 +48,10 @@ from typing import Any
 
 import llama_cpp
 
-from llmtune.engine.config import FLASH_ATTN_TYPES, GGML_TYPES, SPLIT_MODES, RunConfig
+from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import Event, Exited, Failed, Loaded, Stats, Token
 from llmtune.engine.supervisor import Supervisor
+from llmtune.fit.settings import FLASH_ATTN_IDS
 from llmtune.model.demo import fetch_demo_model
 
 TARGET_RATIO = 0.97
@@ -173,14 +174,11 @@ class PlainPath:
         L.llama_log_set(self._log_cb, ctypes.c_void_p(0))
         L.llama_backend_init()
         mp = L.llama_model_default_params()
-        mp.n_gpu_layers = c.n_gpu_layers
-        mp.split_mode = SPLIT_MODES[c.split_mode]
-        mp.main_gpu = c.main_gpu
-        mp.load_mode = c.load_mode
+        for name, value in c.model_params().items():
+            setattr(mp, name, value)
         mp.lazy_mode = L.LLAMA_LAZY_MODE_AUTO
         mp.vocab_only = False
         mp.check_tensors = False
-        mp.use_extra_bufts = c.use_extra_bufts
         mp.no_host = False
         mp.no_alloc = False
         mp.load_mtp = False
@@ -188,25 +186,14 @@ class PlainPath:
         if not self.model:
             raise RuntimeError(f"llama.cpp could not load {c.model_path}")
         cp = L.llama_context_default_params()
-        cp.n_ctx = c.n_ctx
-        cp.n_batch = c.n_batch
-        cp.n_ubatch = c.n_ubatch
-        cp.n_seq_max = c.n_seq_max
-        cp.n_threads = c.n_threads
-        cp.n_threads_batch = c.n_threads_batch
-        cp.flash_attn_type = FLASH_ATTN_TYPES[c.flash_attn]
-        cp.type_k = GGML_TYPES[c.cache_type_k]
-        cp.type_v = GGML_TYPES[c.cache_type_v]
-        cp.offload_kqv = c.offload_kqv
-        cp.op_offload = c.op_offload
-        cp.swa_full = c.swa_full
-        cp.kv_unified = c.kv_unified
+        for name, value in c.context_params().items():
+            setattr(cp, name, value)
         cp.embeddings = False
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create the context")
-        self.n_batch = c.n_batch
+        self.n_batch = c.settings.n_batch
         self.vocab = L.llama_model_get_vocab(self.model)
         self.log = "".join(self.log_chunks)
 
@@ -276,13 +263,13 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=256, help="tokens generated per run")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads, both paths")
     parser.add_argument("--n-ctx", type=int, default=2048)
-    parser.add_argument("--flash-attn", choices=sorted(FLASH_ATTN_TYPES), default="auto")
+    parser.add_argument("--flash-attn", choices=sorted(FLASH_ATTN_IDS), default="auto")
     args = parser.parse_args()
     if args.tokens < 2 or args.rounds < 1:
         parser.error("--tokens must be at least 2 and --rounds at least 1")
 
     model = fetch_demo_model()
-    config = RunConfig(
+    config = RunConfig.of(
         model_path=str(model),
         n_ctx=args.n_ctx,
         n_batch=512,
@@ -293,6 +280,7 @@ def main() -> int:
         cache_type_v="f16",
         use_mmap=True,
     )
+    s = config.settings
     cores = physical_cores()
     print(
         f"machine: {cpu_model()}, {cores or '?'} physical / {os.cpu_count()} logical cores, "
@@ -301,10 +289,10 @@ def main() -> int:
     )
     print(f"model: {model.name}")
     print(
-        f"settings: n_ctx {config.n_ctx}, n_batch {config.n_batch}, n_ubatch {config.n_ubatch}, "
-        f"threads {config.n_threads}, flash attention {config.flash_attn}, "
-        f"cache K {config.cache_type_k} V {config.cache_type_v}, mmap {config.use_mmap}, "
-        f"repack {config.use_extra_bufts}"
+        f"settings: n_ctx {s.n_ctx}, n_batch {s.n_batch}, n_ubatch {s.n_ubatch}, "
+        f"threads {config.context_params()['n_threads']}, flash attention {s.flash_attn}, "
+        f"cache K {s.cache_type_k} V {s.cache_type_v}, mmap {s.use_mmap}, "
+        f"repack {config.extras.use_extra_bufts}"
     )
     print(f"baseline: {BASELINE}")
 
@@ -314,7 +302,7 @@ def main() -> int:
     try:
         n_prompt = len(plain.tokenize(PROMPT))
         if n_prompt + args.tokens > worker.loaded.n_ctx_seq:
-            parser.error(f"{n_prompt} + {args.tokens} tokens do not fit n_ctx {config.n_ctx}")
+            parser.error(f"{n_prompt} + {args.tokens} tokens do not fit n_ctx {s.n_ctx}")
         w_set, p_set = settings_lines(worker.log), settings_lines(plain.log)
         if w_set == p_set and w_set:
             print(f"llama.cpp context settings: identical ({'; '.join(w_set)})")

@@ -87,7 +87,7 @@ def generate_with(path: Path, n: int = 4) -> Stats:
     sup = Supervisor()
     try:
         sup.start()
-        sup.load(RunConfig(str(path), n_ctx=256, threads=2))
+        sup.load(RunConfig.of(str(path), n_ctx=256, threads=2))
         event = _until(sup, Loaded, Failed)
         assert isinstance(event, Loaded), event
         # The synthetic vocabulary has no byte tokens: "<s>" is parsed as a special token.

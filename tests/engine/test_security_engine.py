@@ -123,7 +123,7 @@ def test_the_worker_loads_and_generates_without_running_the_chat_template(
     sup = Supervisor()
     try:
         sup.start()
-        sup.load(RunConfig(str(model), n_ctx=256, threads=2))
+        sup.load(RunConfig.of(str(model), n_ctx=256, threads=2))
         loaded = _until(sup, Loaded, Failed)
         assert isinstance(loaded, Loaded), loaded
         # The vocabulary has no byte tokens: "<s>" is parsed as a special token.

@@ -58,7 +58,7 @@ def sup() -> Iterator[Supervisor]:
 
 
 def demo_config(demo_model: Path, **changes: Any) -> RunConfig:
-    return RunConfig(str(demo_model), n_ctx=1024, threads=2, **changes)
+    return RunConfig.of(str(demo_model), n_ctx=1024, threads=2, **changes)
 
 
 def is_gone(pid: int) -> bool:
@@ -126,7 +126,7 @@ def test_contradicting_shapes_fail_with_llama_cpp_lines(
     path = tmp_path / "bad-shapes.gguf"
     write_bad_shapes(path)
     sup.start()
-    sup.load(RunConfig(str(path), n_ctx=256, threads=1))
+    sup.load(RunConfig.of(str(path), n_ctx=256, threads=1))
     failed = until(sup, Failed, Loaded)[-1]
     assert isinstance(failed, Failed), failed
     assert not failed.fatal
@@ -144,7 +144,7 @@ def test_llama_cpp_abort_is_reported_and_survived(
     path = tmp_path / "no-byte-tokens.gguf"
     llama_like(path, n_layer=1, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=64)
     pid = sup.start()
-    sup.load(RunConfig(str(path), n_ctx=256, threads=1))
+    sup.load(RunConfig.of(str(path), n_ctx=256, threads=1))
     assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
     sup.generate("h\u00e9llo \u2603", max_tokens=4)  # no <0xC3> token: std::out_of_range
     events = until(sup, Exited)
@@ -168,7 +168,7 @@ def test_ggml_assert_is_reported_by_its_condition(
         path, n_layer=1, n_embd=60, n_head=4, n_head_kv=4, n_ff=128, n_vocab=300, byte_tokens=True
     )
     pid = sup.start()
-    sup.load(RunConfig(str(path), n_ctx=256, threads=1))
+    sup.load(RunConfig.of(str(path), n_ctx=256, threads=1))
     assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
     sup.generate("hello", max_tokens=4)
     events = until(sup, Exited)
@@ -188,7 +188,7 @@ def test_out_of_memory_names_the_buffer(sup: Supervisor, demo_model: Path) -> No
     is loaded: the 720 MiB KV cache of a 32k context cannot be allocated."""
     sup.start()
     sup.load(
-        RunConfig(
+        RunConfig.of(
             str(demo_model),
             n_ctx=32768,
             threads=2,
@@ -209,7 +209,7 @@ def test_out_of_memory_names_the_buffer(sup: Supervisor, demo_model: Path) -> No
 def test_out_of_memory_while_loading_names_the_buffer(sup: Supervisor, demo_model: Path) -> None:
     sup.start()
     sup.load(
-        RunConfig(
+        RunConfig.of(
             str(demo_model),
             use_mmap=False,
             threads=2,
@@ -228,7 +228,7 @@ def test_out_of_memory_before_any_buffer_says_out_of_memory(
     """1 MiB of room: llama.cpp runs out while it reads the vocabulary from the
     header, long before it sizes a buffer, and says only std::bad_alloc."""
     sup.start()
-    sup.load(RunConfig(str(demo_model), threads=2, oom_headroom_bytes=1 << 20, oom_stage="load"))
+    sup.load(RunConfig.of(str(demo_model), threads=2, oom_headroom_bytes=1 << 20, oom_stage="load"))
     failed = until(sup, Failed, Loaded)[-1]
     assert isinstance(failed, Failed), failed
     assert failed.reason.startswith("out of memory: llama.cpp could not load the model"), failed
@@ -249,7 +249,7 @@ _PARENT = textwrap.dedent(
         t.start(); t.join()
     else:
         sup.start()
-    sup.load(RunConfig(sys.argv[1], n_ctx=1024, threads=2))
+    sup.load(RunConfig.of(sys.argv[1], n_ctx=1024, threads=2))
     sup.generate("Once upon a time", max_tokens=100000, ignore_eos=True)
     while not isinstance(sup.next_event(30), Token):
         pass
@@ -346,7 +346,7 @@ def test_busy_worker_answers_while_a_stopped_one_does_not(demo_model: Path) -> N
     sup = Supervisor(ping_interval_s=ping_interval_s, hang_timeout_s=hang_timeout_s)
     try:
         pid = sup.start()
-        sup.load(RunConfig(str(demo_model), n_ctx=2048, threads=2))
+        sup.load(RunConfig.of(str(demo_model), n_ctx=2048, threads=2))
         assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
         sup.generate(LONG_PROMPT, max_tokens=1, ignore_eos=True)
         stats = until(sup, Stats, Failed, Exited)[-1]
@@ -392,7 +392,7 @@ _SUSPENDED_JOB = textwrap.dedent(
 
     sup = Supervisor(ping_interval_s=0.2, answer_timeout_s=1.0, hang_timeout_s=1.0)
     sup.start()
-    sup.load(RunConfig(sys.argv[1], n_ctx=1024, threads=2))
+    sup.load(RunConfig.of(sys.argv[1], n_ctx=1024, threads=2))
     until(Loaded, Failed, Exited)
     print(sup.pid, flush=True)
     sys.stdin.readline()  # the test stopped and continued this whole job meanwhile

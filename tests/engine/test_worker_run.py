@@ -7,7 +7,6 @@ its worker and shuts it down.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -53,8 +52,7 @@ def sup() -> Iterator[Supervisor]:
 
 
 def config(demo_model: Path, **changes: object) -> RunConfig:
-    base = RunConfig.from_settings(demo_model, Settings(n_ctx=2048, threads=2))
-    return replace(base, **changes)  # type: ignore[arg-type]
+    return RunConfig.of(demo_model, **{"n_ctx": 2048, "threads": 2, **changes})
 
 
 def test_load_generate_streams_tokens_and_stats(sup: Supervisor, demo_model: Path) -> None:
@@ -167,11 +165,15 @@ def test_from_settings_matches_the_plan_settings(demo_model: Path) -> None:
         threads=3,
     )
     c = RunConfig.from_settings(demo_model, s)
-    assert (c.n_gpu_layers, c.n_ctx, c.n_batch, c.n_ubatch, c.n_seq_max) == (7, 8192, 1024, 256, 4)
-    assert (c.cache_type_k, c.cache_type_v, c.flash_attn) == ("q8_0", "q8_0", "on")
-    assert c.kv_unified and c.swa_full and not c.offload_kqv and not c.use_mmap
-    assert (c.split_mode, c.main_gpu, c.tensor_split) == ("row", 1, (3.0, 1.0))
-    assert (c.n_cpu_moe, c.threads, c.load_mode) == (5, 3, 0)
+    assert c.settings == s
+    # What the worker sets in llama_model_params and llama_context_params.
+    model, context = c.model_params(), c.context_params()
+    assert (model["n_gpu_layers"], context["n_ctx"], context["n_batch"]) == (7, 8192, 1024)
+    assert (context["n_ubatch"], context["n_seq_max"]) == (256, 4)
+    assert (context["type_k"], context["type_v"], context["flash_attn_type"]) == (8, 8, 1)
+    assert context["kv_unified"] and context["swa_full"] and not context["offload_kqv"]
+    assert (model["split_mode"], model["main_gpu"]) == (2, 1)  # LLAMA_SPLIT_MODE_ROW
+    assert (context["n_threads"], context["n_threads_batch"], model["load_mode"]) == (3, 3, 0)
     # llama.cpp 0.3.36 has no --no-mmap: mmap off is "-lm none" (common/arg.cpp --load-mode).
     args = c.command_line()
     assert "--n-cpu-moe" in args and args[args.index("-lm") + 1] == "none"
@@ -188,7 +190,7 @@ def test_moe_experts_stay_on_the_cpu(tmp_path: Path) -> None:
     sup = Supervisor(log_lines=5000)
     try:
         sup.start()
-        sup.load(RunConfig(str(path), n_ctx=256, threads=1, n_cpu_moe=2))
+        sup.load(RunConfig.of(str(path), n_ctx=256, threads=1, n_cpu_moe=2))
         assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
         sup.shutdown()  # joins the log reader: every line is in
         overridden = [

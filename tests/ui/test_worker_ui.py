@@ -56,10 +56,11 @@ async def test_apply_loads_what_the_panes_show(demo_spec: ModelSpec) -> None:
         (config,) = loads
         s = app.settings
         assert config.model_path == demo_spec.path
-        assert (config.n_ctx, config.n_batch, config.n_ubatch) == (s.n_ctx, s.n_batch, s.n_ubatch)
-        assert (config.cache_type_k, config.cache_type_v) == ("q8_0", "f16")
-        assert (config.flash_attn, config.threads, config.n_seq_max) == ("auto", 1, 1)
-        assert config.n_gpu_layers == 0  # no GPU here
+        c = config.settings
+        assert (c.n_ctx, c.n_batch, c.n_ubatch) == (s.n_ctx, s.n_batch, s.n_ubatch)
+        assert (c.cache_type_k, c.cache_type_v) == ("q8_0", "f16")
+        assert (c.flash_attn, c.threads, c.n_parallel) == ("auto", 1, 1)
+        assert c.n_gpu_layers == 0  # no GPU here
         # llama.cpp made the context the plan describes.
         assert app.loaded is not None and app.plan is not None
         assert app.loaded.n_ctx == app.plan.n_ctx == 2048
@@ -136,7 +137,7 @@ async def test_changes_while_loaded_reload_after_a_pause(demo_spec: ModelSpec) -
         await wait_for(pilot, lambda: len(loads) == 2 and app.worker_state == "loaded")
         await pilot.pause(0.5)
         assert len(loads) == 2
-        assert (loads[1].n_ctx, loads[1].cache_type_v) == (2048, "q8_0")
+        assert (loads[1].settings.n_ctx, loads[1].settings.cache_type_v) == (2048, "q8_0")
         assert app.loaded is not None and app.loaded.n_ctx == 2048
 
 
@@ -155,7 +156,7 @@ async def test_enter_with_no_model_loaded_loads_it_then_answers(demo_spec: Model
         await pilot.press(*"Hi", "enter")
         await wait_for(pilot, lambda: app.last_stats is not None)
         (config,) = loads  # one load, with what the panes show
-        assert config.n_ctx == 1024
+        assert config.settings.n_ctx == 1024
         assert app.run_pane.output  # the answer streamed
         assert app.worker_state == "loaded"
 

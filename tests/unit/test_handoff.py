@@ -69,7 +69,7 @@ def test_run_config_uses_the_same_builder() -> None:
     assert ["llama-server", *config.command_line()] == shlex.split(
         llama_server_command(MODEL, s, 12, 8192)
     )
-    locked = RunConfig(MODEL, use_mlock=True, use_extra_bufts=False, threads_batch=2)
+    locked = RunConfig.of(MODEL, use_mlock=True, use_extra_bufts=False, threads_batch=2)
     args = locked.command_line()
     assert _flag(args, "-lm") == "mmap+mlock" and "--mlock" not in args
     assert "--no-repack" in args and _flag(args, "-tb") == "2"

@@ -76,37 +76,6 @@ def _inspect_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _int_or_max(text: str) -> int:
-    if text.strip().lower() in ("max", "all", "-1"):
-        return -1
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number or 'max': {text!r}") from None
-
-
-def _context_arg(text: str) -> int:
-    """A context size; ``max`` (-1): the largest that fits; ``train`` (0): the trained one."""
-    word = text.strip().lower()
-    if word == "max":
-        return -1
-    if word in ("train", "trained"):
-        return 0
-    value = _whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"context must be at least 1 token, not {value} (or 'max', or 'train')"
-        )
-    return value
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-
-
 def _fit_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="llmtune fit",
@@ -117,14 +86,16 @@ def _fit_parser() -> argparse.ArgumentParser:
 
 
 def _bench_parser() -> argparse.ArgumentParser:
+    from llmtune.fit.options import whole
+
     parser = _Parser(
         prog="llmtune bench",
         description="Load the model in llama.cpp on this machine and measure it, like llama-bench.",
     )
     _add_settings_options(parser, what_if=False)
-    parser.add_argument("--prompt-tokens", type=_whole, default=512, metavar="N")
-    parser.add_argument("--gen-tokens", type=_whole, default=128, metavar="N")
-    parser.add_argument("--repeat", type=_whole, default=3, metavar="N")
+    parser.add_argument("--prompt-tokens", type=whole, default=512, metavar="N")
+    parser.add_argument("--gen-tokens", type=whole, default=128, metavar="N")
+    parser.add_argument("--repeat", type=whole, default=3, metavar="N")
     parser.add_argument(
         "--no-calibrate", action="store_true", help="do not keep the measured speed for fit"
     )
@@ -132,6 +103,8 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 
 def _quantize_parser() -> argparse.ArgumentParser:
+    from llmtune.fit.options import whole
+
     parser = _Parser(
         prog="llmtune quantize",
         description="Quantize a GGUF model with llama.cpp's quantizer: a dry run first, "
@@ -157,13 +130,15 @@ def _quantize_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     parser.add_argument(
-        "--threads", type=_whole, default=0, metavar="N", help="quantizer threads (default: all)"
+        "--threads", type=whole, default=0, metavar="N", help="quantizer threads (default: all)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
 def _tune_parser() -> argparse.ArgumentParser:
+    from llmtune.fit.options import whole
+
     parser = _Parser(
         prog="llmtune tune",
         description="Find the fastest llama.cpp settings that fit here, by real loads and "
@@ -183,11 +158,11 @@ def _tune_parser() -> argparse.ArgumentParser:
         help="thread counts to try (default: 1, 2, 4, ... and the cores)",
     )
     parser.add_argument(
-        "--prompt-tokens", type=_whole, metavar="N", help="prompt per trial (tg: 64, else 512)"
+        "--prompt-tokens", type=whole, metavar="N", help="prompt per trial (tg: 64, else 512)"
     )
-    parser.add_argument("--gen-tokens", type=_whole, default=64, metavar="N")
-    parser.add_argument("--repeat", type=_whole, default=3, metavar="N", help="runs per trial")
-    parser.add_argument("--max-trials", type=_whole, default=40, metavar="N")
+    parser.add_argument("--gen-tokens", type=whole, default=64, metavar="N")
+    parser.add_argument("--repeat", type=whole, default=3, metavar="N", help="runs per trial")
+    parser.add_argument("--max-trials", type=whole, default=40, metavar="N")
     return parser
 
 
@@ -221,104 +196,27 @@ def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True)
         "--host", metavar="PROFILE", help=shown("host memory profile, e.g. ddr4-3200, ddr5-5600")
     )
     parser.add_argument(
-        "--ngl", type=_int_or_max, default=-1, help="layers on the GPU, or max (default)"
-    )
-    parser.add_argument(
-        "--ctx",
-        type=_context_arg,
-        default=4096,
-        help="context size (default 4096; train: the trained context; max: the largest that fits)",
-    )
-    parser.add_argument("--batch", type=_whole, default=2048)
-    parser.add_argument("--ubatch", type=_whole, default=512)
-    parser.add_argument("--parallel", type=_whole, default=1)
-    parser.add_argument("--kv-unified", action="store_true")
-    parser.add_argument("--cache-type-k", default="f16", metavar="T")
-    parser.add_argument("--cache-type-v", default="f16", metavar="T")
-    parser.add_argument("--flash-attn", default="auto", metavar="on|off|auto")
-    parser.add_argument("--swa-full", action="store_true")
-    parser.add_argument("--no-kv-offload", action="store_true")
-    parser.add_argument("--split-mode", default="layer", metavar="layer|row|none")
-    parser.add_argument("--main-gpu", type=_whole, default=0)
-    parser.add_argument("--tensor-split", default="", metavar="A,B,...")
-    parser.add_argument("--n-cpu-moe", type=_whole, default=0, metavar="N")
-    parser.add_argument("--cpu-moe", action="store_true", help="all experts on the CPU")
-    parser.add_argument("--no-mmap", action="store_true")
-    parser.add_argument(
-        "--margin", default="1024MiB", metavar="SIZE", help="memory to keep free per GPU"
-    )
-    parser.add_argument(
         "--quant",
         metavar="FTYPE",
         help=shown(
             "plan as if quantized to FTYPE (Q4_K_M, Q8_0, ...); 'all' prints every file type"
         ),
     )
-    parser.add_argument(
-        "--overhead", default="0", metavar="SIZE", help="per-GPU overhead (CUDA context), default 0"
-    )
+    from llmtune.fit.options import add_arguments
+
+    add_arguments(parser)  # --ngl, --ctx, ...: llama.cpp's options, from one table
 
 
 def _settings_from_args(args: argparse.Namespace) -> Settings:
-    from llmtune.errors import ConfigError
-    from llmtune.fit.settings import Settings
-    from llmtune.units import parse_size
+    from llmtune.fit.options import settings_from_namespace
 
-    try:
-        split = tuple(float(x) for x in args.tensor_split.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(
-            f"not a list of numbers: {args.tensor_split!r}", "--tensor-split"
-        ) from None
-    if args.n_cpu_moe < 0:
-        raise ConfigError("--n-cpu-moe must be 0 or more (use --cpu-moe for all)", "--n-cpu-moe")
-    return Settings(
-        n_gpu_layers=args.ngl,
-        n_ctx=args.ctx,
-        n_batch=args.batch,
-        n_ubatch=args.ubatch,
-        n_parallel=args.parallel,
-        kv_unified=args.kv_unified,
-        cache_type_k=args.cache_type_k.lower(),
-        cache_type_v=args.cache_type_v.lower(),
-        flash_attn=args.flash_attn.lower(),
-        swa_full=args.swa_full,
-        no_kv_offload=args.no_kv_offload,
-        split_mode=args.split_mode.lower(),
-        main_gpu=args.main_gpu,
-        tensor_split=split,
-        n_cpu_moe=-1 if args.cpu_moe else args.n_cpu_moe,
-        use_mmap=not args.no_mmap,
-        margin_bytes=parse_size(args.margin, "--margin"),
-        gpu_overhead_bytes=parse_size(args.overhead, "--overhead"),
-    )
+    return settings_from_namespace(args)
 
 
 def _machine_options(args: argparse.Namespace) -> MachineOptions:
     from llmtune.hardware.machine import MachineOptions
 
     return MachineOptions(gpus=tuple(args.gpu), ram=args.ram, host=args.host)
-
-
-# The Settings field each tune-searchable flag sets: a flag the user gave stays fixed.
-_TUNE_FIELDS = {
-    "--ngl": "n_gpu_layers",
-    "--flash-attn": "flash_attn",
-    "--ubatch": "n_ubatch",
-    "--cache-type-k": "cache_type_k",
-    "--cache-type-v": "cache_type_v",
-    "--n-cpu-moe": "n_cpu_moe",
-    "--cpu-moe": "n_cpu_moe",
-}
-
-
-def _given_fields(argv: Sequence[str]) -> frozenset[str]:
-    """The Settings fields whose flags the user wrote (``--flag value`` or ``--flag=value``)."""
-    return frozenset(
-        name
-        for flag, name in _TUNE_FIELDS.items()
-        if any(a == flag or a.startswith(flag + "=") for a in argv)
-    )
 
 
 def cmd_inspect(argv: Sequence[str]) -> int:
@@ -356,7 +254,10 @@ def cmd_tune(argv: Sequence[str]) -> int:
     from llmtune.commands import tune
 
     settings = _settings_from_args(args)
-    return tune.run(args, settings, _machine_options(args), _given_fields(argv))
+    from llmtune.fit.options import given_fields
+
+    # What the user fixed stays fixed; the rest is searched.
+    return tune.run(args, settings, _machine_options(args), given_fields(args))
 
 
 def cmd_app(argv: Sequence[str]) -> int:

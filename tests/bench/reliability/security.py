@@ -240,7 +240,7 @@ def worker_template(section: Section, work: Path) -> None:
     outcome = "no answer"
     try:
         sup.start()
-        sup.load(RunConfig(str(path), n_ctx=256, threads=2))
+        sup.load(RunConfig.of(str(path), n_ctx=256, threads=2))
         deadline = time.monotonic() + 120
         sent = False
         while time.monotonic() < deadline:

@@ -225,7 +225,7 @@ def check_restart(run: Run, model: str, outcome: Outcome) -> None:
     try:
         run.start()
         run.until(Started, timeout_s=30.0)
-        run.loaded(RunConfig(model, n_ctx=1024, threads=2))
+        run.loaded(RunConfig.of(model, n_ctx=1024, threads=2))
         if not run.generates():
             outcome.problems.append("the new worker did not generate")
     except (TimeoutError, RuntimeError) as exc:
@@ -247,26 +247,26 @@ def reach(run: Run, phase: str, model: str, rng: random.Random, timing: Timing) 
         time.sleep(rng.uniform(0.0, 0.3))  # Python and llama.cpp are still loading
         return
     run.until(Started)
-    small = RunConfig(model, n_ctx=1024, threads=2)
+    small = RunConfig.of(model, n_ctx=1024, threads=2)
     if phase == "load start":
-        run.command(Load(RunConfig(model, n_ctx=1024, threads=2, use_mmap=False)))
+        run.command(Load(RunConfig.of(model, n_ctx=1024, threads=2, use_mmap=False)))
         time.sleep(rng.uniform(0.0, 0.01))
     elif phase == "mid-load":
         target = rng.uniform(0.05, 0.9)
-        run.command(Load(RunConfig(model, n_ctx=1024, threads=2, use_mmap=False)))
+        run.command(Load(RunConfig.of(model, n_ctx=1024, threads=2, use_mmap=False)))
         while True:
             event = run.until(Progress, Loaded, Failed)[1]
             if not isinstance(event, Progress) or event.fraction >= target:
                 break
     elif phase == "context creation":
-        run.command(Load(RunConfig(model, n_ctx=BIG_CTX, threads=2)))
+        run.command(Load(RunConfig.of(model, n_ctx=BIG_CTX, threads=2)))
         while True:
             event = run.until(Progress, Loaded, Failed)[1]
             if not isinstance(event, Progress) or event.fraction >= 1.0:
                 break
         time.sleep(rng.uniform(0.0, 0.8 * timing.context_s))
     elif phase == "prompt decode":
-        run.loaded(RunConfig(model, n_ctx=2048, threads=2))
+        run.loaded(RunConfig.of(model, n_ctx=2048, threads=2))
         run.command(Generate(LONG_PROMPT, 1, ignore_eos=True))
         time.sleep(rng.uniform(0.05, 0.8 * timing.prompt_s))
     elif phase == "mid-generation":
@@ -312,7 +312,7 @@ def abort_case(
     run = Run()
     try:
         run.start()
-        run.loaded(RunConfig(str(path), n_ctx=256, threads=1))
+        run.loaded(RunConfig.of(str(path), n_ctx=256, threads=1))
         t_fault = time.monotonic()
         run.command(Generate(prompt, 4))
         check_death(run, outcome, t_fault, signal.SIGABRT, says)
@@ -346,7 +346,7 @@ def refusal_case(
             if outcome.detect_s > DETECT_TARGET_S:
                 outcome.problems.append(f"reported after {outcome.detect_s:.2f} s")
         if run.sup.alive:  # the same worker carries on
-            run.loaded(RunConfig(model, n_ctx=1024, threads=2))
+            run.loaded(RunConfig.of(model, n_ctx=1024, threads=2))
             if not run.generates():
                 outcome.problems.append("the worker did not generate afterwards")
         else:
@@ -384,9 +384,9 @@ def calibrate(model: str) -> Timing:
     try:
         run.start()
         run.until(Started)
-        slow = run.loaded(RunConfig(model, n_ctx=1024, threads=2, use_mmap=False))
-        big = run.loaded(RunConfig(model, n_ctx=BIG_CTX, threads=2))
-        run.loaded(RunConfig(model, n_ctx=2048, threads=2))
+        slow = run.loaded(RunConfig.of(model, n_ctx=1024, threads=2, use_mmap=False))
+        big = run.loaded(RunConfig.of(model, n_ctx=BIG_CTX, threads=2))
+        run.loaded(RunConfig.of(model, n_ctx=2048, threads=2))
         run.command(Generate(LONG_PROMPT, 1, ignore_eos=True))
         stats = run.until(Stats, Failed, Exited)[1]
         if not isinstance(stats, Stats):
@@ -454,7 +454,7 @@ def run() -> Section:
         refused = refusal_case(
             "bad file",
             "tensor shapes contradict the metadata",
-            RunConfig(str(paths["shapes"]), n_ctx=256, threads=1),
+            RunConfig.of(str(paths["shapes"]), n_ctx=256, threads=1),
             "wrong shape",
             model,
             baseline,
@@ -463,13 +463,13 @@ def run() -> Section:
         refusal_case(
             "out of memory",
             f"{stage}, {room} MiB of room",
-            RunConfig(
+            RunConfig.of(
                 model,
                 n_ctx=32768 if stage == "context" else 1024,
                 threads=2,
                 use_mmap=stage == "context",
                 oom_headroom_bytes=room << 20,
-                oom_stage=stage,  # type: ignore[arg-type]
+                oom_stage=stage,
             ),
             "out of memory",
             model,

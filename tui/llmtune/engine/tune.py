@@ -53,6 +53,7 @@ from llmtune.engine.config import RunConfig
 from llmtune.engine.supervisor import Supervisor
 from llmtune.errors import ConfigError, FitError, LlmtuneError
 from llmtune.fit.handoff import Handoff, plan_handoff
+from llmtune.fit.options import resolved_threads
 from llmtune.fit.plan import FitPlan, max_context, plan
 from llmtune.fit.settings import DEFAULT_CTX, QUANTIZED_CACHE_TYPES, FlashAttn, Settings
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
@@ -400,7 +401,7 @@ class Tuner:
         self.n_ctx = s.n_ctx or self.spec.n_ctx_train
         if len(self.space.threads) == 1:
             s = s.with_(threads=self.space.threads[0])
-        s = s.with_(threads=s.threads or _default_threads())
+        s = s.with_(threads=resolved_threads(s.threads))
         if self.objective != "tg" and len(self.space.ubatch) == 1:
             s = s.with_(n_ubatch=self.space.ubatch[0])
         if len(self.space.flash_attn) == 1:
@@ -619,12 +620,6 @@ def confirm_layers(most: int, loads: Callable[[int], bool]) -> int | None:
         else:
             hi = mid
     return lo
-
-
-def _default_threads() -> int:
-    from llmtune.hardware.host import physical_cores
-
-    return physical_cores()
 
 
 def sweep(tuner: Tuner, candidates: Sequence[Settings]) -> list[Trial]:

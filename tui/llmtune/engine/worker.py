@@ -45,13 +45,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from llmtune.engine.config import (
-    FLASH_ATTN_TYPES,
-    GGML_TYPES,
-    SPLIT_MODES,
-    RunConfig,
-    moe_override_patterns,
-)
+from llmtune.engine.config import RunConfig, moe_override_patterns
 from llmtune.engine.logparse import QUANT_TENSOR_START_RE, parse_log, parse_quantize_log
 from llmtune.engine.protocol import (
     Command,
@@ -152,6 +146,15 @@ def set_parent_death_signal(sig: int) -> bool:
         return int(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)) == 0
     except (OSError, AttributeError):
         return False
+
+
+def _set_fields(params: Any, values: dict[str, Any]) -> None:
+    """Set fields of a llama.h parameter struct; a name it lacks is an error, not a new
+    Python attribute llama.cpp never sees."""
+    for name, value in values.items():
+        if not hasattr(type(params), name):
+            raise AttributeError(f"{type(params).__name__} has no field {name!r}")
+        setattr(params, name, value)
 
 
 class Worker:
@@ -283,7 +286,8 @@ class Worker:
 
     def _moe_overrides(self, c: RunConfig, notes: list[str]) -> int | None:
         """The address of a NULL-terminated llama_model_tensor_buft_override array, or None."""
-        patterns = moe_override_patterns(c.n_cpu_moe)
+        n_cpu_moe = c.settings.n_cpu_moe
+        patterns = moe_override_patterns(n_cpu_moe)
         if not patterns:
             return None
         L = self.L
@@ -313,7 +317,7 @@ class Worker:
             overrides[i].buft = cpu_buft
         self._keep += [encoded, overrides]
         notes.append(
-            f"experts of {'every layer' if c.n_cpu_moe < 0 else f'{c.n_cpu_moe} layers'} kept on the CPU"
+            f"experts of {'every layer' if n_cpu_moe < 0 else f'{n_cpu_moe} layers'} kept on the CPU"
         )
         return ctypes.addressof(overrides)
 
@@ -329,20 +333,16 @@ class Worker:
             self.send(Failed(str(exc)))
             return
         mp = L.llama_model_default_params()
-        mp.n_gpu_layers = c.n_gpu_layers
-        mp.split_mode = SPLIT_MODES[c.split_mode]
-        mp.main_gpu = c.main_gpu
-        mp.load_mode = c.load_mode
+        _set_fields(mp, c.model_params())  # every option's, from the options table
         mp.lazy_mode = L.LLAMA_LAZY_MODE_AUTO
         mp.vocab_only = False
         mp.check_tensors = False
-        mp.use_extra_bufts = c.use_extra_bufts
         mp.no_host = False
         mp.no_alloc = False
         mp.load_mtp = False
-        if c.tensor_split:
+        if c.settings.tensor_split:
             n = int(L.llama_max_devices())
-            split = (ctypes.c_float * n)(*list(c.tensor_split)[:n])
+            split = (ctypes.c_float * n)(*list(c.settings.tensor_split)[:n])
             self._keep.append(split)
             mp.tensor_split = split
         overrides = self._moe_overrides(c, notes)
@@ -367,19 +367,8 @@ class Worker:
         self.model = model
 
         cp = L.llama_context_default_params()
-        cp.n_ctx = c.n_ctx
-        cp.n_batch = c.n_batch
-        cp.n_ubatch = c.n_ubatch
-        cp.n_seq_max = c.n_seq_max
-        cp.n_threads = c.n_threads
-        cp.n_threads_batch = c.n_threads_batch
-        cp.flash_attn_type = FLASH_ATTN_TYPES[c.flash_attn]
-        cp.type_k = GGML_TYPES[c.cache_type_k]
-        cp.type_v = GGML_TYPES[c.cache_type_v]
-        cp.offload_kqv = c.offload_kqv
-        cp.op_offload = c.op_offload
-        cp.swa_full = c.swa_full
-        cp.kv_unified = c.kv_unified
+        context_params = c.context_params()
+        _set_fields(cp, context_params)
         cp.embeddings = False
         cp.no_perf = True
         if c.oom_headroom_bytes is not None and c.oom_stage == "context":
@@ -408,7 +397,7 @@ class Worker:
                 n_batch=int(L.llama_n_batch(ctx)),
                 n_ubatch=int(L.llama_n_ubatch(ctx)),
                 n_seq_max=int(L.llama_n_seq_max(ctx)),
-                n_threads=c.n_threads,
+                n_threads=context_params["n_threads"],
                 model_bytes=int(L.llama_model_size(model)),
                 n_params=int(L.llama_model_n_params(model)),
                 n_layer=int(L.llama_model_n_layer(model)),
@@ -534,7 +523,7 @@ class Worker:
                 Failed(f"the prompt has {len(prompt)} tokens; the context holds {self.n_ctx_seq}")
             )
             return
-        n_batch = self.config.n_batch
+        n_batch = self.config.settings.n_batch
         tokens = (L.llama_token * len(prompt))(*prompt)
         finish = "length"
         t0 = time.perf_counter()

@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from llmtune.fit.commandline import llama_cli_args, llama_server_args
-from llmtune.fit.settings import CACHE_TYPE_IDS, SPLIT_MODE_IDS, Settings
+from llmtune.fit.options import OPTION, cli_flag, llama_kwargs, resolved_threads
+from llmtune.fit.settings import CACHE_TYPE_IDS, Settings
 
 if TYPE_CHECKING:
     from llmtune.fit.plan import FitPlan
-
-# enum ggml_type (ggml.h) of the KV cache types, for Llama(type_k=..., type_v=...).
 
 
 @dataclass(frozen=True)
@@ -74,61 +73,19 @@ class Handoff:
         }
 
 
-def _threads(s: Settings) -> int:
-    if s.threads:
-        return s.threads
-    from llmtune.hardware.host import physical_cores
-
-    return physical_cores()
-
-
 def llama_cpp_kwargs(
     model_path: str, s: Settings, n_gpu_layers: int, n_ctx: int, flash_attn: bool
 ) -> tuple[dict[str, Any], list[str]]:
-    """``Llama(**kwargs)`` for llama-cpp-python 0.3.36, and what it cannot set.
+    """``Llama(**kwargs)`` for llama-cpp-python 0.3.36, and what it cannot set
+    (each option's keyword and note come from :mod:`llmtune.fit.options`).
 
     ``flash_attn`` is the resolved value: ``Llama`` takes a bool, not ``auto``.
     """
-    threads = _threads(s)
-    kwargs: dict[str, Any] = {
-        "model_path": model_path,
-        # Llama maps -1 to every layer (llama.py: 0x7FFFFFFF).
-        "n_gpu_layers": n_gpu_layers,
-        "n_ctx": n_ctx,
-        "n_batch": s.n_batch,
-        "n_ubatch": s.n_ubatch,
-        "n_threads": threads,
-        "n_threads_batch": threads,
-        "flash_attn": flash_attn,
-        "swa_full": s.swa_full,
-        "offload_kqv": not s.no_kv_offload,
-    }
-    if s.cache_type_k != "f16":
-        kwargs["type_k"] = CACHE_TYPE_IDS[s.cache_type_k]
-    if s.cache_type_v != "f16":
-        kwargs["type_v"] = CACHE_TYPE_IDS[s.cache_type_v]
-    if not s.use_mmap:
-        kwargs["use_mmap"] = False
-    if s.split_mode != "layer":
-        kwargs["split_mode"] = SPLIT_MODE_IDS[s.split_mode]
-    if s.main_gpu:
-        kwargs["main_gpu"] = s.main_gpu
-    if s.tensor_split:
-        kwargs["tensor_split"] = list(s.tensor_split)
-    notes: list[str] = []
-    if s.n_parallel > 1:
-        notes.append(
-            f"llama-cpp-python: Llama() decodes one sequence; {s.n_parallel} parallel "
-            "sequences need llama-server"
-        )
-    if s.kv_unified:
-        notes.append("llama-cpp-python: Llama() has no unified KV cache option")
-    if s.n_cpu_moe:
-        notes.append(
-            "llama-cpp-python: Llama() cannot keep MoE experts on the CPU "
-            "(tensor_buft_overrides is not exposed); use llama-server's --n-cpu-moe"
-        )
-    return kwargs, notes
+    resolved = s.with_(
+        n_gpu_layers=n_gpu_layers, n_ctx=n_ctx, flash_attn="on" if flash_attn else "off"
+    )
+    kwargs, notes = llama_kwargs(resolved)
+    return {"model_path": model_path, **kwargs}, notes
 
 
 def llama_cpp_snippet(kwargs: dict[str, Any]) -> str:
@@ -162,7 +119,7 @@ def ollama_modelfile(
     lines.append(f"PARAMETER num_gpu {n_gpu_layers if n_gpu_layers >= 0 else 999}")
     # Ollama passes num_batch as both -b and -ub (llm/llama_server.go appendBatchArgs).
     lines.append(f"PARAMETER num_batch {s.n_ubatch}")
-    lines.append(f"PARAMETER num_thread {_threads(s)}")
+    lines.append(f"PARAMETER num_thread {resolved_threads(s.threads)}")
     if s.main_gpu:
         lines.append(f"PARAMETER main_gpu {s.main_gpu}")
     if not s.use_mmap:
@@ -187,11 +144,11 @@ def ollama_modelfile(
             f"is used, not batch {s.n_batch}"
         )
     unsupported = [
-        (s.n_cpu_moe != 0, "MoE experts on the CPU (--n-cpu-moe)"),
+        (s.n_cpu_moe != 0, f"MoE experts on the CPU ({cli_flag('n_cpu_moe')})"),
         (bool(s.tensor_split), "a tensor split"),
         (s.split_mode != "layer", f"split mode {s.split_mode}"),
-        (s.no_kv_offload, "the KV cache kept on the host (--no-kv-offload)"),
-        (s.swa_full, "a full-size sliding-window cache (--swa-full)"),
+        (s.no_kv_offload, f"the KV cache kept on the host ({cli_flag('no_kv_offload')})"),
+        (s.swa_full, f"a full-size sliding-window cache ({cli_flag('swa_full')})"),
     ]
     for missing, what in unsupported:
         if missing:
@@ -217,7 +174,8 @@ def make_handoff(
     kwargs, notes = llama_cpp_kwargs(model_path, s, n_gpu_layers, n_ctx, fa)
     modelfile, ollama_notes = ollama_modelfile(model_path, s, n_gpu_layers, n_ctx, fa)
     if s.kv_unified:
-        notes.insert(0, "llama-cli: no unified KV cache option (-kvu is llama-server's)")
+        kvu = OPTION["kv_unified"].server[0].name
+        notes.insert(0, f"llama-cli: no unified KV cache option ({kvu} is llama-server's)")
     return Handoff(
         llama_server_args=tuple(llama_server_args(model_path, s, n_gpu_layers, n_ctx)),
         llama_cli_args=tuple(llama_cli_args(model_path, s, n_gpu_layers, n_ctx)),

@@ -442,9 +442,11 @@ def _split_devices(devices: Sequence[Device], s: Settings) -> tuple[list[Device]
     if s.split_mode == "none" and gpus:
         if not 0 <= s.main_gpu < len(gpus):
             from llmtune.errors import FitError
+            from llmtune.fit.options import cli_flag
 
             there = "there is 1 GPU" if len(gpus) == 1 else f"there are {len(gpus)} GPUs"
-            raise FitError(f"--main-gpu {s.main_gpu} but {there}", "--main-gpu")
+            flag = cli_flag("main_gpu")
+            raise FitError(f"{flag} {s.main_gpu} but {there}", flag)
         gpus = [gpus[s.main_gpu]]
     return gpus, hosts[0]
 

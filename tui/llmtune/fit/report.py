@@ -7,6 +7,7 @@ import textwrap
 from typing import Any
 
 from llmtune.fit.commandline import llama_server_command
+from llmtune.fit.options import settings_json
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.whatif import QuantRow
 from llmtune.model import ModelSpec
@@ -20,27 +21,14 @@ def plan_dict(spec: ModelSpec, p: FitPlan) -> dict[str, Any]:
     s = p.settings
     return {
         "model": os.path.abspath(spec.path),
-        "settings": {
-            "n_gpu_layers": p.n_gpu_layers,
-            "n_ctx": p.n_ctx,
-            "n_ctx_seq": p.n_ctx_seq,
-            "n_batch": s.n_batch,
-            "n_ubatch": s.n_ubatch,
-            "n_parallel": s.n_parallel,
-            "kv_unified": s.kv_unified,
-            "cache_type_k": s.cache_type_k,
-            "cache_type_v": s.cache_type_v,
-            "flash_attn": s.flash_attn,
-            "flash_attn_resolved": p.flash_attn,
-            "swa_full": s.swa_full,
-            "no_kv_offload": s.no_kv_offload,
-            "split_mode": s.split_mode,
-            "main_gpu": s.main_gpu,
-            "tensor_split": list(s.tensor_split),
-            "n_cpu_moe": s.n_cpu_moe,
-            "use_mmap": s.use_mmap,
-            "margin_bytes": s.margin_bytes,
-        },
+        # The settings as planned: layers and context resolved, the plan's own keys beside them.
+        "settings": settings_json(
+            s.with_(n_gpu_layers=p.n_gpu_layers, n_ctx=p.n_ctx),
+            after={
+                "n_ctx": {"n_ctx_seq": p.n_ctx_seq},
+                "flash_attn": {"flash_attn_resolved": p.flash_attn},
+            },
+        ),
         "kv_cells": p.kv_cells,
         "swa_cells": p.swa_cells,
         "devices": [

@@ -4,6 +4,11 @@ llmtune's defaults follow ``common_params`` (common/common.h), not the C API
 or llama-cpp-python's ``Llama`` (which differ: n_batch 512, flash attention
 off, ``swa_full`` on), so the plan, the worker and the hand-off command line
 describe one configuration.
+
+The defaults are written here once, as typed dataclass fields mypy checks;
+:mod:`llmtune.fit.options` says how each field reaches llama.cpp (its flags,
+``Llama`` keyword, C parameter, JSON key, stepper) and reads the defaults from
+``Settings()``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ CACHE_TYPE_IDS: dict[str, int] = {
     name: GGML_TYPE_BY_NAME[name.upper()].id for name in CACHE_TYPE_NAMES
 }
 SPLIT_MODE_IDS: dict[str, int] = {"none": 0, "layer": 1, "row": 2}  # enum llama_split_mode
+FLASH_ATTN_IDS: dict[str, int] = {"auto": -1, "off": 0, "on": 1}  # enum llama_flash_attn_type
+# (use_mmap, use_mlock) -> enum llama_load_mode (llama.h LLAMA_LOAD_MODE_NONE/MMAP/MLOCK/MMAP_MLOCK)
+LOAD_MODE_IDS: dict[tuple[bool, bool], int] = {
+    (False, False): 0,
+    (True, False): 1,
+    (False, True): 2,
+    (True, True): 3,
+}
 QUANTIZED_CACHE_TYPES = frozenset(t for t, (block, _) in CACHE_TYPES.items() if block > 1)
 
 FlashAttn = Literal["on", "off", "auto"]
@@ -68,56 +81,73 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
     def validate(self) -> None:
-        """Raise FitError for settings llama.cpp would refuse."""
+        """Raise FitError for settings llama.cpp would refuse, naming llmtune's flag."""
+        # The flags live in the options table, which reads Settings: import it here.
+        from llmtune.fit.options import cli_flag as flag
+
         if self.n_gpu_layers < -1:
-            raise FitError(f"--ngl must be 0 or more (or 'max'), not {self.n_gpu_layers}", "--ngl")
+            ngl = flag("n_gpu_layers")
+            raise FitError(f"{ngl} must be 0 or more (or 'max'), not {self.n_gpu_layers}", ngl)
         if self.n_ctx < 0:
-            raise FitError(f"context must be positive, not {self.n_ctx}", "--ctx")
+            raise FitError(f"context must be positive, not {self.n_ctx}", flag("n_ctx"))
         if self.n_batch < 1:
-            raise FitError(f"batch must be at least 1, not {self.n_batch}", "--batch")
+            raise FitError(f"batch must be at least 1, not {self.n_batch}", flag("n_batch"))
         if self.n_ubatch < 1:
-            raise FitError(f"ubatch must be at least 1, not {self.n_ubatch}", "--ubatch")
-        for flag, what, tokens in (
-            ("--ctx", "context", self.n_ctx),
-            ("--batch", "batch", self.n_batch),
-            ("--ubatch", "ubatch", self.n_ubatch),
+            raise FitError(f"ubatch must be at least 1, not {self.n_ubatch}", flag("n_ubatch"))
+        for name, what, tokens in (
+            ("n_ctx", "context", self.n_ctx),
+            ("n_batch", "batch", self.n_batch),
+            ("n_ubatch", "ubatch", self.n_ubatch),
         ):
             if tokens > MAX_TOKENS:
                 raise FitError(
                     f"{what} of {tokens:,} tokens is more than llama.cpp takes ({MAX_TOKENS:,})",
-                    flag,
+                    flag(name),
                 )
         if not 1 <= self.n_parallel <= 256:
             raise FitError(
-                f"parallel sequences must be 1 to 256, not {self.n_parallel}", "--parallel"
+                f"parallel sequences must be 1 to 256, not {self.n_parallel}", flag("n_parallel")
             )
-        for flag, value in (
-            ("--cache-type-k", self.cache_type_k),
-            ("--cache-type-v", self.cache_type_v),
+        for name, value in (
+            ("cache_type_k", self.cache_type_k),
+            ("cache_type_v", self.cache_type_v),
         ):
             if value not in CACHE_TYPES:
                 raise FitError(
                     f"llama.cpp has no KV cache type {value!r}; use one of {', '.join(CACHE_TYPES)}",
-                    flag,
+                    flag(name),
                 )
-        if self.flash_attn not in ("on", "off", "auto"):
+        if self.flash_attn not in FLASH_ATTN_IDS:
             raise FitError(
-                f"flash attention is on, off or auto, not {self.flash_attn!r}", "--flash-attn"
+                f"flash attention is on, off or auto, not {self.flash_attn!r}", flag("flash_attn")
             )
-        if self.split_mode not in ("layer", "row", "none"):
+        if self.split_mode not in SPLIT_MODE_IDS:
             raise FitError(
-                f"split mode is layer, row or none, not {self.split_mode!r}", "--split-mode"
+                f"split mode is layer, row or none, not {self.split_mode!r}", flag("split_mode")
             )
         if self.cache_type_v in QUANTIZED_CACHE_TYPES and self.flash_attn == "off":
             # llama_init_from_model: "quantized V cache requires flash_attn to be enabled"
             raise FitError(
                 f"a quantized V cache ({self.cache_type_v}) needs flash attention; "
-                "llama.cpp refuses it with --flash-attn off",
-                "--cache-type-v",
+                f"llama.cpp refuses it with {flag('flash_attn')} off",
+                flag("cache_type_v"),
             )
         if not all(math.isfinite(f) for f in self.tensor_split):
-            raise FitError("tensor split proportions must be finite numbers", "--tensor-split")
+            raise FitError("tensor split proportions must be finite numbers", flag("tensor_split"))
         if any(f < 0 for f in self.tensor_split):
-            raise FitError("tensor split proportions must not be negative", "--tensor-split")
+            raise FitError("tensor split proportions must not be negative", flag("tensor_split"))
         if self.margin_bytes < 0:
-            raise FitError("the memory margin must not be negative", "--margin")
+            raise FitError("the memory margin must not be negative", flag("margin_bytes"))
+
+
+@dataclass(frozen=True)
+class Extras:
+    """Settings the worker passes that the estimator does not model (a RunConfig holds them).
+
+    llama-server's defaults, like Settings'; :mod:`llmtune.fit.options` writes their flags.
+    """
+
+    threads_batch: int = 0  # 0: as threads
+    use_mlock: bool = False
+    use_extra_bufts: bool = True  # CPU_REPACK; False is --no-repack
+    op_offload: bool = True  # False is --no-op-offload

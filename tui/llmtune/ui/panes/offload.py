@@ -14,6 +14,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Grid, Vertical, VerticalScroll
 from textual.widgets import Static
 
+from llmtune.fit.options import stepper_label, stepper_value
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.settings import CACHE_TYPES, Settings
 from llmtune.model import ModelSpec
@@ -115,18 +116,23 @@ class OffloadPane(VerticalScroll):
         yield LayerSlider(id="ngl")
         yield Static("", id="offload-verdict", markup=False)
         yield Vertical(id="offload-devices")
+        cache_types: list[Choice[object]] = [Choice(t, t) for t in CACHE_TYPES]
+        flash_attn: list[Choice[object]] = [Choice(v, v) for v in ("auto", "on", "off")]
+        steppers: tuple[tuple[str, list[Choice[object]]], ...] = (
+            ("n_ctx", []),  # the choices that depend on the model come in show()
+            ("flash_attn", flash_attn),
+            ("cache_type_k", cache_types),
+            ("cache_type_v", cache_types),
+            ("n_batch", []),
+            ("n_ubatch", []),
+            ("threads", []),
+            ("n_parallel", []),
+            ("kv_offload", ON_OFF),
+            ("n_cpu_moe", []),
+        )
         with Grid(id="offload-settings"):
-            yield Stepper("context", [], id="set-n_ctx")
-            yield Stepper("flash attn", [Choice(v, v) for v in ("auto", "on", "off")],
-                          id="set-flash_attn")  # fmt: skip
-            yield Stepper("K cache", [Choice(t, t) for t in CACHE_TYPES], id="set-cache_type_k")
-            yield Stepper("V cache", [Choice(t, t) for t in CACHE_TYPES], id="set-cache_type_v")
-            yield Stepper("batch", [], id="set-n_batch")
-            yield Stepper("ubatch", [], id="set-n_ubatch")
-            yield Stepper("threads", [], id="set-threads")
-            yield Stepper("parallel", [], id="set-n_parallel")
-            yield Stepper("KV on GPU", ON_OFF, id="set-kv_offload")
-            yield Stepper("MoE on CPU", [], id="set-n_cpu_moe")
+            for key, choices in steppers:  # labels from the options table
+                yield Stepper(stepper_label(key), choices, id=f"set-{key}")
         yield Static("", id="offload-notes", markup=False)
         yield Static("", id="offload-command", markup=False)
 
@@ -152,7 +158,7 @@ class OffloadPane(VerticalScroll):
         self._stepper("threads").set_choices(thread_choices(s.threads), s.threads)
         self._stepper("n_parallel").set_choices(_powers(1, 64, s.n_parallel), s.n_parallel)
         kv_offload = self._stepper("kv_offload")
-        kv_offload.select(not s.no_kv_offload)
+        kv_offload.select(stepper_value("kv_offload", s))
         kv_offload.display = view.has_gpu
         moe = self._stepper("n_cpu_moe")
         moe.display = spec.n_expert > 0
