@@ -15,7 +15,7 @@ from pathlib import Path
 
 from llmtune.paths import cache_dir
 
-__all__ = ["LOG_NAME", "open_log"]
+__all__ = ["LOG_NAME", "close_log", "open_log"]
 
 LOG_NAME = "llmtune.log"
 MAX_BYTES = 1 << 20
@@ -25,6 +25,8 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 class QuietRotatingFileHandler(RotatingFileHandler):
     """A rotating file whose failures (no directory, a read-only or full disk) are silent."""
+
+    previous_level = logging.NOTSET  # the logger's level before the log was opened
 
     def handleError(self, record: logging.LogRecord) -> None:
         pass
@@ -42,6 +44,7 @@ def open_log(directory: Path | None = None) -> Path:
             if Path(handler.baseFilename) == path.absolute():
                 return path
             logger.removeHandler(handler)
+            logger.setLevel(handler.previous_level)
             handler.close()
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -51,7 +54,18 @@ def open_log(directory: Path | None = None) -> Path:
         path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8", delay=True
     )
     handler.setFormatter(logging.Formatter(FORMAT))
+    handler.previous_level = logger.level
     logger.addHandler(handler)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
     return path
+
+
+def close_log() -> None:
+    """Stop writing the log file (the app closes it when it ends)."""
+    logger = logging.getLogger("llmtune")
+    for handler in list(logger.handlers):
+        if isinstance(handler, QuietRotatingFileHandler):
+            logger.removeHandler(handler)
+            logger.setLevel(handler.previous_level)
+            handler.close()

@@ -207,6 +207,10 @@ class LlmtuneApp(SessionAttributes, App[None]):
             self.sampler.stop()
         self._save_now()
         self.session.shutdown()
+        if self.log_path is not None:
+            from llmtune.logfile import close_log
+
+            close_log()
 
     # -- the error boundary ----------------------------------------------------------
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
