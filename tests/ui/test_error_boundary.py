@@ -205,6 +205,8 @@ async def test_a_chat_template_that_raises_leaves_the_worker_ready(
         app.generate("hello again")
         await wait_for(pilot, lambda: app.last_stats is not None)
         assert workers[0].prompts == ["hello again"] and app.run_pane.output == "ok"
+        await wait_for(pilot, lambda: app.error is None)  # it works again: the line clears
+        assert "chat template" not in status_text(app)
 
 
 def test_every_thread_worker_is_inside_the_boundary() -> None:

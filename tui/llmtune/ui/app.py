@@ -137,6 +137,7 @@ class LlmtuneApp(SessionAttributes, App[None]):
         self.session = self.worker.session
         # what failed in the background, on the status line until the next file opens
         self.error: str | None = None
+        self._error_group: str | None = None  # ... or until this group's task works again
         self.log_path: Path | None = None
         # telemetry
         self.telemetry = TelemetryStore(interval_s=self.options.interval_s)
@@ -217,17 +218,21 @@ class LlmtuneApp(SessionAttributes, App[None]):
         """Any thread worker that raised, the app's or a screen's (they forward theirs):
         one sentence on the status line and in a toast, the traceback in the log."""
         worker = event.worker
+        if event.state == WorkerState.SUCCESS and worker.group == self._error_group:
+            self.error = self._error_group = None  # the task that failed works again
+            self.show_status()
         if event.state != WorkerState.ERROR:
             return
         sentence = failure_sentence(worker.group, worker.error)
         log.error("%s (worker %s)", sentence, worker.name, exc_info=worker.error)
         if worker.group == "chat":
             self.session.prompt_failed()  # nothing was sent: the worker is ready again
-        self.show_error(sentence)
+        self.show_error(sentence, worker.group)
 
-    def show_error(self, sentence: str) -> None:
-        """Keep ``sentence`` on the status line (until the next file opens) and toast it."""
-        self.error = sentence
+    def show_error(self, sentence: str, group: str | None = None) -> None:
+        """Keep ``sentence`` on the status line, until the next file opens or the
+        task of worker ``group`` next succeeds, and toast it."""
+        self.error, self._error_group = sentence, group
         self.show_status()
         where = f" The log: {inert(str(self.log_path))}" if self.log_path else ""
         self.notify(sentence + where, severity="error", markup=False, timeout=10)
@@ -291,7 +296,7 @@ class LlmtuneApp(SessionAttributes, App[None]):
         self.model_path = path
         self.planner = Planner(spec)
         self.quant = None
-        self.error = None  # what failed was about the file before
+        self.error = self._error_group = None  # what failed was about the file before
         saved = self.store.settings_for(path)
         self.settings = saved if saved is not None else Settings()
         self.sub_title = inert(spec.name, max_chars=60)
