@@ -236,3 +236,29 @@ def write_bad_shapes(path: str | os.PathLike[str]) -> None:
     ]
     tensors = [Tensor("token_embd.weight", (64, n_vocab)), Tensor("output_norm.weight", (64,))]
     write_gguf(path, kv, tensors)
+
+
+def write_phantom_layer(path: str | os.PathLike[str]) -> Path:
+    """A one-layer MoE model with a tensor named for layer 3, which does not exist.
+    Reading and planning it as it is work; llama.cpp's quantizer refuses the tensor
+    (``llmtune fit --quant`` says why), and so does llmtune's quantization what-if."""
+    t = GGMLQuantizationType
+    kv = [
+        ("general.architecture", "llama"),
+        ("general.name", "crafted"),
+        ("llama.block_count", 1),
+        ("llama.embedding_length", 64),
+        ("llama.attention.head_count", 4),
+        ("llama.attention.head_count_kv", 4),
+        ("llama.feed_forward_length", 128),
+        ("llama.context_length", 2048),
+        ("llama.expert_count", 4),
+        ("llama.expert_used_count", 2),
+    ]
+    tensors = [
+        Tensor("token_embd.weight", (64, 256), t.F16),
+        Tensor("blk.0.attn_q.weight", (64, 64), t.F16),
+        Tensor("blk.3.ffn_down_exps.weight", (128, 64, 4), t.F16),
+    ]
+    (written,) = write_gguf(path, kv, tensors)
+    return written

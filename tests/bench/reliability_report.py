@@ -1,8 +1,8 @@
 """What llmtune survives, measured: the reliability report of issue 7.
 
 Runs every section under ``tests/bench/reliability/`` (malformed model files,
-worker faults, hostile text, long runs, files on disk, resource limits,
-security) and prints one table per section and a summary; `make bench` runs it and the
+the same files through the app's open path, worker faults, hostile text, long
+runs, files on disk, resource limits, security) and prints one table per section and a summary; `make bench` runs it and the
 README's Performance section keeps the figures. ``--only NAME`` runs one
 section. Like the other benchmarks it reports rather than fails: a target that
 is missed says MISS.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reliability import Row, Section  # noqa: E402
 
-SECTIONS = ("files", "worker", "text", "longrun", "disk", "resources", "security")
+SECTIONS = ("files", "app", "worker", "text", "longrun", "disk", "resources", "security")
 
 
 def run_section(name: str) -> Section:

@@ -1,15 +1,23 @@
-"""Messages that cross the app: events from the worker and samples from the sampler.
+"""Messages that cross the app: what its threads found, for the UI thread.
 
-Both are posted from threads (the supervisor's reader, the sampler); handlers
-run on the UI thread, which alone touches widgets and the telemetry store.
+The worker's events and the sampler's ticks are posted from their own threads
+(the supervisor's reader, the sampler); the others from the app's thread
+workers, each the result of one background task. Handlers run on the UI
+thread, which alone touches widgets, the telemetry store and the worker
+session. ``post_message`` is safe to call from any thread (Textual hands the
+message to the app's event loop with ``call_soon_threadsafe``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual.message import Message
 
 from llmtune.engine.protocol import Event
+from llmtune.fit.whatif import QuantRow
 from llmtune.telemetry.sample import Sample
+from llmtune.ui.planner import Planner
 
 
 class WorkerEvent(Message):
@@ -18,8 +26,8 @@ class WorkerEvent(Message):
     def __init__(self, event: Event, generation: int) -> None:
         super().__init__()
         self.event = event
-        # Which worker (the app's count of starts) sent it: events of a worker
-        # that has since been replaced are dropped.
+        # Which worker (the session's count of starts) sent it: events of a
+        # worker that has since been replaced are dropped.
         self.generation = generation
 
 
@@ -33,3 +41,42 @@ class SampleArrived(Message):
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, SampleArrived)
+
+
+@dataclass
+class QuantWarmed(Message):
+    """``planner`` has sized the model at every file type: the table can be made."""
+
+    planner: Planner
+
+
+@dataclass
+class QuantRowsReady(Message):
+    """The quantization table's rows, planned by ``planner`` (a replaced one's are dropped)."""
+
+    planner: Planner
+    rows: list[QuantRow]
+
+
+@dataclass
+class SiblingsFound(Message):
+    """Other quantizations of the model at ``path`` beside it: ``{file type: path}``."""
+
+    path: str
+    found: dict[str, str]
+
+
+@dataclass
+class PromptRendered(Message):
+    """The prompt with the chat template applied, for worker ``generation``."""
+
+    text: str
+    generation: int
+
+
+@dataclass
+class DemoFetched(Message):
+    """The demo model is on disk at ``path``, or could not be fetched (``error``)."""
+
+    path: str | None
+    error: str | None = None

@@ -1,13 +1,16 @@
 """The model picker: GGUF files found on this machine, the demo model always among them.
 
-The search runs in a thread (a slow network mount never freezes the screen);
-typing filters the list, and a path typed in full opens that file. Enter opens
+The search runs in a thread (a slow network mount never freezes the screen) and
+posts what it found as ``ModelsFound``; a search that fails is the app's error
+boundary's to report, and the list then offers what it has (the demo model).
+Typing filters the list, and a path typed in full opens that file. Enter opens
 the highlighted model; Escape goes back (or, with no model open yet, stays).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.text import Text
@@ -15,11 +18,14 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, Input, Static
+from textual.worker import Worker, WorkerState
 
 from llmtune.model.discover import FoundModel, find_models
 from llmtune.textsafe import inert
+from llmtune.ui.boundary import forward_failure
 from llmtune.units import format_bytes
 
 SOURCE_LABEL = {
@@ -40,6 +46,12 @@ class ModelPicker(ModalScreen[str | None]):
         Binding("escape", "back", "Back"),
         Binding("down", "focus_list", "List", show=False),
     ]
+
+    @dataclass
+    class ModelsFound(Message):
+        """The search's result, from its thread."""
+
+        models: list[FoundModel]
 
     def __init__(self, *, can_go_back: bool, last_model: str | None = None) -> None:
         super().__init__()
@@ -74,13 +86,21 @@ class ModelPicker(ModalScreen[str | None]):
             width = max([len(label), *(row[i].cell_len for row in rows)])
             table.add_column(label, key=key, width=width)
 
-    @work(thread=True, exclusive=True, group="picker")
+    @work(thread=True, exclusive=True, group="picker", exit_on_error=False)
     def search(self) -> None:
-        models = find_models()
-        self.app.call_from_thread(self._found, models)
+        self.post_message(self.ModelsFound(find_models()))
 
-    def _found(self, models: list[FoundModel]) -> None:
-        self.models = models
+    @on(ModelsFound)
+    def _found(self, message: ModelsFound) -> None:
+        self.models = message.models
+        self._search_ended()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        forward_failure(self.app, event)
+        if event.state == WorkerState.ERROR:
+            self._search_ended()  # the app says why; the list keeps what it can offer
+
+    def _search_ended(self) -> None:
         self.searching = False
         self._fill(self.query_one("#picker-filter", Input).value)
 

@@ -6,20 +6,25 @@ anyway, at a cost in quality), and a disk too small is refused. Enter starts:
 llama.cpp's dry run gives the size it will write beside llmtune's prediction,
 then a progress bar follows each tensor. Escape cancels (the partial file is
 deleted; the source is only ever read); when it is done, Enter opens the file.
+The quantizer runs in a thread that posts each step (``QuantizeUpdate``) and
+how it ended (``QuantizeEnded``).
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.text import Text
-from textual import work
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Footer, ProgressBar, Static
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from llmtune.engine.quantize import (
     QuantizeCancelled,
@@ -32,6 +37,7 @@ from llmtune.engine.quantize import (
 )
 from llmtune.errors import LlmtuneError
 from llmtune.textsafe import inert
+from llmtune.ui.boundary import error_words, forward_failure
 from llmtune.units import format_bytes
 
 
@@ -44,6 +50,16 @@ class QuantizeScreen(ModalScreen[str | None]):
         Binding("f", "toggle_force", "Replace existing", show=False),
         Binding("escape", "cancel", "Cancel / close"),
     ]
+
+    @dataclass
+    class QuantizeUpdate(Message):
+        update: QuantizePlan | QuantizeStep | QuantizeResult
+
+    @dataclass
+    class QuantizeEnded(Message):
+        """It stopped before the end: cancelled, or refused (the sentence says which)."""
+
+        message: str
 
     def __init__(self, model_path: str, file_type: str) -> None:
         super().__init__()
@@ -128,17 +144,31 @@ class QuantizeScreen(ModalScreen[str | None]):
         elif self.state == "done":
             self.dismiss(self.output)
 
-    @work(thread=True, exclusive=True, group="quantize")
+    @work(thread=True, exclusive=True, group="quantize", exit_on_error=False)
     def _run(self, job: QuantizeJob) -> None:
+        worker = get_current_worker()
         try:
             for update in run_quantize(job, cancel=self._cancel):
-                self.app.call_from_thread(self._update, update)
+                if worker.is_cancelled:  # the screen is gone: stop the quantizer too
+                    self._cancel.set()
+                self.post_message(self.QuantizeUpdate(update))
         except QuantizeCancelled:
-            self.app.call_from_thread(self._ended, "Cancelled: no file was left behind.")
+            self.post_message(self.QuantizeEnded("Cancelled: no file was left behind."))
         except LlmtuneError as exc:
-            self.app.call_from_thread(self._ended, exc.one_line())
+            self.post_message(self.QuantizeEnded(exc.one_line()))
 
-    def _update(self, update: QuantizePlan | QuantizeStep | QuantizeResult) -> None:
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        forward_failure(self.app, event)
+        if event.state == WorkerState.ERROR:
+            self._ended(f"Quantizing failed: {error_words(event.worker.error)}")
+
+    @on(QuantizeEnded)
+    def _quantize_ended(self, message: QuantizeEnded) -> None:
+        self._ended(message.message)
+
+    @on(QuantizeUpdate)
+    def _update(self, message: QuantizeUpdate) -> None:
+        update = message.update
         bar = self.query_one("#quantize-progress", ProgressBar)
         if isinstance(update, QuantizePlan):
             predicted = update.job.predicted.file_bytes

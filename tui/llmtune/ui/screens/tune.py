@@ -4,13 +4,16 @@ Choose the objective (generation, prompt or both) and press Enter; each trial
 is a real load and a short benchmark in its own worker (``engine.tune``), and
 appears in the table as it finishes. Escape cancels at any time (the running
 worker is killed) and keeps what was found; at the end Enter applies the best
-settings to the app. The search runs in a thread; trials arrive by
-``call_from_thread``.
+settings to the app. The search runs in a thread that posts each trial
+(``TrialFinished``), each step (``TuneProgress``) and the end (``TuneFinished``);
+an exception other than llmtune's own ends the search with the app's error
+boundary's sentence.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.text import Text
@@ -18,8 +21,10 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Footer, ProgressBar, Static
+from textual.worker import Worker, WorkerState
 
 from llmtune.engine.tune import Objective, Trial, Tuner, TuneResult
 from llmtune.errors import LlmtuneError
@@ -28,6 +33,7 @@ from llmtune.fit.speed import SpeedModel
 from llmtune.hardware.device import Device
 from llmtune.model import ModelSpec
 from llmtune.textsafe import inert
+from llmtune.ui.boundary import error_words, forward_failure
 from llmtune.ui.widgets.stepper import Choice, Stepper
 
 OBJECTIVE_CHOICES: list[Choice[object]] = [
@@ -53,6 +59,19 @@ class TuneScreen(ModalScreen[Settings | None]):
         Binding("enter", "go", "Start / apply best", priority=True),
         Binding("escape", "cancel", "Cancel / close"),
     ]
+
+    @dataclass
+    class TrialFinished(Message):
+        trial: Trial
+
+    @dataclass
+    class TuneProgress(Message):
+        line: str
+
+    @dataclass
+    class TuneFinished(Message):
+        result: TuneResult | None
+        error: str | None  # llmtune's one line, when the search was refused
 
     def __init__(
         self,
@@ -142,8 +161,8 @@ class TuneScreen(ModalScreen[Settings | None]):
                 objective=objective,
                 speed=self.speed,
                 max_trials=self.max_trials,
-                on_trial=lambda trial: self.app.call_from_thread(self.add_trial, trial),
-                on_progress=lambda line: self.app.call_from_thread(self._status, line),
+                on_trial=self._post_trial,
+                on_progress=self._post_progress,
             )
         except LlmtuneError as exc:
             self._status(exc.one_line())
@@ -155,14 +174,38 @@ class TuneScreen(ModalScreen[Settings | None]):
         self._status("Tuning…")
         self._run(self.tuner)
 
-    @work(thread=True, exclusive=True, group="tune")
+    @work(thread=True, exclusive=True, group="tune", exit_on_error=False)
     def _run(self, tuner: Tuner) -> None:
         try:
             result: TuneResult | None = tuner.run()
             error = None
         except LlmtuneError as exc:
             result, error = None, exc.one_line()
-        self.app.call_from_thread(self._finished, result, error)
+        self.post_message(self.TuneFinished(result, error))
+
+    def _post_trial(self, trial: Trial) -> None:
+        """The tuner's thread: one more trial done."""
+        self.post_message(self.TrialFinished(trial))
+
+    def _post_progress(self, line: str) -> None:
+        self.post_message(self.TuneProgress(line))
+
+    @on(TrialFinished)
+    def _trial_finished(self, message: TrialFinished) -> None:
+        self.add_trial(message.trial)
+
+    @on(TuneProgress)
+    def _progress(self, message: TuneProgress) -> None:
+        self._status(message.line)
+
+    @on(TuneFinished)
+    def _tune_finished(self, message: TuneFinished) -> None:
+        self._finished(message.result, message.error)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        forward_failure(self.app, event)
+        if event.state == WorkerState.ERROR:
+            self._finished(None, f"Tuning failed: {error_words(event.worker.error)}")
 
     def add_trial(self, trial: Trial) -> None:
         self.trials.append(trial)

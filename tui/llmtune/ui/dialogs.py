@@ -1,0 +1,147 @@
+"""The dialogs the app's keys open: picker, help, GPU what-if, hand-off, tune, quantize.
+
+Each function pushes one screen and, when the screen is dismissed with an
+answer, hands the answer to the app (open a file, plan for a GPU, apply tuned
+settings); the app's actions call them. The picker's demo row downloads the
+demo model in a thread worker that posts ``DemoFetched``. Screens are imported when first
+opened, so starting the app does not pay for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import TYPE_CHECKING
+
+from llmtune.errors import LlmtuneError
+from llmtune.fit.settings import Settings
+from llmtune.textsafe import inert
+from llmtune.ui.messages import DemoFetched
+
+if TYPE_CHECKING:
+    from llmtune.ui.app import LlmtuneApp
+
+__all__ = ["choose_gpu", "fetch_demo", "handoff", "help_screen", "picker", "quantize", "tune"]
+
+
+def picker(app: LlmtuneApp, can_go_back: bool = True) -> None:
+    """Choose a model; with none open yet, the picker cannot be left without one."""
+    from llmtune.ui.screens.picker import DEMO_DOWNLOAD, ModelPicker
+
+    def chosen(path: str | None) -> None:
+        if path == DEMO_DOWNLOAD:
+            fetch_demo(app)
+        elif path:
+            app.open_model(path)
+
+    app.push_screen(ModelPicker(can_go_back=can_go_back, last_model=app.store.last_model), chosen)
+
+
+def fetch_demo(app: LlmtuneApp) -> None:
+    """Download the demo model in a thread; ``DemoFetched`` says how it went."""
+    from llmtune.model.demo import fetch_demo_model
+
+    def fetch() -> None:
+        try:
+            path = fetch_demo_model()
+        except Exception as exc:  # no network is expected: say so, and offer the picker again
+            message = exc.one_line() if isinstance(exc, LlmtuneError) else str(exc)
+            app.post_message(DemoFetched(None, inert(message)))
+            return
+        app.post_message(DemoFetched(str(path)))
+
+    app.notify("Downloading the demo model (98 MB)…", markup=False)
+    app.run_worker(fetch, name="demo", group="demo", exclusive=True, thread=True,
+                   exit_on_error=False)  # fmt: skip
+
+
+def help_screen(app: LlmtuneApp) -> None:
+    from llmtune.ui.screens.help import HelpScreen
+
+    app.push_screen(HelpScreen())
+
+
+def choose_gpu(app: LlmtuneApp) -> None:
+    """Plan for a GPU profile (a what-if) or for this machine's own devices."""
+    from llmtune.hardware.profiles import parse_gpu_spec
+    from llmtune.ui.screens.choose_gpu import ChooseGPU
+
+    hardware = app.hardware
+    gpus = hardware.machine_gpus
+    label = ", ".join(d.name for d in gpus) if gpus else "CPU only"
+    current = hardware.what_if[0].profile if hardware.what_if else None
+
+    def chosen(key: str | None) -> None:
+        if key is None:
+            return
+        app.set_what_if([parse_gpu_spec(key)] if key else [])
+        app.focus_pane(app.active_pane)
+        shown = app.hardware.describe()
+        app.notify(shown[0].upper() + shown[1:] + ".", markup=False, timeout=4)
+
+    app.push_screen(ChooseGPU(label, current), chosen)
+
+
+def handoff(app: LlmtuneApp) -> None:
+    from llmtune.ui.screens.handoff import HandoffScreen
+
+    if app.plan is None:
+        return
+    app.push_screen(HandoffScreen(app.handoff_for(app.plan), app.copy_to_clipboard))
+
+
+def tune(app: LlmtuneApp) -> None:
+    """Real loads on this machine; the loaded model is unloaded first (the tuner
+    needs the memory). The best settings found are applied, the margin kept."""
+    from llmtune.ui.screens.tune import TuneScreen
+
+    if app.spec is None or app.planner is None:
+        return
+    if app.session.holds_model:
+        app.worker.unload()
+        app.notify("Unloaded the model: the tuner needs the memory.", markup=False)
+    if app.hardware.what_if:
+        app.notify(
+            "Tuning runs here, on this machine's own hardware, not the what-if GPU.",
+            markup=False,
+            timeout=6,
+        )
+
+    def tuned(best: Settings | None) -> None:
+        if best is None:
+            return
+        keep = {"margin_bytes": app.settings.margin_bytes}
+        if app.change_settings(**{**_fields(best), **keep}):
+            app.notify("Applied the tuned settings; a: load them.", markup=False)
+
+    hardware = app.hardware
+    app.push_screen(TuneScreen(app.spec, hardware.machine, app.settings, hardware.speed), tuned)
+
+
+def quantize(app: LlmtuneApp) -> None:
+    """Write the file type highlighted in the quantization pane (or the what-if in
+    force); the written file is opened."""
+    from llmtune.ui.screens.quantize import QuantizeScreen
+
+    if app.model_path is None:
+        return
+    target = app.quant
+    if app.active_pane == "quant" or app.layout_mode == "wide":
+        row = app.quant_pane.highlighted()
+        if row is not None and not row.is_current:
+            target = row.file_type
+    if target is None:
+        app.notify(
+            "Choose a file type in the quantization pane (2), then w writes it.",
+            markup=False,
+        )
+        return
+
+    def written(path: str | None) -> None:
+        if path:
+            app.open_model(path)
+
+    app.push_screen(QuantizeScreen(app.model_path, target), written)
+
+
+def _fields(settings: Settings) -> dict[str, object]:
+    return {f.name: getattr(settings, f.name) for f in fields(settings)}
