@@ -21,6 +21,7 @@ from pathlib import Path
 from textual.pilot import Pilot
 
 from llmtune.hardware.host import host_device
+from llmtune.hardware.machine import Machine
 from llmtune.hardware.profiles import parse_gpu_spec
 from llmtune.model import read_spec
 from llmtune.model.demo import DEMO_FILE, fetch_demo_model
@@ -28,7 +29,6 @@ from llmtune.telemetry.sampler import SampleCallback, Sampler
 from llmtune.ui.app import AppOptions, LlmtuneApp, make_app
 from llmtune.ui.panes.quant import QuantPane
 from llmtune.ui.panes.run import RunPane
-from llmtune.ui.planner import Hardware
 from llmtune.units import GIB
 
 REPO = Path(__file__).resolve().parent.parent
@@ -41,9 +41,9 @@ PROMPT = "In one sentence, what is a GPU?"
 Setup = Callable[[Pilot[None], LlmtuneApp], Awaitable[None]]
 
 
-def hardware() -> Hardware:
+def hardware() -> Machine:
     host = host_device(ram_bytes=32 * GIB, bandwidth_gbps=51.2)
-    return Hardware((host,)).with_what_if([parse_gpu_spec("rtx3060-12g")])
+    return Machine((host,)).with_what_if([parse_gpu_spec("rtx3060-12g")])
 
 
 def sampler(callback: SampleCallback, interval_s: float) -> Sampler:

@@ -35,10 +35,10 @@ from textual.widget import Widget  # noqa: E402
 from llmtune.fit.plan import plan  # noqa: E402
 from llmtune.fit.settings import Settings  # noqa: E402
 from llmtune.hardware.host import host_device  # noqa: E402
+from llmtune.hardware.machine import Machine  # noqa: E402
 from llmtune.hardware.profiles import parse_gpu_spec  # noqa: E402
 from llmtune.model import read_spec  # noqa: E402
 from llmtune.ui.app import make_app  # noqa: E402
-from llmtune.ui.planner import Hardware  # noqa: E402
 from llmtune.ui.widgets.devicebar import DeviceBar  # noqa: E402
 from llmtune.ui.widgets.slider import LayerSlider  # noqa: E402
 from llmtune.units import GIB  # noqa: E402
@@ -50,7 +50,7 @@ PRESSES = 60
 
 async def measure(path: str) -> tuple[list[float], float]:
     spec = read_spec(path)
-    hardware = Hardware((host_device(ram_bytes=64 * GIB, bandwidth_gbps=51.2),)).with_what_if(
+    hardware = Machine((host_device(ram_bytes=64 * GIB, bandwidth_gbps=51.2),)).with_what_if(
         [parse_gpu_spec("rtx3060-12g")]
     )
     app = make_app(spec, hardware=hardware)

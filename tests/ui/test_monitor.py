@@ -15,9 +15,10 @@ from ui_support import cpu_only, wait_for
 from fake_pynvml import FakeGPU, FakeNVML, FakeProcess, install
 from llmtune.hardware import nvml
 from llmtune.hardware.detect import CUDA_REINSTALL_COMMAND
+from llmtune.hardware.machine import MachineOptions, machine
 from llmtune.model import ModelSpec
 from llmtune.telemetry.sampler import SampleCallback, Sampler
-from llmtune.ui.app import AppOptions, default_sampler_factory, machine_hardware, make_app
+from llmtune.ui.app import AppOptions, default_sampler_factory, make_app
 from llmtune.ui.widgets.graph import TimeGraph
 from llmtune.units import GIB
 
@@ -41,8 +42,8 @@ def fast_sampler(callback: SampleCallback, interval_s: float) -> Sampler:
 async def test_graphs_show_vram_ram_and_what_others_hold(
     demo_spec: ModelSpec, gpu_machine: FakeNVML
 ) -> None:
-    hardware = machine_hardware()
-    gpu, host = hardware.machine
+    hardware = machine(for_worker=True)
+    gpu, host = hardware.local
     assert gpu.is_gpu and gpu.capacity_bytes == 24 * GIB
     app = make_app(
         demo_spec,
@@ -67,7 +68,7 @@ async def test_graphs_show_vram_ram_and_what_others_hold(
 async def test_a_gpu_with_a_cpu_only_build_is_said_prominently(
     demo_spec: ModelSpec, gpu_machine: FakeNVML
 ) -> None:
-    app = make_app(demo_spec, hardware=machine_hardware())
+    app = make_app(demo_spec, hardware=machine(for_worker=True))
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
         status = screen_text(app)[1]
@@ -80,7 +81,7 @@ async def test_no_gpu_is_one_sentence(
 ) -> None:
     install(monkeypatch, FakeNVML(init_error=12))  # NVML_ERROR_LIBRARY_NOT_FOUND
     try:
-        app = make_app(demo_spec, hardware=machine_hardware())
+        app = make_app(demo_spec, hardware=machine(for_worker=True))
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.pause()
             status = screen_text(app)[1]
@@ -107,7 +108,7 @@ async def test_the_real_sampler_runs_with_the_app_and_stops_with_it(demo_spec: M
 
 
 def test_gpu_spec_preselects_a_what_if_target(gpu_machine: FakeNVML) -> None:
-    hardware = machine_hardware(["rtx4090", "24GB:1008GB/s"])
+    hardware = machine(MachineOptions(gpus=("rtx4090", "24GB:1008GB/s")), for_worker=True)
     assert [d.profile for d in hardware.what_if] == ["rtx4090", ""]
     assert [d.kind for d in hardware.devices] == ["gpu", "gpu", "cpu"]
     assert hardware.machine_gpus[0].name == "NVIDIA GeForce RTX 3090"  # still this machine's
@@ -123,7 +124,7 @@ async def test_a_damaged_calibration_is_a_notice_and_defaults(
     (tmp_path / "calibration.json").write_text("[" * 100_000)  # nested past any parser's depth
     install(monkeypatch, FakeNVML(init_error=12))
     try:
-        hardware = machine_hardware()
+        hardware = machine(for_worker=True)
         assert hardware.speed == DEFAULT_SPEED_MODEL
         app = make_app(demo_spec, hardware=hardware)
         async with app.run_test(size=(160, 30)) as pilot:

@@ -14,8 +14,9 @@ import pytest
 from ui_support import whole_session
 
 from audit import NETWORK_EVENTS, PROCESS_EVENTS, recording
+from llmtune.hardware.machine import machine
 from llmtune.model import ModelSpec
-from llmtune.ui.app import AppOptions, default_sampler_factory, machine_hardware, make_app
+from llmtune.ui.app import AppOptions, default_sampler_factory, make_app
 
 
 async def test_a_whole_session_never_reaches_the_network(
@@ -26,7 +27,7 @@ async def test_a_whole_session_never_reaches_the_network(
     with recording(NETWORK_EVENTS | PROCESS_EVENTS) as events:
         app = make_app(
             demo_spec,
-            hardware=machine_hardware(),
+            hardware=machine(for_worker=True),
             options=AppOptions(persist=True, interval_s=0.2),
             sampler_factory=default_sampler_factory,
         )

@@ -19,7 +19,7 @@ import asyncio, json, sys
 from llmtune.hardware.host import host_device
 from llmtune.model import read_spec
 from llmtune.ui.app import make_app
-from llmtune.ui.planner import Hardware
+from llmtune.hardware.machine import Machine
 from llmtune.units import GIB
 
 
@@ -29,7 +29,7 @@ def screen(app):
 
 async def main():
     spec = read_spec(sys.argv[1])
-    hardware = Hardware((host_device(ram_bytes=32 * GIB, bandwidth_gbps=51.2),))
+    hardware = Machine((host_device(ram_bytes=32 * GIB, bandwidth_gbps=51.2),))
     app = make_app(spec, hardware=hardware)
     shown = {}
     async with app.run_test(size=(120, 40)) as pilot:

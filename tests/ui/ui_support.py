@@ -10,17 +10,17 @@ from typing import Any
 from textual.pilot import Pilot
 
 from llmtune.hardware.host import host_device
+from llmtune.hardware.machine import Machine
 from llmtune.hardware.profiles import parse_gpu_spec
-from llmtune.ui.planner import Hardware
 from llmtune.units import GIB
 
 
-def cpu_only() -> Hardware:
+def cpu_only() -> Machine:
     """A CPU-only machine with 32 GiB of DDR4-3200, whatever this one has."""
-    return Hardware((host_device(ram_bytes=32 * GIB, bandwidth_gbps=51.2),))
+    return Machine((host_device(ram_bytes=32 * GIB, bandwidth_gbps=51.2),))
 
 
-def with_gpu(spec: str = "rtx3060-12g") -> Hardware:
+def with_gpu(spec: str = "rtx3060-12g") -> Machine:
     """That machine, planning for a GPU profile (what a user does with `g`)."""
     return cpu_only().with_what_if([parse_gpu_spec(spec)])
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from llmtune.engine import ENGINE_INSTALL_HINT, EngineMissingError
 from llmtune.engine.compare import Comparison
 from llmtune.engine.config import RunConfig
 from llmtune.engine.logparse import Buffer
@@ -37,7 +38,9 @@ class ScriptedWorker:
     """Stands in for ``Supervisor``: records each command, sends no events of its own
     (the test feeds them, as the worker would)."""
 
-    def __init__(self, on_event: Callable[[Event], None], pid: int, fail_start: bool) -> None:
+    def __init__(
+        self, on_event: Callable[[Event], None], pid: int, fail_start: Exception | None
+    ) -> None:
         self.on_event = on_event
         self.pid = pid
         self.fail_start = fail_start
@@ -45,8 +48,8 @@ class ScriptedWorker:
         self.alive = False
 
     def start(self) -> int:
-        if self.fail_start:
-            raise WorkerError("llama-cpp-python is not installed", "pip install llama-cpp-python")
+        if self.fail_start is not None:
+            raise self.fail_start
         self.alive = True
         return self.pid
 
@@ -123,7 +126,7 @@ class View:
 class Rig:
     """A session, the workers it started, and the events they posted."""
 
-    def __init__(self, fail_start: bool = False) -> None:
+    def __init__(self, fail_start: Exception | None = None) -> None:
         self.view = View()
         self.workers: list[ScriptedWorker] = []
         self.posted: list[tuple[Event, int]] = []
@@ -428,13 +431,25 @@ def test_empty_and_overlapping_prompts_are_refused_in_words() -> None:
 
 
 def test_a_worker_that_cannot_start_is_dead_with_the_reason_not_an_exception() -> None:
-    rig = Rig(fail_start=True)
+    rig = Rig(fail_start=WorkerError("no Python to run the worker", "sys.executable"))
     s = rig.session
     s.request_generate("hi", rig.load)
     assert s.state == "dead" and s.engine is None and s.queued_prompt is None
-    assert s.reason.startswith("the worker could not start: llama-cpp-python is not installed")
+    assert s.reason.startswith("the worker could not start: no Python to run the worker")
     assert rig.view.notices[-1] == (s.reason, "error")
     assert not s.restart() and s.state == "dead"
+
+
+def test_without_llama_cpp_the_session_stays_stopped_and_says_how_to_add_it() -> None:
+    """A restart cannot help there (the status line would offer ctrl+r); installing can."""
+    missing = f"running a model needs llama.cpp, and llama-cpp-python is not installed: {ENGINE_INSTALL_HINT}"
+    rig = Rig(fail_start=EngineMissingError(missing))
+    s = rig.session
+    s.request_generate("hi", rig.load)
+    assert s.state == "stopped" and s.engine is None and s.queued_prompt is None
+    assert "llmtune[engine]" in s.reason and "could not start" not in s.reason
+    assert rig.view.notices[-1] == (s.reason, "error")
+    assert "ctrl+r" not in s.line()
 
 
 def test_a_clean_exit_is_stopped_and_shutdown_ends_the_worker() -> None:

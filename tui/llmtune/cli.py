@@ -46,14 +46,7 @@ def _app_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "model", nargs="?", help="a .gguf file (default: a picker over the models found here)"
     )
-    parser.add_argument(
-        "--gpu",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="plan for this GPU instead of this machine's: a profile (rtx3060-12g) or a size "
-        "(24GB:1008GB/s); see 'llmtune fit --list-gpus'",
-    )
+    _add_machine_options(parser)
     parser.add_argument(
         "--interval",
         type=float,
@@ -177,23 +170,9 @@ def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True)
     # fit --list-gpus needs no model; fit without one says so like argparse would.
     parser.add_argument("model", nargs="?" if what_if else None, help="a .gguf file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--gpu",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help=shown(
-            "a GPU profile (rtx3060-12g) or size (12GiB, 24GB:1008GB/s); repeat for more GPUs"
-        ),
-    )
+    _add_machine_options(parser, shown)
     parser.add_argument(
         "--list-gpus", action="store_true", help=shown("list the GPU profiles and exit")
-    )
-    parser.add_argument(
-        "--ram", metavar="SIZE", help=shown("host RAM to plan for (default: this machine's)")
-    )
-    parser.add_argument(
-        "--host", metavar="PROFILE", help=shown("host memory profile, e.g. ddr4-3200, ddr5-5600")
     )
     parser.add_argument(
         "--quant",
@@ -205,6 +184,28 @@ def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True)
     from llmtune.fit.options import add_arguments
 
     add_arguments(parser)  # --ngl, --ctx, ...: llama.cpp's options, from one table
+
+
+def _add_machine_options(
+    parser: argparse.ArgumentParser, shown: Callable[[str], str] = lambda text: text
+) -> None:
+    """--gpu, --ram, --host: the hardware to plan for (hardware.machine reads them)."""
+    parser.add_argument(
+        "--gpu",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help=shown(
+            "plan for this GPU instead of this machine's: a profile (rtx3060-12g) or a size "
+            "(12GiB, 24GB:1008GB/s); repeat for more GPUs; see 'llmtune fit --list-gpus'"
+        ),
+    )
+    parser.add_argument(
+        "--ram", metavar="SIZE", help=shown("host RAM to plan for (default: this machine's)")
+    )
+    parser.add_argument(
+        "--host", metavar="PROFILE", help=shown("host memory profile, e.g. ddr4-3200, ddr5-5600")
+    )
 
 
 def _settings_from_args(args: argparse.Namespace) -> Settings:

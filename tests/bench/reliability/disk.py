@@ -117,13 +117,14 @@ def app_session(model: str, change: bool = True) -> dict[str, Any]:
     settings; change a setting (a save follows). What it showed and planned."""
     from ui_support import wait_for
 
+    from llmtune.hardware.machine import machine
     from llmtune.model import read_spec
-    from llmtune.ui.app import AppOptions, machine_hardware, make_app
+    from llmtune.ui.app import AppOptions, make_app
 
     async def session() -> dict[str, Any]:
         app = make_app(
             read_spec(model),
-            hardware=machine_hardware(),
+            hardware=machine(for_worker=True),
             options=AppOptions(persist=True),
         )
         async with app.run_test(size=(100, 30)) as pilot:

@@ -67,15 +67,15 @@ def counts(app: object) -> tuple[int, int, int]:
 
 async def simulate(section: Section) -> None:
     from llmtune.hardware.host import host_device
+    from llmtune.hardware.machine import Machine
     from llmtune.hardware.profiles import parse_gpu_spec
     from llmtune.model import read_spec
     from llmtune.model.demo import fetch_demo_model
     from llmtune.ui.app import AppOptions, make_app
     from llmtune.ui.messages import SampleArrived
-    from llmtune.ui.planner import Hardware
 
     gib = 2**30
-    hardware = Hardware(
+    hardware = Machine(
         (parse_gpu_spec("rtx3060-12g"), host_device(ram_bytes=32 * gib, bandwidth_gbps=51.2))
     )
     app = make_app(

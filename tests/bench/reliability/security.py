@@ -93,10 +93,11 @@ APP_SESSION = textwrap.dedent(
     sys.path[:0] = [{tests!r}, {ui!r}]
     from ui_support import whole_session
     from llmtune.model import read_spec
-    from llmtune.ui.app import AppOptions, default_sampler_factory, machine_hardware, make_app
+    from llmtune.hardware.machine import machine
+    from llmtune.ui.app import AppOptions, default_sampler_factory, make_app
 
     async def main():
-        app = make_app(read_spec({model!r}), hardware=machine_hardware(),
+        app = make_app(read_spec({model!r}), hardware=machine(for_worker=True),
                        options=AppOptions(persist=True, interval_s=0.2),
                        sampler_factory=default_sampler_factory)
         async with app.run_test(size=(120, 40)) as pilot:

@@ -13,8 +13,9 @@ def run(args: argparse.Namespace) -> int:
     if not math.isfinite(args.interval) or args.interval <= 0:
         what = f"the interval must be a positive number of seconds, not {args.interval}"
         raise ConfigError(what, "--interval")
+    from llmtune.hardware.machine import MachineOptions, machine
     from llmtune.model import read_spec
-    from llmtune.ui.app import AppOptions, LlmtuneApp, default_sampler_factory, machine_hardware
+    from llmtune.ui.app import AppOptions, LlmtuneApp, default_sampler_factory
 
     spec = read_spec(args.model) if args.model else None
     theme = args.theme
@@ -27,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
             close = close_names(theme, list(BUILTIN_THEMES))
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown theme {theme!r}{hint}", "--theme")
-    hardware = machine_hardware(args.gpu)
+    options = MachineOptions(gpus=tuple(args.gpu), ram=args.ram, host=args.host)
+    hardware = machine(options, for_worker=True)
     app = LlmtuneApp(
         spec,
         os.path.abspath(args.model) if args.model else None,

@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Literal, Protocol
 
+from llmtune.engine import EngineMissingError
 from llmtune.engine.compare import Comparison, compare
 from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import (
@@ -354,8 +355,8 @@ class Session:
     # -- inside ------------------------------------------------------------------------
     def _start(self) -> bool:
         """A new worker (a new generation); the old one is retired. A worker that
-        cannot start (no llama-cpp-python, no Python to run it) leaves the session
-        dead with the reason, never an exception into the UI."""
+        cannot start leaves the session dead with the reason (stopped when
+        llama-cpp-python is missing), never an exception into the UI."""
         old, self.engine = self.engine, None
         if old is not None:
             self._view.retire(old)
@@ -368,6 +369,13 @@ class Session:
         try:
             engine = self._engine_factory(on_event)
             engine.start()
+        except EngineMissingError as exc:
+            # Restarting cannot help: installing llama-cpp-python can. The panes keep planning.
+            self.reason = exc.one_line()
+            self.live_tps = None
+            self._set_state("stopped")
+            self._notify(self.reason, "error", timeout_s=10)
+            return False
         except (LlmtuneError, OSError) as exc:
             what = exc.one_line() if isinstance(exc, LlmtuneError) else str(exc)
             self.reason = f"the worker could not start: {inert(what, max_chars=300)}"

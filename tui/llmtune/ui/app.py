@@ -46,9 +46,11 @@ from llmtune.engine.session import EngineFactory
 from llmtune.engine.supervisor import Supervisor
 from llmtune.errors import LlmtuneError
 from llmtune.fit.handoff import Handoff, plan_handoff
+from llmtune.fit.options import stepper_change
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.settings import Settings
 from llmtune.hardware.device import Device
+from llmtune.hardware.machine import Machine
 from llmtune.model import ModelSpec, read_spec
 from llmtune.telemetry.sampler import SampleCallback, Sampler
 from llmtune.telemetry.store import TelemetryStore
@@ -71,7 +73,7 @@ from llmtune.ui.panes.monitor import MonitorPane
 from llmtune.ui.panes.offload import OffloadPane, PlanView
 from llmtune.ui.panes.quant import QuantPane
 from llmtune.ui.panes.run import RunPane
-from llmtune.ui.planner import Hardware, Planner
+from llmtune.ui.planner import Planner
 from llmtune.ui.quant_table import QuantTable
 from llmtune.ui.widgets.slider import LayerSlider
 from llmtune.ui.widgets.stepper import Stepper
@@ -113,7 +115,7 @@ class LlmtuneApp(SessionAttributes, App[None]):
         self,
         spec: ModelSpec | None,
         model_path: str | None,
-        hardware: Hardware,
+        hardware: Machine,
         *,
         options: AppOptions | None = None,
         engine_factory: EngineFactory = default_engine_factory,
@@ -414,11 +416,9 @@ class LlmtuneApp(SessionAttributes, App[None]):
 
     @on(Stepper.Changed)
     def _stepper(self, event: Stepper.Changed) -> None:
-        name = (event.stepper.id or "").removeprefix("set-")
-        if name == "kv_offload":
-            self.change_settings(no_kv_offload=not event.value)
-        elif name:
-            self.change_settings(**{name: event.value})
+        stepper_id = event.stepper.id or ""
+        if stepper_id.startswith("set-"):
+            self.change_settings(**stepper_change(stepper_id.removeprefix("set-"), event.value))
 
     @on(QuantPane.Chosen)
     def _quant_chosen(self, event: QuantPane.Chosen) -> None:
@@ -563,35 +563,12 @@ class LlmtuneApp(SessionAttributes, App[None]):
             self.notify(problem, severity="warning", markup=False)
 
 
-def machine_hardware(
-    gpu_specs: Iterable[str] = (), *, exclude_pids: Iterable[int] = ()
-) -> Hardware:
-    """This machine's devices, the notice about them, and GPU profiles asked for with --gpu."""
-    from llmtune.engine import calibration
-    from llmtune.hardware.detect import detect, gpu_build_warning, supports_gpu_offload
-    from llmtune.hardware.nvml import nvml_status
-    from llmtune.hardware.profiles import parse_gpu_spec
-
-    devices = tuple(detect(exclude_pids))
-    available, sentence = nvml_status()
-    notice: str | None = None if available else sentence
-    offload: bool | None = None
-    if any(d.is_gpu for d in devices):
-        offload = supports_gpu_offload()
-        notice = gpu_build_warning(devices, offload) or notice
-    what_if = tuple(parse_gpu_spec(text, index=i) for i, text in enumerate(gpu_specs))
-    speed, damaged = calibration.load()
-    if damaged:  # the calibration file was unusable: say so, and predict with the defaults
-        notice = f"{notice} · {damaged}" if notice else damaged
-    return Hardware(devices, what_if, notice, speed, offload)
-
-
 def make_app(
     spec: ModelSpec | None = None,
     *,
     model_path: str | None = None,
     path_label: str | None = None,
-    hardware: Hardware | None = None,
+    hardware: Machine | None = None,
     options: AppOptions | None = None,
     engine_factory: EngineFactory = default_engine_factory,
     sampler_factory: SamplerFactory | None = None,
@@ -601,14 +578,14 @@ def make_app(
     ``path_label``: what to show instead of the model's path (fixed text for
     snapshots and screenshots). Without ``hardware``, a CPU-only machine with
     this machine's RAM is assumed (tests must not depend on the machine);
-    the command line passes ``machine_hardware()``. Without ``sampler_factory``
-    no sampler runs (again for repeatable tests); the command line passes
-    ``default_sampler_factory``.
+    the command line passes ``machine(options, for_worker=True)``. Without
+    ``sampler_factory`` no sampler runs (again for repeatable tests); the
+    command line passes ``default_sampler_factory``.
     """
     if hardware is None:
         from llmtune.hardware.host import host_device
 
-        hardware = Hardware((host_device(),))
+        hardware = Machine((host_device(),))
     opts = options or AppOptions(persist=False)
     if path_label is not None:
         opts = replace(opts, path_label=path_label)

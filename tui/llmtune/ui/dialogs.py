@@ -114,7 +114,7 @@ def tune(app: LlmtuneApp) -> None:
             app.notify("Applied the tuned settings; a: load them.", markup=False)
 
     hardware = app.hardware
-    app.push_screen(TuneScreen(app.spec, hardware.machine, app.settings, hardware.speed), tuned)
+    app.push_screen(TuneScreen(app.spec, hardware.local, app.settings, hardware.speed), tuned)
 
 
 def quantize(app: LlmtuneApp) -> None:

@@ -21,8 +21,9 @@ from textual.worker import get_current_worker
 from llmtune.errors import LlmtuneError
 from llmtune.fit.settings import Settings
 from llmtune.fit.whatif import QuantRow
+from llmtune.hardware.machine import Machine
 from llmtune.ui.messages import QuantRowsReady, QuantWarmed, SiblingsFound
-from llmtune.ui.planner import Hardware, Planner
+from llmtune.ui.planner import Planner
 
 if TYPE_CHECKING:
     from llmtune.ui.app import LlmtuneApp
@@ -84,7 +85,7 @@ class QuantTable:
         if planner is not None:
             self._thread(lambda: self._rows(planner, hardware, settings), "quant")
 
-    def _rows(self, planner: Planner, hardware: Hardware, settings: Settings) -> None:
+    def _rows(self, planner: Planner, hardware: Machine, settings: Settings) -> None:
         try:
             rows = planner.quant_rows(hardware, settings)
         except LlmtuneError:
