@@ -19,7 +19,6 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
-import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import TypeAlias
 
 from llmtune.errors import GGUFError
 from llmtune.model.ggml_types import GGML_TYPES, VALUE_TYPE_NAMES
+from llmtune.model.mapped import MappedFile
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -110,7 +110,7 @@ class GGUFArray:
     def values(self, limit: int | None = None) -> list[Value]:
         """Decode the items (the first ``limit`` of them) from the file."""
         count = self.length if limit is None else min(limit, self.length)
-        with _MappedFile(self.path) as mf:
+        with MappedFile(self.path) as mf:
             cursor = _Cursor(mf.buf, self.offset, mf.size, self.path)
             return [cursor.value(self.item_type, f"[{i}]", depth=1) for i in range(count)]
 
@@ -126,7 +126,7 @@ class GGUFString:
     def text(self, max_bytes: int | None = None) -> str:
         """The string (its first ``max_bytes`` bytes), bad UTF-8 shown as U+FFFD."""
         n = self.nbytes if max_bytes is None else min(max_bytes, self.nbytes)
-        with _MappedFile(self.path) as mf:
+        with MappedFile(self.path) as mf:
             if self.offset + n > mf.size:
                 raise GGUFError("the file is shorter than when it was read", self.path)
             with memoryview(mf.buf) as whole, whole[self.offset : self.offset + n] as raw:
@@ -187,53 +187,6 @@ class GGUFFile:
     @property
     def missing_bytes(self) -> int:
         return max(0, self.data_end - self.file_bytes)
-
-
-class _MappedFile:
-    """A read-only view of a regular file: an mmap, or bytes for tiny files."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        try:
-            # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
-            flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-            fd = os.open(path, flags)
-        except FileNotFoundError:
-            raise GGUFError("no such file", path) from None
-        except IsADirectoryError:
-            raise GGUFError("is a directory, not a GGUF file", path) from None
-        except PermissionError:
-            raise GGUFError("permission denied", path) from None
-        except OSError as exc:
-            raise GGUFError(f"cannot open: {exc.strerror or exc}", path) from None
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISDIR(st.st_mode):
-                raise GGUFError("is a directory, not a GGUF file", path)
-            if not stat.S_ISREG(st.st_mode):
-                raise GGUFError("not a regular file", path)
-            self.size = st.st_size
-            self.buf: bytes | mmap.mmap
-            if self.size == 0:
-                raise GGUFError("empty file (0 bytes)", path)
-            try:
-                self.buf = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError):
-                # Some file systems cannot map; headers are small, read what we need.
-                with os.fdopen(os.dup(fd), "rb") as fh:
-                    self.buf = fh.read(min(self.size, 1 << 30))
-        finally:
-            os.close(fd)
-
-    def __enter__(self) -> _MappedFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if isinstance(self.buf, mmap.mmap):
-            self.buf.close()
 
 
 class _Cursor:
@@ -448,7 +401,7 @@ def _tensor_nbytes(
 def read_gguf(path: str | os.PathLike[str], shard: int = 0) -> GGUFFile:
     """Read one GGUF file's header. Raises :class:`GGUFError` on anything wrong."""
     path = os.fspath(path)
-    with _MappedFile(path) as mf:
+    with MappedFile(path) as mf:
         return _parse(mf, path, shard)
 
 
@@ -474,7 +427,7 @@ def _describe_foreign(head: bytes) -> str:
     return f"not a GGUF file: it starts with bytes {shown}, not 'GGUF'"
 
 
-def _parse(mf: _MappedFile, path: str, shard: int) -> GGUFFile:
+def _parse(mf: MappedFile, path: str, shard: int) -> GGUFFile:
     buf = mf.buf
     size = mf.size
     cur = _Cursor(buf, 0, size, path)
