@@ -22,11 +22,11 @@ from rendered import screen_text
 from ui_support import cpu_only, wait_for
 
 from llmtune.engine.config import RunConfig
-from llmtune.engine.logparse import Buffer
-from llmtune.engine.protocol import Loaded, Started, Stats, Token
+from llmtune.engine.protocol import Started, Stats, Token
 from llmtune.model import ModelSpec, read_spec
 from llmtune.ui.app import AppOptions, LlmtuneApp, make_app
 from synth import write_phantom_layer
+from worker_events import loaded
 
 UI = Path(__file__).resolve().parents[2] / "tui" / "llmtune" / "ui"
 REFUSAL = "llama.cpp refuses tensor blk.3.ffn_down_exps.weight: layer 3 is not in [0, 1)"
@@ -121,20 +121,7 @@ async def test_a_screens_failed_worker_reaches_the_status_line(
     assert app.return_code == 0
 
 
-LOADED = Loaded(
-    buffers=(Buffer("model", "CPU", 100 << 20, 5243, "100.00"),),
-    load_s=0.1,
-    context_s=0.0,
-    n_ctx=2048,
-    n_ctx_seq=2048,
-    n_batch=2048,
-    n_ubatch=512,
-    n_seq_max=1,
-    n_threads=1,
-    model_bytes=100 << 20,
-    n_params=135_000_000,
-    n_layer=30,
-)
+LOADED = loaded(load_s=0.1, context_s=0.0, n_threads=1)
 
 
 class InstantWorker:

@@ -17,12 +17,10 @@ import pytest
 from llmtune.engine import ENGINE_INSTALL_HINT, EngineMissingError
 from llmtune.engine.compare import Comparison
 from llmtune.engine.config import RunConfig
-from llmtune.engine.logparse import Buffer
 from llmtune.engine.protocol import (
     Event,
     Exited,
     Failed,
-    Loaded,
     Progress,
     Started,
     Stats,
@@ -32,6 +30,7 @@ from llmtune.engine.protocol import (
 from llmtune.engine.session import GEN_MAX_TOKENS, Session
 from llmtune.errors import WorkerError
 from llmtune.fit.settings import Settings
+from worker_events import LOADED
 
 
 class ScriptedWorker:
@@ -165,20 +164,6 @@ class Rig:
 
 SETTINGS = Settings(n_ctx=2048)
 CONFIG = RunConfig.from_settings("/models/m.gguf", SETTINGS)
-LOADED = Loaded(
-    buffers=(Buffer("model", "CPU", 100 << 20, 5243, "100.00"),),
-    load_s=0.25,
-    context_s=0.05,
-    n_ctx=2048,
-    n_ctx_seq=2048,
-    n_batch=2048,
-    n_ubatch=512,
-    n_seq_max=1,
-    n_threads=4,
-    model_bytes=100 << 20,
-    n_params=135_000_000,
-    n_layer=30,
-)
 STATS = Stats(4, 3, 100.0, 20.0, 0.04, 0.15, "eog")
 
 
