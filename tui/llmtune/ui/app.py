@@ -236,7 +236,7 @@ class LlmtuneApp(SessionAttributes, App[None]):
         task of worker ``group`` next succeeds, and toast it."""
         self.error, self._error_group = sentence, group
         self.show_status()
-        where = f" The log: {inert(str(self.log_path))}" if self.log_path else ""
+        where = f" · details in {inert(str(self.log_path))}" if self.log_path else ""
         self.notify(sentence + where, severity="error", markup=False, timeout=10)
 
     # -- layout (ui.layout) ------------------------------------------------------------
