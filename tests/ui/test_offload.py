@@ -190,3 +190,18 @@ async def test_dense_models_do_not_offer_moe_placement(demo_spec: ModelSpec) -> 
     async with app.run_test(size=(100, 50)) as pilot:
         await pilot.pause()
         assert not app.query_one("#set-n_cpu_moe", Stepper).display
+
+
+async def test_the_app_plans_a_what_if_host_like_fit(demo_spec: ModelSpec) -> None:
+    """`llmtune MODEL --ram 256MiB --host ddr5-5600`: the same Machine fit plans on,
+    said on the status line, and the plan does not fit that little RAM."""
+    from llmtune.hardware.machine import MachineOptions, machine
+
+    options = MachineOptions(ram="256MiB", host="ddr5-5600")
+    app = make_app(demo_spec, hardware=machine(options, for_worker=True, probe_bandwidth=False))
+    async with app.run_test(size=(160, 40)) as pilot:
+        await pilot.pause()
+        status = str(app.query_one("#status", Static).render())
+        assert "planning for a machine with 256 MiB of RAM, CPU only (what-if)" in status
+        assert app.plan is not None and app.plan.host.capacity_bytes == 256 << 20
+        assert app.plan.verdict == "over"

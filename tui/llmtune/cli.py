@@ -41,7 +41,7 @@ def _app_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="llmtune",
         description="Will this GGUF model run here, with which llama.cpp settings, and how fast?",
-        epilog="Sub-commands: inspect, fit, bench, quantize, tune" + " (llmtune COMMAND --help).",
+        epilog=f"Sub-commands: {', '.join(COMMANDS)} (llmtune COMMAND --help).",
     )
     parser.add_argument(
         "model", nargs="?", help="a .gguf file (default: a picker over the models found here)"

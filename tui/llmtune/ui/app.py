@@ -541,7 +541,7 @@ class LlmtuneApp(SessionAttributes, App[None]):
             parts.append(self.error)
         if self.hardware.notice:
             parts.append(self.hardware.notice)
-        if self.hardware.what_if or not parts:
+        if self.hardware.is_what_if or not parts:
             parts.append(self.hardware.describe())
         self.status.update(Text(" · ".join(parts)))
         self.status.set_class(dead or self.error is not None, "-error")

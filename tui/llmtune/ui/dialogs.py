@@ -99,9 +99,9 @@ def tune(app: LlmtuneApp) -> None:
     if app.session.holds_model:
         app.worker.unload()
         app.notify("Unloaded the model: the tuner needs the memory.", markup=False)
-    if app.hardware.what_if:
+    if app.hardware.is_what_if:
         app.notify(
-            "Tuning runs here, on this machine's own hardware, not the what-if GPU.",
+            "Tuning runs here, on this machine's own hardware, not the what-if hardware.",
             markup=False,
             timeout=6,
         )
