@@ -21,7 +21,7 @@ which host and which speed model a plan uses, and say the same things about them
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
@@ -81,7 +81,6 @@ class Machine:
     notices: tuple[Notice, ...] = ()
     speed: SpeedModel = DEFAULT_SPEED_MODEL
     supports_offload: bool | None = None
-    options: MachineOptions = field(default_factory=MachineOptions)
 
     @property
     def is_what_if(self) -> bool:
@@ -89,20 +88,13 @@ class Machine:
 
     @property
     def host(self) -> Device:
-        """The host plans are made with."""
+        """The host plans are made with: the what-if one, else this machine's."""
         if self.what_if_host is not None:
             return self.what_if_host
-        return self.local_host
-
-    @property
-    def local_host(self) -> Device:
-        """This machine's host, which the worker runs on."""
-        hosts = [d for d in self.local if d.kind == "cpu"]
-        if not hosts:
-            from llmtune.hardware.host import host_device
-
-            return host_device()
-        return hosts[0]
+        for device in self.local:
+            if device.kind == "cpu":
+                return device
+        raise ValueError("a Machine needs a host: a what-if one or among its local devices")
 
     @property
     def machine_gpus(self) -> tuple[Device, ...]:
@@ -140,10 +132,6 @@ class Machine:
     def with_what_if(self, gpus: Sequence[Device]) -> Machine:
         """The same machine planning for ``gpus`` instead (empty: its own again)."""
         return replace(self, what_if=tuple(gpus))
-
-    def for_this_machine(self) -> Machine:
-        """This machine with nothing what-if: what the worker runs on."""
-        return replace(self, what_if=(), what_if_host=None)
 
     def describe(self) -> str:
         """One line: what the plan is for."""
@@ -217,7 +205,6 @@ def machine(
         notices=tuple(notices),
         speed=speed,
         supports_offload=offload,
-        options=options,
     )
 
 
