@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The stamp changes whenever pyproject.toml does, so `make` reinstalls then.
+# The stamp is older than pyproject.toml or this Makefile after either changes, so `make` reinstalls then.
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 # llama-cpp-python (runs models: load, bench, tune, quantize) is this extra;
@@ -16,21 +16,29 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# llama.cpp's RPC backend (llmtune rpc-server, --rpc HOST:PORT) is built in:
+# RPC hosts are devices to llama.cpp like local GPUs.
+LLAMA_CMAKE_ARGS := -DGGML_RPC=on
 # llama.cpp's AMX kernels (Intel Xeon Sapphire Rapids and newer) crash the worker
 # with SIGSEGV in this llama.cpp (ggml-org/llama.cpp#20824, seen here on the first
-# prompt): x86_64 builds leave them out. A wheel pip cached before this flag
-# existed still has them, so the install checks and rebuilds it once.
+# prompt): x86_64 builds leave them out.
 ifeq ($(shell uname -m),x86_64)
-LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8
+LLAMA_CMAKE_ARGS += -DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8
+NO_AMX := "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode()
+else
+NO_AMX := True
 endif
-HAS_AMX := import sys, llama_cpp; sys.exit("AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode())
+# pip's wheel cache does not key on CMAKE_ARGS: a wheel built earlier without
+# RPC (or with AMX) is reused silently, so the install checks the library it
+# got and rebuilds once, without the cache, when it is not the one asked for.
+BUILD_OK := import sys, llama_cpp; sys.exit(0 if llama_cpp.llama_supports_rpc() and $(NO_AMX) else 1)
 LLAMA_VERSION := import llama_cpp; print(llama_cpp.__version__)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
 	@echo "Installing llmtune[$(ENGINE_EXTRA)] into $(VENV): llama-cpp-python compiles llama.cpp from source once (5 to 10 minutes on 2 cores); the rest takes seconds..."
 	CMAKE_ARGS="$$CMAKE_ARGS $(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet -e '.[$(ENGINE_EXTRA)]'
-	@if [ -n "$(LLAMA_CMAKE_ARGS)" ] && $(BIN)/python -c '$(HAS_AMX)' 2>/dev/null; then \
-		echo "Rebuilding llama-cpp-python without llama.cpp's AMX kernels (a cached wheel had them)..."; \
+	@if ! $(BIN)/python -c '$(BUILD_OK)' 2>/dev/null; then \
+		echo "Rebuilding llama-cpp-python from source: the wheel pip had cached was not built with $(LLAMA_CMAKE_ARGS)..."; \
 		CMAKE_ARGS="$$CMAKE_ARGS $(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install --quiet --no-cache-dir \
 			--force-reinstall --no-deps "llama-cpp-python==$$($(BIN)/python -c '$(LLAMA_VERSION)')"; fi
 	@touch $@

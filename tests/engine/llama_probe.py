@@ -60,6 +60,26 @@ L.llama_log_set(_callback, ctypes.c_void_p(0))
 L.llama_backend_init()
 
 cfg = json.loads(sys.argv[1])
+if cfg["rpc"]:
+    # As common/arg.cpp's add_rpc_devices: the RPC registry's add_server, then
+    # ggml_backend_register, in the libggml copy libllama uses (.so.0).
+    lib = os.path.join(os.path.dirname(L.__file__), "lib")
+    ggml = ctypes.CDLL(os.path.join(lib, "libggml.so.0"))
+    base = ctypes.CDLL(os.path.join(lib, "libggml-base.so.0"))
+    ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    ggml.ggml_backend_register.argtypes = [ctypes.c_void_p]
+    base.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    base.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    reg = ggml.ggml_backend_reg_by_name(b"RPC")
+    add = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)(
+        base.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_add_server"))
+    for endpoint in cfg["rpc"]:
+        server = add(endpoint.encode())
+        if not server:
+            print(json.dumps({"model_loaded": False, "rpc_failed": endpoint}), flush=True)
+            sys.exit(5)
+        ggml.ggml_backend_register(server)
 report = {"model_loaded": False, "context_created": False}
 
 mp = L.llama_model_default_params()
@@ -68,6 +88,9 @@ mp.split_mode = L.LLAMA_SPLIT_MODE_LAYER
 mp.load_mode = cfg["load_mode"]
 mp.lazy_mode = L.LLAMA_LAZY_MODE_AUTO
 mp.main_gpu = 0
+if cfg["tensor_split"]:
+    split = (ctypes.c_float * len(cfg["tensor_split"]))(*cfg["tensor_split"])
+    mp.tensor_split = split
 mp.vocab_only = False
 mp.check_tensors = False
 mp.use_extra_bufts = cfg["use_extra_bufts"]
@@ -230,6 +253,8 @@ def measure(
     offload_kqv: bool = True,
     op_offload: bool = True,
     n_threads: int = 2,
+    rpc: tuple[str, ...] = (),
+    tensor_split: tuple[float, ...] = (),
     timeout_s: float = 60.0,
     check: bool = True,
 ) -> Measurement:
@@ -279,6 +304,8 @@ def measure(
         "load_mode": 1 if use_mmap else 0,  # LLAMA_LOAD_MODE_MMAP / LLAMA_LOAD_MODE_NONE
         "use_extra_bufts": use_extra_bufts,
         "no_alloc": no_alloc,
+        "rpc": list(rpc),
+        "tensor_split": list(tensor_split),
     }
     env = dict(os.environ, GGML_NO_BACKTRACE="1")
     start = time.perf_counter()

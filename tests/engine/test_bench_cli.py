@@ -154,6 +154,8 @@ def test_bench_reports_the_vram_the_model_took_and_the_cpu_only_build(
     assert result.vram_delta_bytes == GIB
     # This llama-cpp-python is the CPU build: with a GPU present, bench says why it
     # will not see a speed-up, with the command that fixes it.
-    assert any('CMAKE_ARGS="-DGGML_CUDA=on"' in note for note in result.notes), result.notes
+    assert any('CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on"' in note for note in result.notes), (
+        result.notes
+    )
     assert any(line.startswith("loading") for line in lines)
     assert lines[-1] == "run 1/1: 16 prompt + 4 generated tokens"

@@ -30,7 +30,8 @@ def test_gpu_with_a_cpu_only_build_warns_with_the_reinstall_command(
     assert devices[0].is_gpu and "3090" in devices[0].name
     notes = machine(probe_bandwidth=False).plan_notes()
     assert any(
-        'CMAKE_ARGS="-DGGML_CUDA=on"' in n and "llama-cpp-python==0.3.36" in n for n in notes
+        'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on"' in n and "llama-cpp-python==0.3.36" in n
+        for n in notes
     )
 
 

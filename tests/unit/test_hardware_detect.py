@@ -233,7 +233,7 @@ def test_gpu_build_warning_names_the_reinstall_command():
     assert warning is not None
     assert warning.startswith("NVIDIA GeForce RTX 3090 found, but this llama-cpp-python build is")
     assert warning.endswith(
-        'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
+        'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" pip install --force-reinstall --no-cache-dir '
         "llama-cpp-python==0.3.36"
     )
     assert CUDA_REINSTALL_COMMAND in warning

@@ -15,7 +15,16 @@ and the source citations. In short:
 - compute buffers (llama-context.cpp ``sched_reserve``): llama.cpp measures them
   by reserving a graph; we approximate the peak of that graph (see
   :func:`_compute_bytes`);
-- output buffer: ``n_vocab x n_seq x 4`` bytes of logits on the host.
+- output buffer: ``n_vocab x n_seq x 4`` bytes of logits on the host;
+- RPC devices (llama.cpp's RPC backend: another machine's GPU or CPU) are
+  offload targets placed before local GPUs (llama.cpp.cpp
+  ``llama_model_load_from_file_impl``: "add RPC servers at the front of the
+  list"), with no op offload (ggml-rpc.cpp's device has no ``offload_op``) and
+  no host buffer type, so the host's layers may be repacked;
+- pipeline parallelism (llama-context.cpp, the context constructor): with more
+  than one offload device, every layer and the output offloaded, layer split,
+  the KV cache offloaded and no tensor overrides, the scheduler keeps
+  ``GGML_SCHED_MAX_COPIES`` = 4 copies of every split's inputs.
 
 Everything per layer is turned into prefix sums once per call, so evaluating
 one offload count costs O(devices) and the whole offload curve of an 80-layer
@@ -50,7 +59,7 @@ class DevicePlan:
     repacked weights, per-device overhead."""
 
     name: str
-    kind: Literal["gpu", "cpu"]
+    kind: Literal["gpu", "rpc", "cpu"]
     index: int
     capacity_bytes: int
     free_bytes: int
@@ -63,6 +72,8 @@ class DevicePlan:
     margin_bytes: int
     repack_bytes: int = 0  # in other_bytes: CPU_REPACK copies of weights
     mapped_bytes: int = 0  # what llama.cpp will log as CPU_Mapped (a file span)
+    endpoint: str = ""  # an RPC device's HOST:PORT
+    buffer_name: str = ""  # the name llama.cpp logs its buffers under
 
     @property
     def total_bytes(self) -> int:
@@ -104,6 +115,7 @@ class FitPlan:
     max_gpu_layers: int
     predicted: Speed
     notes: tuple[str, ...] = field(default=())
+    pipeline_copies: int = 1  # 4 when llama.cpp's pipeline parallelism is on
 
     @property
     def fits(self) -> bool:
@@ -116,7 +128,20 @@ class FitPlan:
 
     @property
     def gpus(self) -> tuple[DevicePlan, ...]:
+        """Every device layers are offloaded to: RPC devices, then local GPUs."""
+        return tuple(d for d in self.devices if d.kind != "cpu")
+
+    @property
+    def local_gpus(self) -> tuple[DevicePlan, ...]:
         return tuple(d for d in self.devices if d.kind == "gpu")
+
+    @property
+    def rpc_devices(self) -> tuple[DevicePlan, ...]:
+        return tuple(d for d in self.devices if d.kind == "rpc")
+
+    @property
+    def pipeline_parallel(self) -> bool:
+        return self.pipeline_copies > 1
 
     @property
     def host(self) -> DevicePlan:
@@ -140,10 +165,19 @@ class _Context:
     repack_prefix: tuple[int, ...]
     matmul_max_cpu: tuple[int, ...]  # largest matmul weights of layers [0, i)
     active_prefix: tuple[int, ...]  # bytes read per generated token
-    layer_peak: int  # while the repeating layers run: mask + the largest layer op + residual
+    layer_peak: int  # while every kind of layer runs: masks + the largest layer op + residual
     out_peak: int  # while the output layer runs: logits + residual
-    mask_bytes: int
+    mask_bytes: int  # every mask (one per distinct cache size)
+    ffn_peak: int
+    base_peak: int  # the residual stream's tensors alive beside any op
+    mask_by_cells: tuple[tuple[int, int, int], ...]  # (cells, mask bytes, attention peak)
+    full_prefix: tuple[int, ...]  # attention layers on the full cache in [0, i)
+    swa_prefix: tuple[int, ...]  # attention layers on the sliding-window cache in [0, i)
     kv_read_fraction: float  # share of the cache read per token at the bench depth
+    hidden_bytes: int  # one ubatch of the residual stream (n_embd x T floats)
+    index_bytes: int  # the small integer inputs of the whole graph (positions, cache slots)
+    slot_bytes: int  # one cache's slot indices (K and V) for a ubatch
+    token_bytes: int  # token ids, or output ids: T int32
 
 
 # Generation speed is predicted at this depth of context (llama-bench reads a
@@ -208,20 +242,28 @@ def _context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> _Context:
     attn_layers = [lc for lc in costs.layers if lc.k_width]
     attn_peak = 0
     mask_bytes = 0
+    by_cells: dict[int, tuple[int, int]] = {}
     if attn_layers:
         # The KQ mask is a graph input, alive through the whole graph: one per
         # distinct cache size (full and sliding window), F16 with flash attention.
         mask_elem = 2 if flash_attn else 4
-        sizes = {swa_cells if lc.is_swa else kv_cells for lc in attn_layers}
-        mask_bytes = sum(cells // max(1, n_stream) * t * mask_elem for cells in sizes)
-        n_kv = max(sizes) // max(1, n_stream)
         kqv = costs.n_head_v_dim * heads * t * 4
-        if flash_attn:
-            # ggml_flash_attn_ext: no KQ matrix (llama-graph.cpp build_attn_mha).
-            attn_peak = kqv + 2 * costs.n_embd * t * 4
-        else:
-            # KQ in F32, soft_max in place, then KQV.
-            attn_peak = n_kv * t * heads * 4 * n_stream + kqv
+        for cells in sorted({swa_cells if lc.is_swa else kv_cells for lc in attn_layers}):
+            n_kv = cells // max(1, n_stream)
+            if flash_attn:
+                # ggml_flash_attn_ext: no KQ matrix (llama-graph.cpp build_attn_mha).
+                peak = kqv + 2 * costs.n_embd * t * 4
+            else:
+                # KQ in F32, soft_max in place, then KQV.
+                peak = n_kv * t * heads * 4 * n_stream + kqv
+            by_cells[cells] = (n_kv * t * mask_elem, peak)
+        mask_bytes = sum(mask for mask, _ in by_cells.values())
+        attn_peak = max(peak for _, peak in by_cells.values())
+    full_count = [0]
+    swa_count = [0]
+    for lc in costs.layers:
+        full_count.append(full_count[-1] + (1 if lc.k_width and not lc.is_swa else 0))
+        swa_count.append(swa_count[-1] + (1 if lc.k_width and lc.is_swa else 0))
     if costs.n_expert:
         ffn_peak = (
             3 * costs.n_ff_exp + costs.n_embd
@@ -244,6 +286,14 @@ def _context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> _Context:
     def prefix(values: list[int]) -> tuple[int, ...]:
         return (0, *accumulate(values))
 
+    # Graph inputs a device's split receives (llama-graph.cpp build_inp_*):
+    # positions (I32), and per cache the K and V slot indices (I64; V's index
+    # every element of a transposed V row, llama-kv-cache.cpp build_input_v_idxs).
+    caches = {lc.is_swa for lc in attn_layers}
+    v_idx_per_token = 1 if flash_attn else max(1, v_width_max)
+    slot_bytes = t * 8 * (1 + v_idx_per_token)
+    index_bytes = t * 4 + len(caches) * slot_bytes
+
     return _Context(
         n_ctx=n_ctx,
         n_ctx_seq=n_ctx_seq,
@@ -261,8 +311,32 @@ def _context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> _Context:
         layer_peak=layer_peak,
         out_peak=out_peak + base_peak,
         mask_bytes=mask_bytes,
+        ffn_peak=ffn_peak,
+        base_peak=base_peak,
+        mask_by_cells=tuple((cells, m, a) for cells, (m, a) in sorted(by_cells.items())),
+        full_prefix=tuple(full_count),
+        swa_prefix=tuple(swa_count),
         kv_read_fraction=min(1.0, SPEED_DEPTH_TOKENS / max(1, kv_cells)),
+        hidden_bytes=costs.n_embd * t * 4,
+        index_bytes=index_bytes,
+        slot_bytes=slot_bytes,
+        token_bytes=t * 4,
     )
+
+
+def _layers_peak(c: _Context, first: int, end: int) -> tuple[int, int, int]:
+    """The compute peak while layers [first, end) run on one device, the
+    masks in it, and how many caches those layers use: only the masks (and attention) of the caches those layers use
+    (a device holding only sliding-window layers never sees the full mask)."""
+    cells_used: set[int] = set()
+    if c.full_prefix[end] - c.full_prefix[first]:
+        cells_used.add(c.kv_cells)
+    if c.swa_prefix[end] - c.swa_prefix[first]:
+        cells_used.add(c.swa_cells)
+    mask = sum(m for cells, m, _ in c.mask_by_cells if cells in cells_used)
+    attn = max((a for cells, _m, a in c.mask_by_cells if cells in cells_used), default=0)
+    caches = len(cells_used)
+    return mask + max(attn, c.ffn_peak) + c.base_peak, mask, caches
 
 
 def _gpu_ranges(
@@ -307,6 +381,7 @@ def _evaluate(
     overhead part of a generated token's time."""
     n_layer = len(costs.layers)
     ranges = _gpu_ranges(gpus, s, n_layer, ngl)
+    copies = pipeline_copies(gpus, s, n_layer, ngl)
     plans: list[DevicePlan] = []
     cpu_end = n_layer + 1 - ngl if gpus and ngl > 0 else n_layer + 1
     cpu_layers_end = min(cpu_end, n_layer)
@@ -333,17 +408,34 @@ def _evaluate(
             active += costs.output_bytes
         n_layers = end - first
         compute = 0
-        if n_layers or has_output:
-            compute = c.layer_peak if n_layers else 0
-            if has_output:
-                compute = max(compute, c.out_peak)
-            if cpu_layers_end > 0 and c.n_ubatch >= 32:
-                # op offload: CPU weights are copied into the GPU's compute buffer
+        # An RPC device's split starts from a copy of the residual stream and
+        # ends at the next device: two fewer residual-sized tensors than a
+        # CPU-only graph while layers run, one fewer beside the logits
+        # (measured: sched_reserve's compute buffers through RPC devices).
+        # Local GPUs keep the CPU-only shape until measured on one.
+        fewer = c.hidden_bytes if gpu.is_rpc else 0
+        layers_peak, masks, caches = _layers_peak(c, first, end) if n_layers else (0, 0, 0)
+        layers_peak = max(layers_peak - 2 * fewer, 0)
+        output_peak = c.out_peak - fewer if has_output else 0
+        if copies > 1:
+            # Each split's inputs (the residual stream, its masks, positions and
+            # cache slots, the output ids where the logits are) are kept
+            # ``copies`` times and never reused: the layers' peak holds no mask
+            # then, and one more residual (measured as above).
+            inputs = c.hidden_bytes + masks + c.token_bytes + caches * c.slot_bytes
+            inputs += c.token_bytes if has_output else 0
+            layers = layers_peak - masks + fewer if n_layers else 0
+            compute = max(layers, output_peak) + copies * inputs
+        elif n_layers or has_output:
+            compute = max(layers_peak, output_peak)
+            if cpu_layers_end > 0 and c.n_ubatch >= 32 and gpu.is_gpu:
+                # op offload: CPU weights are copied into the GPU's compute
+                # buffer (an RPC device has no offload_op: ggml-rpc.cpp)
                 compute += c.matmul_max_cpu[cpu_layers_end]
         plans.append(
             DevicePlan(
                 name=gpu.name,
-                kind="gpu",
+                kind="rpc" if gpu.is_rpc else "gpu",
                 index=gpu.index,
                 capacity_bytes=gpu.capacity_bytes,
                 free_bytes=gpu.free_bytes,
@@ -354,6 +446,8 @@ def _evaluate(
                 n_layers=n_layers,
                 has_output=has_output,
                 margin_bytes=s.margin_bytes,
+                endpoint=gpu.endpoint,
+                buffer_name=gpu.buffer_name,
             )
         )
         bw = gpu.bandwidth_gbps * 1e9 * speed.gpu_bandwidth_efficiency
@@ -367,22 +461,36 @@ def _evaluate(
         # A tied output on the host is token_embd itself (TENSOR_DUPLICATED reuses it).
         host_weights += costs.output_own_bytes
         active_cpu += costs.output_bytes
-    # CPU_REPACK: only without GPUs (a GPU's host buffer type wins the selection).
-    # Repacked weights live in anonymous memory; their pages in the mapped file
-    # are read once and left to the page cache, so they count once, as repack.
-    repack = c.repack_prefix[cpu_layers_end] if not gpus else 0
-    if not gpus:
+    # CPU_REPACK: only without local GPUs (a GPU's host buffer type wins the
+    # selection; an RPC device has none). Repacked weights live in anonymous
+    # memory; their pages in the mapped file are read once and left to the
+    # page cache, so they count once, as repack.
+    local_gpu = any(g.is_gpu for g in gpus)
+    repack = c.repack_prefix[cpu_layers_end] if not local_gpu else 0
+    if not local_gpu and output_on_cpu:
         repack += costs.output_repack_bytes
     host_weights -= repack
     output_buffer = n_vocab_outputs
     host_compute = 0
     if cpu_layers_end > 0 or output_on_cpu:
-        host_compute = c.layer_peak if cpu_layers_end > 0 else 0
+        host_compute = 0
+        if cpu_layers_end > 0:
+            # The graph's inputs are built on the host: every mask is there,
+            # whichever caches its own layers use.
+            peak, masks, _caches = _layers_peak(c, 0, cpu_layers_end)
+            host_compute = peak - masks + c.mask_bytes
         if output_on_cpu:
             host_compute = max(host_compute, c.out_peak)
+    elif copies > 1:
+        # The host builds the graph's inputs (token ids, positions, slots,
+        # masks, output ids) and the embeddings: each kept ``copies`` times.
+        inputs = 2 * c.token_bytes + c.index_bytes + c.mask_bytes + c.hidden_bytes
+        host_compute = copies * inputs + c.hidden_bytes
     else:
-        # full offload: the host only builds inputs (embeddings, masks)
-        host_compute = costs.n_embd * c.n_ubatch * 4 + c.mask_bytes
+        # Full offload: the host only builds the inputs and the embeddings,
+        # which it holds twice (measured through RPC devices: token_embd's
+        # rows, then the copy the first device's split reads).
+        host_compute = 2 * c.hidden_bytes + c.mask_bytes + c.index_bytes + 2 * c.token_bytes
     plans.append(
         DevicePlan(
             name=host.name,
@@ -417,6 +525,24 @@ def _evaluate(
     return plans, tg, pp, overhead
 
 
+def pipeline_copies(gpus: Sequence[Device], s: Settings, n_layer: int, ngl: int) -> int:
+    """How many copies of each split's inputs llama.cpp's scheduler keeps: 4
+    (``GGML_SCHED_MAX_COPIES``) with pipeline parallelism, else 1.
+
+    llama-context.cpp, the context constructor: more than one device, every
+    layer and the output offloaded, layer split, the KV cache offloaded and no
+    tensor overrides; CUDA and RPC devices support async compute and events.
+    """
+    on = (
+        len(gpus) > 1
+        and ngl > n_layer
+        and s.split_mode == "layer"
+        and not s.no_kv_offload
+        and s.n_cpu_moe == 0
+    )
+    return 4 if on else 1
+
+
 def host_bandwidth_efficiency(host: Device, speed: SpeedModel) -> float:
     """The fraction of ``host``'s bandwidth llama.cpp reads at: a measured
     bandwidth is already what programs get; a peak figure is not."""
@@ -434,7 +560,9 @@ def _resolve_ngl(s: Settings, n_layer: int, has_gpu: bool) -> int:
 
 
 def _split_devices(devices: Sequence[Device], s: Settings) -> tuple[list[Device], Device]:
-    gpus = [d for d in devices if d.kind == "gpu"]
+    """The offload devices in llama.cpp's order (RPC devices first, then local
+    GPUs) and the host."""
+    gpus = [d for d in devices if d.is_rpc] + [d for d in devices if d.is_gpu]
     hosts = [d for d in devices if d.kind == "cpu"]
     if not hosts:
         # The caller decides the host (hardware.machine): a plan never reads this machine.
@@ -444,7 +572,8 @@ def _split_devices(devices: Sequence[Device], s: Settings) -> tuple[list[Device]
             from llmtune.errors import FitError
             from llmtune.fit.options import cli_flag
 
-            there = "there is 1 GPU" if len(gpus) == 1 else f"there are {len(gpus)} GPUs"
+            what = "GPU" if all(g.is_gpu for g in gpus) else "offload device"
+            there = f"there is 1 {what}" if len(gpus) == 1 else f"there are {len(gpus)} {what}s"
             flag = cli_flag("main_gpu")
             raise FitError(f"{flag} {s.main_gpu} but {there}", flag)
         gpus = [gpus[s.main_gpu]]
@@ -488,6 +617,7 @@ def plan(
         )
     resolved = s.with_(n_gpu_layers=ngl, n_ctx=c.n_ctx)
     return FitPlan(
+        pipeline_copies=pipeline_copies(gpus, s, n_layer, ngl),
         settings=resolved,
         n_gpu_layers=ngl,
         n_layer=n_layer,

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the exact pin in pyproject.toml
 CUDA_REINSTALL_COMMAND = (
-    'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
+    'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" pip install --force-reinstall --no-cache-dir '
     f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
 )
 

@@ -1,11 +1,13 @@
-"""Device: one place memory lives and weights are read from (a GPU or the host)."""
+"""Device: one place memory lives and weights are read from (a GPU, an RPC device or the host)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-DeviceKind = Literal["gpu", "cpu"]
+# "rpc": a device served by llama.cpp's RPC server on another machine (or
+# another process); to llama.cpp it is one more GPU, placed before local ones.
+DeviceKind = Literal["gpu", "rpc", "cpu"]
 
 
 @dataclass(frozen=True)
@@ -26,9 +28,35 @@ class Device:
     index: int = 0
     bandwidth_known: bool = True
     bandwidth_measured: bool = False  # probed on this machine, not a peak figure
-    source: str = "detected"  # detected | profile | spec
+    source: str = "detected"  # detected | profile | spec | rpc
     profile: str = ""
+    endpoint: str = ""  # an RPC device's HOST:PORT; its index on that server is ``index``
+    rtt_s: float = 0.0  # an RPC device's measured round trip
+    network_bytes_per_s: float = 0.0  # an RPC device's measured (or given) network bandwidth
 
     @property
     def is_gpu(self) -> bool:
+        """A local GPU (NVML sees it; the monitor graphs it)."""
         return self.kind == "gpu"
+
+    @property
+    def is_rpc(self) -> bool:
+        return self.kind == "rpc"
+
+    @property
+    def offloads(self) -> bool:
+        """Layers can be offloaded to it: a local GPU or an RPC device."""
+        return self.kind != "cpu"
+
+    @property
+    def buffer_name(self) -> str:
+        """The name llama.cpp logs this device's buffers under (CUDA0, RPC0[host:port], CPU).
+
+        An RPC buffer type is named after the device's index on its server and the
+        endpoint (ggml-rpc.cpp ``ggml_backend_rpc_buffer_type``), not the client's RPCn.
+        """
+        if self.kind == "rpc":
+            return f"RPC{self.index}[{self.endpoint}]"
+        if self.kind == "gpu":
+            return f"CUDA{self.index}"
+        return "CPU"
