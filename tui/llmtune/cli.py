@@ -159,6 +159,33 @@ def _tune_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rpc_server_parser() -> argparse.ArgumentParser:
+    from llmtune.fit.options import whole
+
+    parser = _Parser(
+        prog="llmtune rpc-server",
+        description="Lend this machine's devices to llama.cpp on another machine "
+        "(llama.cpp's ggml-rpc-server, supervised). No authentication, no encryption: "
+        "trusted networks only.",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="IPv4 address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=whole, default=50052, help="port to listen on (default 50052)"
+    )
+    parser.add_argument(
+        "--threads", type=whole, metavar="N", help="CPU threads (default: half the cores)"
+    )
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="keep received tensors in llama.cpp's cache ($LLAMA_CACHE or ~/.cache/llama.cpp/rpc)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON line when ready")
+    return parser
+
+
 def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True) -> None:
     """The plan's settings. ``what_if=False`` (bench, tune: they run on this
     machine) hides the other-hardware options from the help; they still parse,
@@ -261,6 +288,12 @@ def cmd_tune(argv: Sequence[str]) -> int:
     return tune.run(args, settings, _machine_options(args), given_fields(args))
 
 
+def cmd_rpc_server(argv: Sequence[str]) -> int:
+    from llmtune.commands import rpc_server
+
+    return rpc_server.run(_rpc_server_parser().parse_args(argv))
+
+
 def cmd_app(argv: Sequence[str]) -> int:
     from llmtune.commands import app
 
@@ -273,6 +306,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "bench": cmd_bench,
     "quantize": cmd_quantize,
     "tune": cmd_tune,
+    "rpc-server": cmd_rpc_server,
 }
 
 
