@@ -134,7 +134,9 @@ def test_defaults_are_left_to_llama_cpp(model: Path, capsys: pytest.CaptureFixtu
     llama-server's -np (its default is auto, 4 slots); Llama() gets what it would get wrong."""
     planned = _fit_json(model, capsys)
     n = str(planned["settings"]["n_gpu_layers"])
-    assert shlex.split(planned["command"])[3:] == ["-ngl", n, "-c", "4096", "-np", "1", "--fit", "off"]  # fmt: skip
+    # Over two GPUs the line pins the planned split: each device's layers (output counted).
+    split = ",".join(str(d["n_layers"] + d["has_output"]) for d in planned["devices"][:2])
+    assert shlex.split(planned["command"])[3:] == ["-ngl", n, "-c", "4096", "-np", "1", "-ts", split, "--fit", "off"]  # fmt: skip
     assert given_fields(_parse()) == frozenset()
     assert settings_from_namespace(_parse()) == Settings()
 

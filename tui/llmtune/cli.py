@@ -216,7 +216,7 @@ def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True)
 def _add_machine_options(
     parser: argparse.ArgumentParser, shown: Callable[[str], str] = lambda text: text
 ) -> None:
-    """--gpu, --ram, --host: the hardware to plan for (hardware.machine reads them)."""
+    """--gpu, --ram, --host, --rpc, --network: the hardware to plan for (hardware.machine reads them)."""
     parser.add_argument(
         "--gpu",
         action="append",
@@ -233,6 +233,25 @@ def _add_machine_options(
     parser.add_argument(
         "--host", metavar="PROFILE", help=shown("host memory profile, e.g. ddr4-3200, ddr5-5600")
     )
+    parser.add_argument(
+        "--rpc",
+        action="append",
+        default=[],
+        metavar="HOST:PORT,...",
+        help=shown(
+            "llama.cpp RPC hosts (ggml-rpc-server or 'llmtune rpc-server') whose devices "
+            "take layers too, as llama-server --rpc; HOST:PORT=GPU names the GPU behind one "
+            "(its speed); a what-if remote GPU is --gpu SPEC@rpc"
+        ),
+    )
+    parser.add_argument(
+        "--network",
+        metavar="SPEED",
+        help=shown(
+            "the link to plan RPC devices with, e.g. 1Gbit, 10Gbit "
+            "(default: measured; 1Gbit for a what-if @rpc GPU)"
+        ),
+    )
 
 
 def _settings_from_args(args: argparse.Namespace) -> Settings:
@@ -244,7 +263,13 @@ def _settings_from_args(args: argparse.Namespace) -> Settings:
 def _machine_options(args: argparse.Namespace) -> MachineOptions:
     from llmtune.hardware.machine import MachineOptions
 
-    return MachineOptions(gpus=tuple(args.gpu), ram=args.ram, host=args.host)
+    return MachineOptions(
+        gpus=tuple(args.gpu),
+        ram=args.ram,
+        host=args.host,
+        rpc=tuple(getattr(args, "rpc", ())),
+        network=getattr(args, "network", None),
+    )
 
 
 def cmd_inspect(argv: Sequence[str]) -> int:

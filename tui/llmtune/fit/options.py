@@ -254,6 +254,13 @@ def _mmap_and_mlock(s: Settings, x: Extras) -> tuple[bool, bool]:
 # In the order llama-server's line writes them (commandline.llama_args).
 OPTIONS: tuple[Option, ...] = (
     Option(
+        "rpc_servers",
+        # llmtune's --rpc is a machine option (hardware.machine probes the hosts);
+        # the worker registers them itself (engine.ggml_rpc): Llama() has no keyword.
+        server=(Flag("--rpc", ",".join),),
+        extra=True,
+    ),
+    Option(
         "n_gpu_layers",
         cli=(Arg("--ngl", int_or_max, help="layers on the GPU, or max (default)"),),
         # -1 is "auto" to llama.cpp (let --fit decide): every layer is "all".

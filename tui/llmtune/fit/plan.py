@@ -99,6 +99,11 @@ class Speed:
     tg_tokens_per_s: float
     pp_tokens_per_s: float
     tg_overhead_s: float = 0.0  # of a token's time, the fixed per-layer part (not reading)
+    tg_network_s: float = 0.0  # of a token's time, what crosses the network to RPC devices
+
+    @property
+    def tg_token_s(self) -> float:
+        return 1.0 / self.tg_tokens_per_s if self.tg_tokens_per_s > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -376,9 +381,9 @@ def _evaluate(
     ngl: int,
     n_vocab_outputs: int,
     speed: SpeedModel = DEFAULT_SPEED_MODEL,
-) -> tuple[list[DevicePlan], float, float, float]:
+) -> tuple[list[DevicePlan], float, float, float, float]:
     """Per-device plans, generation and prompt tokens/s, and the per-layer
-    overhead part of a generated token's time."""
+    overhead and network parts of a generated token's time."""
     n_layer = len(costs.layers)
     ranges = _gpu_ranges(gpus, s, n_layer, ngl)
     copies = pipeline_copies(gpus, s, n_layer, ngl)
@@ -390,6 +395,7 @@ def _evaluate(
     host_kv = c.kv_prefix[cpu_layers_end]
     tg_time = 0.0
     pp_time = 0.0
+    network = 0.0
     overhead = 0.0
     active_cpu = float(c.active_prefix[cpu_layers_end])
     for gpu, (first, end, has_output) in zip(gpus, ranges, strict=True):
@@ -457,6 +463,10 @@ def _evaluate(
         flops = gpu.fp16_tflops * 1e12 * speed.gpu_compute_efficiency
         if flops:
             pp_time += 2.0 * active / costs.bytes_per_param / flops
+        if gpu.is_rpc and (n_layers or has_output):
+            token_s, ubatch_s = _network_s(costs, c, gpu, has_output)
+            network += token_s
+            pp_time += ubatch_s / c.n_ubatch
     if output_on_cpu:
         # A tied output on the host is token_embd itself (TENSOR_DUPLICATED reuses it).
         host_weights += costs.output_own_bytes
@@ -513,7 +523,7 @@ def _evaluate(
     if host_bw:
         tg_time += (active_cpu + host_kv * c.kv_read_fraction) / host_bw
     overhead += (cpu_layers_end + output_on_cpu) * speed.cpu_layer_overhead_s
-    tg_time += overhead
+    tg_time += overhead + network
     host_flops = host.fp16_tflops * 1e12 * speed.cpu_compute_efficiency
     if gpus and ngl > 0 and c.n_ubatch >= 32:
         # op offload: CPU-resident weights cross PCIe once per ubatch
@@ -522,7 +532,32 @@ def _evaluate(
         pp_time += 2.0 * active_cpu / costs.bytes_per_param / host_flops
     tg = 1.0 / tg_time if tg_time > 0 else 0.0
     pp = 1.0 / pp_time if pp_time > 0 else 0.0
-    return plans, tg, pp, overhead
+    return plans, tg, pp, overhead, network
+
+
+# An RPC link nobody measured: 1 Gbit/s.
+DEFAULT_NETWORK_BYTES_PER_S = 1e9 / 8
+
+
+def _network_s(
+    costs: ModelCosts, c: _Context, rpc: Device, has_output: bool
+) -> tuple[float, float]:
+    """What one RPC device costs on the network per generated token and per
+    prompt ubatch: its split's inputs sent (ggml-rpc.cpp SET_TENSOR: the
+    residual stream, the masks, positions and slots), its output read back
+    (GET_TENSOR waits for the graph: one round trip), the logits where it holds
+    the output layer (only the last token's on a prompt)."""
+    link = rpc.network_bytes_per_s or DEFAULT_NETWORK_BYTES_PER_S
+    mask_elem = 2 if c.flash_attn else 4
+    caches = len(c.mask_by_cells) or 1
+    depth = pad(SPEED_DEPTH_TOKENS + 1, CTX_PAD)
+    small = 4 + caches * 16  # a position, K and V slots
+    out_token = costs.n_vocab * 4 if has_output else costs.n_embd * 4
+    token = costs.n_embd * 4 + caches * depth * mask_elem + small + out_token
+    t = c.n_ubatch
+    out_batch = costs.n_vocab * 4 if has_output else c.hidden_bytes
+    batch = c.hidden_bytes + caches * pad(t, CTX_PAD) * t * mask_elem + t * small + out_batch
+    return rpc.rtt_s + token / link, rpc.rtt_s + batch / link
 
 
 def pipeline_copies(gpus: Sequence[Device], s: Settings, n_layer: int, ngl: int) -> int:
@@ -599,7 +634,7 @@ def plan(
     c = _context(costs, s, spec.n_ctx_train)
     outputs = costs.n_vocab * max(1, s.n_parallel) * 4
     ngl = _resolve_ngl(s, n_layer, bool(gpus))
-    plans, tg, pp, overhead = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
+    plans, tg, pp, overhead, network = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
     max_ngl = _max_gpu_layers(costs, gpus, host, s, c, outputs)
     notes: list[str] = []
     if s.cache_type_v in QUANTIZED_CACHE_TYPES and s.flash_attn == "auto":
@@ -628,7 +663,7 @@ def plan(
         flash_attn=c.flash_attn,
         devices=tuple(plans),
         max_gpu_layers=max_ngl,
-        predicted=Speed(tg, pp, overhead),
+        predicted=Speed(tg, pp, overhead, network),
         notes=tuple(notes),
     )
 
@@ -677,7 +712,9 @@ def offload_curve(
     points: list[CurvePoint] = []
     top = len(costs.layers) + 1 if gpus else 0
     for ngl in range(top + 1):
-        plans, tg, _pp, _overhead = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
+        plans, tg, _pp, _overhead, _network = _evaluate(
+            costs, gpus, host, s, c, ngl, outputs, speed
+        )
         points.append(
             CurvePoint(
                 n_gpu_layers=ngl,

@@ -6,7 +6,7 @@ import os
 import textwrap
 from typing import Any
 
-from llmtune.fit.commandline import llama_server_command
+from llmtune.fit.commandline import plan_server_command, rpc_server_commands
 from llmtune.fit.options import settings_json
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.whatif import QuantRow
@@ -45,6 +45,7 @@ def plan_dict(spec: ModelSpec, p: FitPlan) -> dict[str, Any]:
                 "n_layers": d.n_layers,
                 "has_output": d.has_output,
                 "verdict": d.verdict,
+                **({"endpoint": d.endpoint} if d.kind == "rpc" else {}),
             }
             for d in p.devices
         ],
@@ -55,8 +56,10 @@ def plan_dict(spec: ModelSpec, p: FitPlan) -> dict[str, Any]:
         "predicted": {
             "tg_tokens_per_s": round(p.predicted.tg_tokens_per_s, 3),
             "pp_tokens_per_s": round(p.predicted.pp_tokens_per_s, 3),
+            "tg_network_s": round(p.predicted.tg_network_s, 6),
         },
-        "command": llama_server_command(spec.path, s, p.n_gpu_layers, p.n_ctx),
+        "command": plan_server_command(spec.path, p),
+        "rpc_servers": list(rpc_server_commands(p)),
         "notes": list(p.notes),
     }
 
@@ -91,7 +94,9 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
             f"  {'device':<19}{'weights':>10}{'KV':>10}{'compute':>10}{'other':>9}{'total':>10}{'free':>10}"
         )
     for d in p.devices:
-        name = inert(d.name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", ""), max_chars=18)
+        # An RPC device's endpoint goes on its verdict line: the name column is narrow.
+        shown = d.name.split(" ")[0] if d.name.startswith("RPC") else d.name
+        name = inert(shown.replace("NVIDIA GeForce ", "").replace("NVIDIA ", ""), max_chars=18)
         if wide:
             lines.append(
                 f"  {name:<19}{_mib(d.weights_bytes):>10}{_mib(d.kv_bytes):>10}"
@@ -117,9 +122,10 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
             if d.capacity_bytes != d.free_bytes
             else ""
         )
+        where = f" · {inert(d.endpoint)}" if d.kind == "rpc" else ""
         lines.append(
             cut_line(
-                f"    {_VERDICT_WORDS[d.verdict]}: {layers}, {_headroom(d.headroom_bytes)}{capacity}",
+                f"    {_VERDICT_WORDS[d.verdict]}: {layers}, {_headroom(d.headroom_bytes)}{capacity}{where}",
                 w,
             )
         )
@@ -133,13 +139,28 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
         f"Predicted: {p.predicted.tg_tokens_per_s:,.1f} tokens/s generating, "
         f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s on prompts"
     )
+    if p.predicted.tg_network_s > 0:
+        lines.append(
+            f"  network {_ms(p.predicted.tg_network_s)} of {_ms(p.predicted.tg_token_s)} per token"
+        )
     for note in p.notes:
         lines.extend(textwrap.wrap(f"note: {inert(note)}", w, subsequent_indent="      "))
     lines.append("")
-    lines.append("llama.cpp:")
-    command = llama_server_command(inert(spec.path, max_chars=None), s, p.n_gpu_layers, p.n_ctx)
+    servers = rpc_server_commands(p)
+    if servers:
+        lines.append("On each RPC host (trusted networks only: RPC has no authentication):")
+        for server in servers:
+            lines.extend(_wrap_command(inert(server, max_chars=None), w))
+        lines.append("Then here:")
+    else:
+        lines.append("llama.cpp:")
+    command = plan_server_command(inert(spec.path, max_chars=None), p)
     lines.extend(_wrap_command(command, w))
     return lines
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.2f} ms" if seconds < 0.01 else f"{seconds * 1e3:.1f} ms"
 
 
 def _headroom(n: int) -> str:

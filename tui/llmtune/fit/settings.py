@@ -151,3 +151,6 @@ class Extras:
     use_mlock: bool = False
     use_extra_bufts: bool = True  # CPU_REPACK; False is --no-repack
     op_offload: bool = True  # False is --no-op-offload
+    # llama.cpp RPC hosts (HOST:PORT) the worker registers before loading; the
+    # plan sees them as devices (hardware.machine), llama-server as --rpc.
+    rpc_servers: tuple[str, ...] = ()

@@ -16,10 +16,19 @@ which host and which speed model a plan uses, and say the same things about them
   ``--gpu`` plans a machine with no GPU (another computer, not this one's RAM).
 - The worker always runs here: the app, ``bench`` and ``tune`` detect this
   machine in full (``for_worker=True``) whatever they plan for.
+- ``--rpc HOST:PORT[,HOST:PORT...]`` adds llama.cpp RPC hosts: each is probed
+  (devices, free memory, round trip, bandwidth) and lends its devices to the
+  plan, before the GPUs, as llama.cpp places them. They are real machines, not a
+  what-if. ``HOST:PORT=GPU`` says what is behind a host (a ``--gpu`` spec) so its
+  speed is that GPU's; otherwise it is planned at this machine's CPU speed (an
+  ``llmtune rpc-server`` on a CPU). ``--gpu SPEC@rpc`` is a what-if RPC device,
+  and ``--network SPEED`` sets the link for every RPC device (default: measured;
+  what-if devices 1 Gbit/s).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -58,6 +67,8 @@ class MachineOptions:
     gpus: tuple[str, ...] = ()
     ram: str | None = None
     host: str | None = None
+    rpc: tuple[str, ...] = ()  # --rpc values as written (each a comma-separated list)
+    network: str | None = None  # --network: the link speed to plan RPC devices with
 
     @property
     def what_if(self) -> bool:
@@ -81,6 +92,8 @@ class Machine:
     notices: tuple[Notice, ...] = ()
     speed: SpeedModel = DEFAULT_SPEED_MODEL
     supports_offload: bool | None = None
+    rpc: tuple[Device, ...] = ()  # devices lent by --rpc hosts (probed), in llama.cpp's order
+    rpc_notes: tuple[str, ...] = ()  # what the plan assumed about them
 
     @property
     def is_what_if(self) -> bool:
@@ -103,14 +116,24 @@ class Machine:
 
     @property
     def devices(self) -> tuple[Device, ...]:
-        """What plans are made for: GPUs, then the host."""
+        """What plans are made for: RPC devices, GPUs, then the host."""
         if not self.is_what_if:
-            return (*self.machine_gpus, self.host)
-        return (*self.what_if, self.host)
+            return (*self.rpc, *self.machine_gpus, self.host)
+        return (*self.rpc, *self.what_if, self.host)
 
     @property
     def gpus(self) -> tuple[Device, ...]:
-        return tuple(d for d in self.devices if d.is_gpu)
+        """Every device layers can be offloaded to (RPC devices and GPUs)."""
+        return tuple(d for d in self.devices if d.offloads)
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The probed RPC hosts, in order (what the worker registers)."""
+        seen: list[str] = []
+        for d in self.rpc:
+            if d.endpoint and d.endpoint not in seen:
+                seen.append(d.endpoint)
+        return tuple(seen)
 
     @property
     def plan_speed(self) -> SpeedModel:
@@ -126,12 +149,16 @@ class Machine:
         """What a plan on these devices should say about the machine: this
         machine's GPU notices only when it is this machine's GPUs being planned."""
         if self.is_what_if:
-            return ()
-        return tuple(n.text for n in self.notices if n.about_gpus)
+            return self.rpc_notes
+        return (*(n.text for n in self.notices if n.about_gpus), *self.rpc_notes)
 
     def with_what_if(self, gpus: Sequence[Device]) -> Machine:
         """The same machine planning for ``gpus`` instead (empty: its own again)."""
         return replace(self, what_if=tuple(gpus))
+
+    def with_rpc(self, devices: Sequence[Device], notes: Sequence[str] = ()) -> Machine:
+        """The same machine with these RPC devices (empty: none)."""
+        return replace(self, rpc=tuple(devices), rpc_notes=tuple(notes))
 
     def describe(self) -> str:
         """One line: what the plan is for."""
@@ -139,15 +166,21 @@ class Machine:
         with_host = (
             "this machine's RAM" if host is None else f"{format_bytes(host.capacity_bytes)} of RAM"
         )
+        hosts = ""
+        if self.endpoints:
+            hosts = " + RPC " + ", ".join(self.endpoints)
         if self.what_if:
             names = ", ".join(d.name for d in self.what_if)
-            return f"planning for {names} (what-if) with {with_host}"
+            return f"planning for {names}{hosts} (what-if) with {with_host}"
         if host is not None:
-            return f"planning for a machine with {with_host}, CPU only (what-if)"
+            only = "" if hosts else ", CPU only"
+            return f"planning for a machine with {with_host}{hosts}{only} (what-if)"
         gpus = self.machine_gpus
-        if not gpus:
+        if not gpus and not hosts:
             return "planning for this machine: CPU only (g: plan for a GPU)"
-        return "planning for this machine: " + ", ".join(d.name for d in gpus)
+        if not gpus:
+            return f"planning for this machine{hosts}"
+        return "planning for this machine: " + ", ".join(d.name for d in gpus) + hosts
 
 
 def machine(
@@ -166,10 +199,11 @@ def machine(
     """
     from llmtune.errors import ConfigError
     from llmtune.hardware.host import host_device
-    from llmtune.hardware.profiles import host_profile, parse_gpu_spec
+    from llmtune.hardware.profiles import host_profile
     from llmtune.units import parse_size
 
-    what_if = tuple(parse_gpu_spec(text, index=i) for i, text in enumerate(options.gpus))
+    network = parse_network_speed(options.network) if options.network is not None else None
+    what_if = tuple(_what_if_device(text, i, network) for i, text in enumerate(options.gpus))
     what_if_host: Device | None = None
     if options.ram is not None or options.host is not None:
         ram = parse_size(options.ram, "--ram") if options.ram is not None else None
@@ -198,7 +232,7 @@ def machine(
         if not llama_cpp_installed():
             text = f"llama-cpp-python is not installed, so models are planned, not run: {ENGINE_INSTALL_HINT}"
             notices.append(Notice("no_engine", text))
-    return Machine(
+    result = Machine(
         local=local,
         what_if=what_if,
         what_if_host=what_if_host,
@@ -206,6 +240,133 @@ def machine(
         speed=speed,
         supports_offload=offload,
     )
+    if options.rpc:
+        items = rpc_items(options.rpc)
+        devices, notes = rpc_devices(items, result.host, network)
+        result = result.with_rpc(devices, notes)
+    return result
+
+
+# The link a what-if RPC device is planned with unless --network says otherwise,
+# and its round trip (a switched LAN; llama.cpp makes about one per device per token).
+WHAT_IF_NETWORK_BYTES_PER_S = 1e9 / 8
+WHAT_IF_RTT_S = 0.3e-3
+_NETWORK_RE = re.compile(
+    r"^\s*(?P<n>[0-9]*\.?[0-9]+)\s*(?P<unit>[kmgt]?)(?P<what>bit|b|bps|bit/s|b/s|byte/s)?\s*$",
+    re.IGNORECASE,
+)
+
+
+def parse_network_speed(text: str) -> float:
+    """``--network``: ``1Gbit``, ``10gbit/s``, ``2.5Gbit``, ``100Mbit``, ``1GB/s``
+    (B: bytes) as bytes per second."""
+    from llmtune.errors import ConfigError
+
+    m = _NETWORK_RE.match(text)
+    what = (m.group("what") or "") if m else ""
+    if not m or not what:
+        raise ConfigError(
+            f"not a network speed: {text!r} (try 1Gbit, 10Gbit or 1GB/s)", "--network"
+        )
+    scale = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}[m.group("unit").lower()]
+    value = float(m.group("n")) * scale
+    # Network speeds are written in bits (1Gbit, 1Gb/s); a capital B is bytes.
+    bits = what.lower() in ("bit", "bit/s", "bps") or what in ("b", "b/s")
+    if value <= 0:
+        raise ConfigError(f"a network speed must be more than 0: {text!r}", "--network")
+    return value / 8 if bits else value
+
+
+def _what_if_device(text: str, index: int, network: float | None) -> Device:
+    """A ``--gpu`` value; ``SPEC@rpc`` is that GPU on another machine, reached through RPC."""
+    from llmtune.hardware.profiles import parse_gpu_spec
+
+    spec, at, where = text.rpartition("@")
+    if not at:
+        return parse_gpu_spec(text, index=index)
+    if where.strip().lower() != "rpc":
+        from llmtune.errors import ConfigError
+
+        raise ConfigError(
+            f"{text!r}: only @rpc may follow a GPU (a GPU on another machine)", "--gpu"
+        )
+    gpu = parse_gpu_spec(spec, index=index)
+    return replace(
+        gpu,
+        kind="rpc",
+        name=f"{gpu.name} @rpc",
+        endpoint=f"host{index + 1}:50052",
+        index=0,
+        rtt_s=WHAT_IF_RTT_S,
+        network_bytes_per_s=network or WHAT_IF_NETWORK_BYTES_PER_S,
+    )
+
+
+def rpc_items(values: Iterable[str]) -> tuple[tuple[str, str | None], ...]:
+    """``--rpc`` values as (endpoint, GPU spec or None); raises RpcError for a bad list."""
+    from llmtune.hardware.rpc import RpcError, parse_endpoints
+
+    items: list[tuple[str, str | None]] = []
+    for value in values:
+        for part in value.split(","):
+            endpoint, eq, gpu = part.partition("=")
+            if eq and not gpu.strip():
+                raise RpcError(f"--rpc: {part.strip()!r} names no GPU after '='")
+            items.append((endpoint.strip(), gpu.strip() if eq else None))
+    endpoints = parse_endpoints(",".join(endpoint for endpoint, _ in items))
+    return tuple((endpoint, gpu) for endpoint, (_, gpu) in zip(endpoints, items, strict=True))
+
+
+def rpc_devices(
+    items: Sequence[tuple[str, str | None]], host: Device, network: float | None = None
+) -> tuple[tuple[Device, ...], tuple[str, ...]]:
+    """Probe each host and describe the devices it lends, named as llama.cpp names
+    them (RPC0, RPC1, ... across hosts in order); raises RpcError naming a host
+    that cannot be used."""
+    from llmtune.errors import ConfigError
+    from llmtune.hardware.profiles import parse_gpu_spec
+    from llmtune.hardware.rpc import probe
+
+    devices: list[Device] = []
+    notes: list[str] = []
+    guessed: list[str] = []
+    behind: list[Device | None] = []
+    for _endpoint, gpu_text in items:  # every spec checked before any host is asked
+        try:
+            behind.append(parse_gpu_spec(gpu_text) if gpu_text else None)
+        except ConfigError as exc:
+            raise ConfigError(exc.what, "--rpc") from None
+    for (endpoint, _text), gpu in zip(items, behind, strict=True):
+        found = probe(endpoint)
+        link = network or found.bandwidth_bytes_per_s or WHAT_IF_NETWORK_BYTES_PER_S
+        for remote in found.devices:
+            speed_like = gpu or host
+            devices.append(
+                Device(
+                    name=f"RPC{len(devices)} {endpoint}",
+                    kind="rpc",
+                    capacity_bytes=remote.total_bytes,
+                    free_bytes=remote.free_bytes,
+                    bandwidth_gbps=speed_like.bandwidth_gbps,
+                    fp16_tflops=speed_like.fp16_tflops,
+                    index=remote.index,
+                    bandwidth_known=speed_like.bandwidth_known,
+                    bandwidth_measured=gpu is None and host.bandwidth_measured,
+                    source="rpc",
+                    profile=gpu.profile if gpu else "",
+                    endpoint=endpoint,
+                    rtt_s=found.rtt_s,
+                    network_bytes_per_s=link,
+                )
+            )
+        if gpu is None:
+            guessed.append(endpoint)
+    if guessed:
+        notes.append(
+            f"RPC {', '.join(guessed)}: planned at this machine's CPU speed "
+            "(write HOST:PORT=GPU, e.g. =rtx3090, for a GPU behind it)"
+        )
+    return tuple(devices), tuple(notes)
 
 
 def _detect(
