@@ -18,6 +18,7 @@ from llmtune.engine import ENGINE_INSTALL_HINT, EngineMissingError
 from llmtune.engine.compare import Comparison
 from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import (
+    DeviceMemory,
     Event,
     Exited,
     Failed,
@@ -120,6 +121,9 @@ class View:
 
     def answer_finished(self, stats: Stats) -> None:
         self.calls.append(("finished", stats.finish))
+
+    def device_memory(self, memory: DeviceMemory) -> None:
+        self.calls.append(("memory", len(memory.readings)))
 
 
 class Rig:

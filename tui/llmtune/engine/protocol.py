@@ -149,6 +149,25 @@ class Loaded:
 
 
 @dataclass(frozen=True)
+class DeviceReading:
+    """One RPC device's memory as its server reports it (``GET_DEVICE_MEMORY``)."""
+
+    name: str  # llama.cpp's device name: RPC0, RPC1, ...
+    endpoint: str  # HOST:PORT
+    free_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class DeviceMemory:
+    """The RPC devices' memory, read through the worker's own connection (a
+    server serves one client at a time), about once a second while loaded."""
+
+    readings: tuple[DeviceReading, ...]
+    t: float  # time.monotonic() in the worker
+
+
+@dataclass(frozen=True)
 class Token:
     id: int
     text: str  # may be "" while a multi-byte character is incomplete
@@ -244,6 +263,7 @@ Event = (
     | Progress
     | Loaded
     | Token
+    | DeviceMemory
     | Stats
     | Unloaded
     | QuantizeProgress

@@ -38,6 +38,7 @@ from llmtune.engine import EngineMissingError
 from llmtune.engine.compare import Comparison, compare
 from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import (
+    DeviceMemory,
     Event,
     Exited,
     Failed,
@@ -109,6 +110,9 @@ class SessionView(Protocol):
     def answer_finished(self, stats: Stats) -> None:
         """The answer is complete (or stopped): its speed."""
 
+    def device_memory(self, memory: DeviceMemory) -> None:
+        """The RPC hosts' devices' memory, read by the worker (about once a second)."""
+
 
 class Session:
     """The llama.cpp worker as the app drives it; see the module docstring."""
@@ -136,6 +140,7 @@ class Session:
         self.loaded_plan: FitPlan | None = None  # made once per load
         self.comparison: Comparison | None = None
         self.last_stats: Stats | None = None
+        self.device_memory: DeviceMemory | None = None  # the RPC devices' latest reading
         self.live_tps: float | None = None  # read by the sampler thread
         self._token_times: deque[float] = deque(maxlen=4096)
         self.prompt_pending = False  # a prompt whose chat template is being rendered
@@ -266,6 +271,9 @@ class Session:
             self._on_loaded(event)
         elif isinstance(event, Token):
             self._on_token(event)
+        elif isinstance(event, DeviceMemory):
+            self.device_memory = event
+            self._view.device_memory(event)
         elif isinstance(event, Stats):
             self.last_stats = event
             self.live_tps = None

@@ -22,11 +22,11 @@ from textual.worker import Worker
 
 from llmtune.engine.compare import Comparison
 from llmtune.engine.config import RunConfig
-from llmtune.engine.protocol import Event, Loaded, Stats
+from llmtune.engine.protocol import DeviceMemory, Event, Loaded, Stats
 from llmtune.engine.session import EngineFactory, Session, Severity, WorkerState
 from llmtune.engine.supervisor import Supervisor
 from llmtune.fit.plan import FitPlan
-from llmtune.fit.settings import Settings
+from llmtune.fit.settings import Extras, Settings
 from llmtune.model import ModelSpec
 from llmtune.model.chat import render_chat
 from llmtune.ui.messages import PromptRendered, WorkerEvent
@@ -109,7 +109,9 @@ class WorkerControl:
         settings = self.run_settings()
         if settings is None or self.app.model_path is None:
             return None
-        return RunConfig.from_settings(self.app.model_path, settings)
+        # The worker registers the RPC hosts the plan uses before it loads.
+        extras = Extras(rpc_servers=self.app.hardware.endpoints)
+        return RunConfig.from_settings(self.app.model_path, settings, extras)
 
     def apply(self) -> None:
         """Load the model with the settings the panes show."""
@@ -226,6 +228,9 @@ class WorkerControl:
     def answer_finished(self, stats: Stats) -> None:
         p = self.session.loaded_plan
         self.app.run_pane.show_stats(stats, p.predicted.tg_tokens_per_s if p else None)
+
+    def device_memory(self, memory: DeviceMemory) -> None:
+        """The RPC hosts' memory (the monitor graphs it; see Session.device_memory)."""
 
     def _thread(
         self, work: Callable[[], None], group: str, *, exclusive: bool = False
