@@ -22,6 +22,7 @@ def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -
     from llmtune.engine.calibration import record_bench
     from llmtune.engine.config import RunConfig
     from llmtune.engine.report import bench_dict, bench_text
+    from llmtune.fit.commandline import pinned_settings, plan_extras
     from llmtune.fit.plan import plan
     from llmtune.model import read_spec
 
@@ -37,7 +38,8 @@ def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -
     warn_calibration(m)
     spec = read_spec(args.model)
     fit_plan = plan(spec, m.devices, settings, m.speed)
-    config = RunConfig.from_settings(spec.path, fit_plan.settings)
+    # The plan's split pinned, its RPC hosts registered: the run is the plan.
+    config = RunConfig.from_settings(spec.path, pinned_settings(fit_plan), plan_extras(fit_plan))
     progress = ProgressLine(sys.stderr.isatty() and not args.json)
     try:
         result = run_bench(
@@ -51,7 +53,10 @@ def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -
     finally:
         progress.clear()
     calibrated = None
-    if not args.no_calibrate:
+    if fit_plan.rpc_devices and not args.no_calibrate:
+        # This machine's calibration describes its own devices, not a network's.
+        print("llmtune: not calibrating: the run used RPC hosts", file=sys.stderr)
+    elif not args.no_calibrate:
         measured = m.host.bandwidth_measured
         calibrated = record_bench(fit_plan, result.tg.mean, result.pp.mean, measured, m.speed)
     if args.json:

@@ -3,7 +3,8 @@
 Buffer names map to devices as llama.cpp names its buffer types: ``CPU``,
 ``CPU_Mapped``, ``CPU_REPACK`` and every ``*_Host`` (pinned host memory) are
 host memory; ``CUDA0``, ``Vulkan1``, ``ROCm0`` ... are GPUs, their ordinal
-being the position among the plan's GPUs.
+being the position among the plan's local GPUs; ``RPC0[host:port]`` is the
+device with that index on that RPC server (``DevicePlan.buffer_name``).
 
 Per device the kinds compared are weights, kv, compute and output:
 
@@ -103,7 +104,7 @@ def measured_by_device(buffers: Iterable[Buffer]) -> dict[str, dict[CompareKind,
 
 def predicted_by_kind(d: DevicePlan) -> dict[CompareKind, int]:
     """A DevicePlan's bytes in the shape llama.cpp logs them."""
-    if d.kind == "gpu":
+    if d.kind != "cpu":
         return {
             "weights": d.weights_bytes,
             "kv": d.kv_bytes,
@@ -125,10 +126,17 @@ def compare(loaded: Loaded | Iterable[Buffer], plan: FitPlan) -> Comparison:
     measured = measured_by_device(buffers)
     planned: dict[str, DevicePlan] = {HOST: plan.host}
     gpus = plan.gpus
+    local = plan.local_gpus
+    rpc = {d.buffer_name: d for d in plan.rpc_devices}
     for device in measured:
+        if device in rpc:
+            planned[device] = rpc[device]
+            continue
         ordinal = gpu_ordinal(device) if device != HOST else None
-        if ordinal is not None and ordinal < len(gpus):
-            planned[device] = gpus[ordinal]
+        if ordinal is not None and ordinal < len(local):
+            planned[device] = local[ordinal]
+    for d in plan.rpc_devices:
+        planned.setdefault(d.buffer_name, d)
     for i, gpu in enumerate(gpus):
         if not any(d is gpu for d in planned.values()):
             planned[f"GPU{i}"] = gpu

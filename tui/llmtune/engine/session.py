@@ -141,6 +141,7 @@ class Session:
         self.comparison: Comparison | None = None
         self.last_stats: Stats | None = None
         self.device_memory: DeviceMemory | None = None  # the RPC devices' latest reading
+        self._worker_hosts: tuple[str, ...] | None = None  # RPC hosts the worker registered
         self.live_tps: float | None = None  # read by the sampler thread
         self._token_times: deque[float] = deque(maxlen=4096)
         self.prompt_pending = False  # a prompt whose chat template is being rendered
@@ -161,10 +162,18 @@ class Session:
         return config is not None and config != self.loaded_config
 
     def apply(self, config: RunConfig, settings: Settings) -> None:
-        """Load ``config`` (``settings`` as planned), starting a worker if none runs."""
-        if self.engine is None or not self.engine.alive:
+        """Load ``config`` (``settings`` as planned), starting a worker if none runs.
+
+        A worker keeps the RPC hosts it registered for good (llama.cpp has no way
+        to remove one, and places every later model on them too), so another set
+        of hosts needs a new worker."""
+        hosts = config.extras.rpc_servers
+        other_hosts = self._worker_hosts is not None and self._worker_hosts != hosts
+        if self.engine is None or not self.engine.alive or other_hosts:
             if not self._start():
                 return
+        if hosts:
+            self._worker_hosts = hosts
         engine = self.engine
         assert engine is not None
         if self.state == "generating":
@@ -392,6 +401,7 @@ class Session:
             self._notify(self.reason, "error", timeout_s=10)
             return False
         self.engine = engine
+        self._worker_hosts = None  # a new worker has registered no RPC host yet
         self.loaded = None  # a new worker holds nothing, whatever the old one's last events said
         self.live_tps = None
         self._set_state("starting")

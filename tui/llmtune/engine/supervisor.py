@@ -130,6 +130,7 @@ class Supervisor:
         self._proc: _Process | None = None
         self._last: _Process | None = None  # the previous worker, for its log tail
         self._lock = threading.Lock()
+        self._rpc_hosts: tuple[str, ...] = ()  # of the last load: named if one is lost
 
     # ---- lifecycle --------------------------------------------------------
     @property
@@ -257,6 +258,8 @@ class Supervisor:
             return False
 
     def load(self, config: RunConfig) -> bool:
+        if config.extras.rpc_servers:
+            self._rpc_hosts = config.extras.rpc_servers
         return self.send(Load(config))
 
     def generate(self, prompt: str, max_tokens: int = 128, **sampling: object) -> bool:
@@ -334,6 +337,9 @@ class Supervisor:
         if not proc.expected_exit and not failed:
             tail = tuple(list(proc.tail)[-20:])
             reason = proc.hung_reason or crash_reason(exited, tail)
+            lost = lost_rpc_host(self._rpc_hosts)
+            if lost is not None and not proc.hung_reason:
+                reason = f"{lost}; {reason}"
             self._emit(Failed(reason, tail, fatal=True))
         proc.exited.set()
         self._emit(exited)
@@ -411,6 +417,29 @@ class Supervisor:
             proc.popen.send_signal(signal.SIGKILL)  # nothing if it was reaped meanwhile
         except ProcessLookupError:
             pass
+
+
+RPC_CHECK_TIMEOUT_S = 0.5  # per host, when a worker with RPC hosts died
+
+
+def lost_rpc_host(endpoints: tuple[str, ...]) -> str | None:
+    """Which RPC host went away, in words, when a worker that used them died:
+    llama.cpp aborts the whole process when a host's connection breaks
+    (ggml-rpc.cpp RPC_STATUS_ASSERT), and its log does not say which host.
+
+    A TCP connect only (no HELLO): a live server queues it behind any client, a
+    dead one refuses it, an unreachable one lets it time out."""
+    for endpoint in endpoints:
+        host, _, port = endpoint.rpartition(":")
+        try:
+            with socket.create_connection((host, int(port)), timeout=RPC_CHECK_TIMEOUT_S):
+                pass
+        except TimeoutError:
+            return f"lost the RPC host {endpoint} (no answer within {RPC_CHECK_TIMEOUT_S:g} s)"
+        except (OSError, ValueError) as exc:
+            why = "connection refused" if isinstance(exc, ConnectionRefusedError) else str(exc)
+            return f"lost the RPC host {endpoint} ({why})"
+    return None
 
 
 _CRASH_MARKERS = ("GGML_ASSERT", "GGML_ABORT", "terminate called", "what():", "error", "failed")

@@ -67,6 +67,7 @@ from llmtune.engine.protocol import (
     Unload,
     Unloaded,
 )
+from llmtune.engine.worker_rpc import RpcHosts
 
 PR_SET_PDEATHSIG = 1
 _ALLOC_RES: tuple[re.Pattern[str], ...] = (
@@ -184,6 +185,7 @@ class Worker:
         self._progress_cb = llama_cpp.llama_progress_callback(self._on_progress)
         self._last_progress = -1.0
         self._quantizing: Quantize | None = None
+        self.rpc = RpcHosts(self.send)
 
     # ---- callbacks from llama.cpp ----------------------------------------
     def _on_log(self, level: int, text: bytes | None, user_data: object) -> None:
@@ -272,6 +274,7 @@ class Worker:
     # ---- commands ---------------------------------------------------------
     def unload(self) -> None:
         L = self.L
+        self.rpc.stop_watching()
         if self.ctx:
             L.llama_free(self.ctx)
         if self.model:
@@ -331,6 +334,8 @@ class Worker:
             c.validate()
         except Exception as exc:
             self.send(Failed(str(exc)))
+            return
+        if not self.rpc.register(c.extras.rpc_servers):
             return
         mp = L.llama_model_default_params()
         _set_fields(mp, c.model_params())  # every option's, from the options table
@@ -405,6 +410,7 @@ class Worker:
                 notes=tuple(notes),
             )
         )
+        self.rpc.watch_memory()
 
     def quantize(self, q: Quantize) -> None:
         L = self.L
@@ -540,6 +546,10 @@ class Worker:
                         f"llama.cpp could not decode the prompt (llama_decode returned {rc})"
                     )
                     return
+            if finish != "stop":
+                # llama_decode may return before the devices finish (a GPU's or an
+                # RPC host's graph runs asynchronously): the prompt's time ends here.
+                L.llama_synchronize(self.ctx)
         finally:
             L.llama_set_abort_callback(self.ctx, self._no_abort_cb, None)
         prompt_s = time.perf_counter() - t0

@@ -456,11 +456,18 @@ def _evaluate(
                 buffer_name=gpu.buffer_name,
             )
         )
-        bw = gpu.bandwidth_gbps * 1e9 * speed.gpu_bandwidth_efficiency
+        # An RPC host with no GPU named behind it runs like a CPU (llmtune rpc-server).
+        cpu_like = gpu.is_rpc and gpu.profile == "cpu"
+        if cpu_like:
+            bw = gpu.bandwidth_gbps * 1e9 * host_bandwidth_efficiency(gpu, speed)
+            layer_s, efficiency = speed.cpu_layer_overhead_s, speed.cpu_compute_efficiency
+        else:
+            bw = gpu.bandwidth_gbps * 1e9 * speed.gpu_bandwidth_efficiency
+            layer_s, efficiency = speed.gpu_layer_overhead_s, speed.gpu_compute_efficiency
         if bw:
             tg_time += (active + kv * c.kv_read_fraction) / bw
-        overhead += (n_layers + has_output) * speed.gpu_layer_overhead_s
-        flops = gpu.fp16_tflops * 1e12 * speed.gpu_compute_efficiency
+        overhead += (n_layers + has_output) * layer_s
+        flops = gpu.fp16_tflops * 1e12 * efficiency
         if flops:
             pp_time += 2.0 * active / costs.bytes_per_param / flops
         if gpu.is_rpc and (n_layers or has_output):

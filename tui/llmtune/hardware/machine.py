@@ -353,7 +353,8 @@ def rpc_devices(
                     bandwidth_known=speed_like.bandwidth_known,
                     bandwidth_measured=gpu is None and host.bandwidth_measured,
                     source="rpc",
-                    profile=gpu.profile if gpu else "",
+                    # "cpu": speed planned as a CPU's (fit.plan reads it).
+                    profile=gpu.profile if gpu else "cpu",
                     endpoint=endpoint,
                     rtt_s=found.rtt_s,
                     network_bytes_per_s=link,
@@ -361,6 +362,12 @@ def rpc_devices(
             )
         if gpu is None:
             guessed.append(endpoint)
+    here = [e for e, _ in items if e.rpartition(":")[0] in ("127.0.0.1", "localhost", "::1")]
+    if here:
+        notes.append(
+            f"RPC {', '.join(here)} runs on this machine: a CPU server's memory is this "
+            "machine's RAM, which the plan counts again for the host"
+        )
     if guessed:
         notes.append(
             f"RPC {', '.join(guessed)}: planned at this machine's CPU speed "
