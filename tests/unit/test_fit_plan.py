@@ -214,7 +214,7 @@ def test_max_context_is_the_largest_that_fits(model) -> None:
 
 def test_fit_ctx_max_picks_a_context(model) -> None:
     result = _llmtune(
-        "fit", model.path, "--gpu", "64MiB", "--ctx", "max", "--margin", "0", "--json"
+        "fit", model.path, "--gpu", "56MiB", "--ctx", "max", "--margin", "0", "--json"
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)

@@ -61,14 +61,14 @@ def test_a_12gb_gpu_holds_about_20_layers_of_the_70b_not_5_to_10(llama2_70b: Pat
     # Q4_K layers weigh 0.48 GB; the Q6_K-boosted ones (attn_v, ffn_down) 0.54 GB.
     assert sizes[0] < 0.5e9 < sizes[-1] < 0.55e9
     best = _best(q)
-    assert best.max_gpu_layers == 20  # 19 blocks + the output layer, 1 GiB kept free
+    assert best.max_gpu_layers == 22  # 21 blocks + the output layer, 1 GiB kept free
     gpu, host = best.devices
     assert gpu.verdict == "fits" and host.verdict == "fits"
     # and it runs at the 0.5-2 tokens/s the guides say
     assert 0.5 < best.predicted.tg_tokens_per_s < 2.0
 
 
-@pytest.mark.parametrize(("ftype", "layers"), [("Q3_K_M", 26), ("Q2_K", 34)])
+@pytest.mark.parametrize(("ftype", "layers"), [("Q3_K_M", 27), ("Q2_K", 35)])
 def test_smaller_quantizations_fit_more_layers(
     llama2_70b: ModelSpec, ftype: str, layers: int
 ) -> None:

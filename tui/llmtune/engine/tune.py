@@ -52,6 +52,7 @@ from llmtune.engine.bench import run_bench
 from llmtune.engine.config import RunConfig
 from llmtune.engine.supervisor import Supervisor
 from llmtune.errors import ConfigError, FitError, LlmtuneError
+from llmtune.fit.commandline import pinned_settings, plan_extras
 from llmtune.fit.handoff import Handoff, plan_handoff
 from llmtune.fit.options import resolved_threads
 from llmtune.fit.plan import FitPlan, max_context, plan
@@ -217,7 +218,7 @@ class Tuner:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._current: Supervisor | None = None
-        self._has_gpu = any(d.kind == "gpu" for d in self.devices)
+        self._has_gpu = any(d.offloads for d in self.devices)
 
     # ---- control -------------------------------------------------------------------------
     @property
@@ -266,7 +267,9 @@ class Tuner:
 
         try:
             result = run_bench(
-                RunConfig.from_settings(self.spec.path, resolved),
+                RunConfig.from_settings(
+                    self.spec.path, pinned_settings(fit_plan), plan_extras(fit_plan)
+                ),
                 fit_plan,
                 prompt_tokens=self.bench.prompt_tokens,
                 gen_tokens=self.bench.gen_tokens,

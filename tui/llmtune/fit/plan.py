@@ -388,6 +388,13 @@ def _evaluate(
     ranges = _gpu_ranges(gpus, s, n_layer, ngl)
     copies = pipeline_copies(gpus, s, n_layer, ngl)
     plans: list[DevicePlan] = []
+    cpu_layers = n_layer + 1 - ngl if gpus and ngl > 0 else n_layer + 1
+    local_gpus = [g for g in gpus if g.is_gpu]
+    # Only the first local GPU takes the offloaded ops (the scheduler's
+    # backend order); a partial offload with ubatches of 32 tokens or more.
+    offload_to = (
+        local_gpus[0] if local_gpus and min(cpu_layers, n_layer) > 0 and c.n_ubatch >= 32 else None
+    )
     cpu_end = n_layer + 1 - ngl if gpus and ngl > 0 else n_layer + 1
     cpu_layers_end = min(cpu_end, n_layer)
     output_on_cpu = cpu_end > n_layer
@@ -414,12 +421,12 @@ def _evaluate(
             active += costs.output_bytes
         n_layers = end - first
         compute = 0
-        # An RPC device's split starts from a copy of the residual stream and
-        # ends at the next device: two fewer residual-sized tensors than a
+        # An offload device's split starts from a copy of the residual stream
+        # and ends at the next device: two fewer residual-sized tensors than a
         # CPU-only graph while layers run, one fewer beside the logits
-        # (measured: sched_reserve's compute buffers through RPC devices).
-        # Local GPUs keep the CPU-only shape until measured on one.
-        fewer = c.hidden_bytes if gpu.is_rpc else 0
+        # (measured: sched_reserve's compute buffers through RPC devices, and
+        # on an H200, where CUDA0 and an RPC device on it log the same size).
+        fewer = c.hidden_bytes
         layers_peak, masks, caches = _layers_peak(c, first, end) if n_layers else (0, 0, 0)
         layers_peak = max(layers_peak - 2 * fewer, 0)
         output_peak = c.out_peak - fewer if has_output else 0
@@ -434,10 +441,13 @@ def _evaluate(
             compute = max(layers, output_peak) + copies * inputs
         elif n_layers or has_output:
             compute = max(layers_peak, output_peak)
-            if cpu_layers_end > 0 and c.n_ubatch >= 32 and gpu.is_gpu:
-                # op offload: CPU weights are copied into the GPU's compute
-                # buffer (an RPC device has no offload_op: ggml-rpc.cpp)
-                compute += c.matmul_max_cpu[cpu_layers_end]
+            if gpu is offload_to:
+                # Op offload (ggml-backend.cpp, the scheduler's offload_op): the
+                # CPU layers' matmuls run on the first GPU, which holds their
+                # activations: one more residual-sized tensor (measured on an
+                # H200; the weights cross PCIe without growing the buffer).
+                # An RPC device has no offload_op (ggml-rpc.cpp).
+                compute += c.hidden_bytes
         plans.append(
             DevicePlan(
                 name=gpu.name,
@@ -489,8 +499,12 @@ def _evaluate(
     host_weights -= repack
     output_buffer = n_vocab_outputs
     host_compute = 0
-    if cpu_layers_end > 0 or output_on_cpu:
-        host_compute = 0
+    inputs_only = 2 * c.hidden_bytes + c.mask_bytes + c.index_bytes + 2 * c.token_bytes
+    if offload_to is not None and not output_on_cpu:
+        # Op offload runs the CPU layers' heavy ops on the GPU: the host keeps
+        # what it keeps under a full offload (measured on an H200).
+        host_compute = inputs_only
+    elif cpu_layers_end > 0 or output_on_cpu:
         if cpu_layers_end > 0:
             # The graph's inputs are built on the host: every mask is there,
             # whichever caches its own layers use.
@@ -505,9 +519,9 @@ def _evaluate(
         host_compute = copies * inputs + c.hidden_bytes
     else:
         # Full offload: the host only builds the inputs and the embeddings,
-        # which it holds twice (measured through RPC devices: token_embd's
-        # rows, then the copy the first device's split reads).
-        host_compute = 2 * c.hidden_bytes + c.mask_bytes + c.index_bytes + 2 * c.token_bytes
+        # which it holds twice (measured through RPC devices and on an H200:
+        # token_embd's rows, then the copy the first device's split reads).
+        host_compute = inputs_only
     plans.append(
         DevicePlan(
             name=host.name,
@@ -532,7 +546,7 @@ def _evaluate(
     overhead += (cpu_layers_end + output_on_cpu) * speed.cpu_layer_overhead_s
     tg_time += overhead + network
     host_flops = host.fp16_tflops * 1e12 * speed.cpu_compute_efficiency
-    if gpus and ngl > 0 and c.n_ubatch >= 32:
+    if offload_to is not None:
         # op offload: CPU-resident weights cross PCIe once per ubatch
         pp_time += c.weights_prefix[cpu_layers_end] / (speed.pcie_gbps * 1e9) / c.n_ubatch
     elif host_flops:
