@@ -558,6 +558,11 @@ def _evaluate(
 
 # An RPC link nobody measured: 1 Gbit/s.
 DEFAULT_NETWORK_BYTES_PER_S = 1e9 / 8
+# What a graph costs on an RPC device beyond its compute and its bytes: the
+# client serialises it (GRAPH_COMPUTE) and the server rebuilds it. Measured on an
+# H200 through a loopback ggml-rpc-server against CUDA0 directly (llama-bench
+# tg128, Llama-3 1B and 8B shapes at Q4_K): 0.80 ms a token for both sizes.
+RPC_GRAPH_S = 0.8e-3
 
 
 def _network_s(
@@ -567,7 +572,8 @@ def _network_s(
     prompt ubatch: its split's inputs sent (ggml-rpc.cpp SET_TENSOR: the
     residual stream, the masks, positions and slots), its output read back
     (GET_TENSOR waits for the graph: one round trip), the logits where it holds
-    the output layer (only the last token's on a prompt)."""
+    the output layer (only the last token's on a prompt), and the graph itself
+    (:data:`RPC_GRAPH_S`)."""
     link = rpc.network_bytes_per_s or DEFAULT_NETWORK_BYTES_PER_S
     mask_elem = 2 if c.flash_attn else 4
     caches = len(c.mask_by_cells) or 1
@@ -578,7 +584,8 @@ def _network_s(
     t = c.n_ubatch
     out_batch = costs.n_vocab * 4 if has_output else c.hidden_bytes
     batch = c.hidden_bytes + caches * pad(t, CTX_PAD) * t * mask_elem + t * small + out_batch
-    return rpc.rtt_s + token / link, rpc.rtt_s + batch / link
+    fixed = rpc.rtt_s + RPC_GRAPH_S
+    return fixed + token / link, fixed + batch / link
 
 
 def pipeline_copies(gpus: Sequence[Device], s: Settings, n_layer: int, ngl: int) -> int:
