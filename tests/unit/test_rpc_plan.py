@@ -134,3 +134,18 @@ def test_pipeline_parallelism_and_the_pinned_split(model: Path) -> None:
     )
     given = plan(spec, [*gpus, host], Settings(tensor_split=(1.0, 3.0)))
     assert pinned_settings(given).tensor_split == (1.0, 3.0)  # the user's own split stays
+
+
+def test_the_hand_off_runs_the_hosts_too(model: Path) -> None:
+    from llmtune.fit.handoff import plan_handoff
+
+    spec = read_spec(model)
+    m = machine(MachineOptions(gpus=("rtx3060-12g", "rtx3090@rpc"), ram="64GiB"))
+    h = plan_handoff(str(model), plan(spec, m.devices, Settings()))
+    assert h.rpc_servers == ("ggml-rpc-server -H host2 -p 50052",)
+    for args in (h.llama_server_args, h.llama_cli_args):
+        assert args[args.index("--rpc") + 1] == "host2:50052"
+        assert "-ts" in args
+    assert any(note.startswith("llama-cpp-python:") and "RPC" in note for note in h.notes)
+    assert any(note.startswith("Ollama:") and "RPC" in note for note in h.notes)
+    assert next(iter(h.texts())).startswith("RPC hosts")

@@ -16,6 +16,10 @@ For one :class:`~llmtune.fit.settings.Settings` with its resolved
   are server-wide environment variables in Ollama (``OLLAMA_FLASH_ATTENTION``,
   ``OLLAMA_KV_CACHE_TYPE``, ``OLLAMA_NUM_PARALLEL``), written as comments.
 
+Over llama.cpp RPC hosts the hand-off also gives one ``ggml-rpc-server`` line
+per host (``rpc_servers``), and the llama.cpp lines carry ``--rpc`` and the
+planned split (``-ts``).
+
 Whatever a target cannot express is said in ``notes``, one sentence each, so
 nobody pastes a line believing it runs the plan when it does not.
 """
@@ -26,9 +30,15 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from llmtune.fit.commandline import llama_cli_args, llama_server_args
+from llmtune.fit.commandline import (
+    llama_cli_args,
+    llama_server_args,
+    pinned_settings,
+    plan_extras,
+    rpc_server_commands,
+)
 from llmtune.fit.options import OPTION, cli_flag, llama_kwargs, resolved_threads
-from llmtune.fit.settings import CACHE_TYPE_IDS, Settings
+from llmtune.fit.settings import CACHE_TYPE_IDS, Extras, Settings
 
 if TYPE_CHECKING:
     from llmtune.fit.plan import FitPlan
@@ -44,6 +54,7 @@ class Handoff:
     llama_snippet: str
     ollama_modelfile: str
     notes: tuple[str, ...] = ()
+    rpc_servers: tuple[str, ...] = ()  # one ggml-rpc-server line per RPC host
 
     @property
     def llama_server(self) -> str:
@@ -60,12 +71,15 @@ class Handoff:
             "llama_cpp_python": dict(self.llama_kwargs),
             "llama_cpp_python_snippet": self.llama_snippet,
             "ollama_modelfile": self.ollama_modelfile,
+            "rpc_servers": list(self.rpc_servers),
             "notes": list(self.notes),
         }
 
     def texts(self) -> dict[str, str]:
         """Each target's text as a user would copy it, by a short label."""
+        hosts = {"RPC hosts (one line on each)": "\n".join(self.rpc_servers)}
         return {
+            **(hosts if self.rpc_servers else {}),
             "llama-server": self.llama_server,
             "llama-cli": self.llama_cli,
             "llama-cpp-python": self.llama_snippet,
@@ -162,6 +176,8 @@ def make_handoff(
     n_gpu_layers: int,
     n_ctx: int,
     flash_attn: bool | None = None,
+    extras: Extras | None = None,
+    rpc_servers: tuple[str, ...] = (),
 ) -> Handoff:
     """Every hand-off for one configuration.
 
@@ -176,16 +192,33 @@ def make_handoff(
     if s.kv_unified:
         kvu = OPTION["kv_unified"].server[0].name
         notes.insert(0, f"llama-cli: no unified KV cache option ({kvu} is llama-server's)")
+    x = extras if extras is not None else Extras()
+    if x.rpc_servers:
+        notes.append(
+            "llama-cpp-python: Llama() takes no RPC hosts; register them first with "
+            "llama.cpp's ggml_backend_rpc_add_server, as llmtune's worker does"
+        )
+        ollama_notes.append("Ollama: a Modelfile cannot place layers on RPC hosts")
     return Handoff(
-        llama_server_args=tuple(llama_server_args(model_path, s, n_gpu_layers, n_ctx)),
-        llama_cli_args=tuple(llama_cli_args(model_path, s, n_gpu_layers, n_ctx)),
+        llama_server_args=tuple(llama_server_args(model_path, s, n_gpu_layers, n_ctx, x)),
+        llama_cli_args=tuple(llama_cli_args(model_path, s, n_gpu_layers, n_ctx, x)),
         llama_kwargs=kwargs,
         llama_snippet=llama_cpp_snippet(kwargs),
         ollama_modelfile=modelfile,
         notes=tuple(notes + ollama_notes),
+        rpc_servers=rpc_servers,
     )
 
 
 def plan_handoff(model_path: str, plan: FitPlan) -> Handoff:
-    """The hand-off for a plan: its resolved layers, context and flash attention."""
-    return make_handoff(model_path, plan.settings, plan.n_gpu_layers, plan.n_ctx, plan.flash_attn)
+    """The hand-off for a plan: its resolved layers, context and flash attention,
+    its split pinned and its RPC hosts."""
+    return make_handoff(
+        model_path,
+        pinned_settings(plan),
+        plan.n_gpu_layers,
+        plan.n_ctx,
+        plan.flash_attn,
+        plan_extras(plan),
+        rpc_server_commands(plan),
+    )
