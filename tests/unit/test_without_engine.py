@@ -128,6 +128,7 @@ def test_the_demo_model_module(demo_model: Path, site_without_engine: Path, tmp_
         ("quantize", ["quantize", "DEMO", "--to", "Q8_0", "-o", "OUT"]),
         ("tune", ["tune", "DEMO"]),
         ("tune", ["tune", "DEMO", "--json"]),
+        ("rpc-server", ["rpc-server"]),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else v,
 )
