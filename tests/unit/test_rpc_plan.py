@@ -22,6 +22,7 @@ from llmtune.fit.settings import Settings
 from llmtune.hardware.host import host_device
 from llmtune.hardware.machine import MachineOptions, machine, parse_network_speed
 from llmtune.hardware.profiles import parse_gpu_spec
+from llmtune.hardware.rpc import RpcError
 from llmtune.model import read_spec
 from rpc_support import FakeRpcServer, refusing_endpoint
 from synth import llama_like
@@ -149,3 +150,15 @@ def test_the_hand_off_runs_the_hosts_too(model: Path) -> None:
     assert any(note.startswith("llama-cpp-python:") and "RPC" in note for note in h.notes)
     assert any(note.startswith("Ollama:") and "RPC" in note for note in h.notes)
     assert next(iter(h.texts())).startswith("RPC hosts")
+
+
+def test_a_worker_build_without_rpc_says_how_to_rebuild(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmtune.engine import ggml_rpc
+
+    monkeypatch.setattr(ggml_rpc, "rpc_supported", lambda: False)
+    with FakeRpcServer() as host, pytest.raises(RpcError) as raised:
+        machine(MachineOptions(rpc=(host.endpoint,)), for_worker=True, probe_bandwidth=False)
+    line = raised.value.one_line()
+    assert "-DGGML_RPC=on" in line and "\n" not in line
+    with FakeRpcServer() as host:  # planning alone needs no llama.cpp at all
+        assert machine(MachineOptions(rpc=(host.endpoint,)), probe_bandwidth=False).rpc

@@ -242,9 +242,25 @@ def machine(
     )
     if options.rpc:
         items = rpc_items(options.rpc)
+        if for_worker:
+            _require_rpc_build()
         devices, notes = rpc_devices(items, result.host, network)
         result = result.with_rpc(devices, notes)
     return result
+
+
+def _require_rpc_build() -> None:
+    """A worker that will load on RPC hosts needs llama.cpp's RPC backend: say how
+    to get it now, in one sentence, rather than when the load fails."""
+    from llmtune.engine import llama_cpp_installed
+
+    if not llama_cpp_installed():
+        return  # the no_engine notice says what to install
+    from llmtune.engine.ggml_rpc import RPC_REBUILD_HINT, rpc_supported
+    from llmtune.hardware.rpc import RpcError
+
+    if not rpc_supported():
+        raise RpcError(f"--rpc: {RPC_REBUILD_HINT}")
 
 
 # The link a what-if RPC device is planned with unless --network says otherwise,
