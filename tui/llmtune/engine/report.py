@@ -79,14 +79,20 @@ def bench_text(
     lines.append(f"  load {r.load_s:.2f} s, {len(r.tg.runs)} runs")
     lines.append("")
     lines.append(f"  {'device':<8}{'buffer':<9}{'predicted':>12}{'llama.cpp':>12}{'error':>9}")
+    # An RPC buffer is named after its server (RPC0[host:port]); the table shows
+    # the client's name for the device (RPC0, RPC1) and the hosts below it.
+    short = {d.buffer_name: d.name.split(" ")[0] for d in p.rpc_devices}
     for c in r.comparison.rows:
         if c.predicted_bytes == 0 and c.measured_bytes == 0:
             continue
         err = "" if c.error_pct is None else f"{c.error_pct:+.1f}%"
+        device = short.get(c.device, c.device)
         lines.append(
-            f"  {inert(c.device, max_chars=8):<8}{c.kind:<9}{format_bytes(c.predicted_bytes):>12}"
+            f"  {inert(device, max_chars=8):<8}{c.kind:<9}{format_bytes(c.predicted_bytes):>12}"
             f"{format_bytes(c.measured_bytes):>12}{err:>9}"
         )
+    for d in p.rpc_devices:
+        lines.append(f"  {inert(d.name.split(' ')[0])} is {inert(d.endpoint)}")
     if r.peak_rss_bytes is not None:
         lines.append(f"  peak worker RSS {format_bytes(r.peak_rss_bytes)}")
     if r.vram_delta_bytes is not None:
@@ -263,6 +269,9 @@ def tune_summary_lines(result: TuneResult) -> list[str]:
         f"{best.pp_tokens_per_s:,.0f} tokens/s on prompts"
     )
     h = result.handoff
+    if h.rpc_servers:
+        lines += ["", "On each RPC host:"]
+        lines += [f"  {inert(line, max_chars=None)}" for line in h.rpc_servers]
     lines += ["", "llama-server:", f"  {inert(h.llama_server, max_chars=None)}"]
     lines += ["llama-cli:", f"  {inert(h.llama_cli, max_chars=None)}"]
     lines += ["llama-cpp-python:"]
