@@ -96,6 +96,8 @@ class AppOptions:
     persist: bool = True  # read and write the saved settings, and keep the log file
     autoapply_delay_s: float = 0.8  # while a model is loaded, settings reload it after this
     quant_delay_s: float = 0.15
+    network_bytes_per_s: float | None = None  # --network: the link RPC hosts added here get
+    rpc_timeout_s: float = 3.0  # how long a host being added may take to answer each step
 
 
 def default_engine_factory(on_event: Callable[[Event], None]) -> Supervisor:
@@ -539,10 +541,14 @@ class LlmtuneApp(SessionAttributes, App[None]):
             parts.append(self.session.line())
         if self.error:
             parts.append(self.error)
-        if self.hardware.notice:
-            parts.append(self.hardware.notice)
-        if self.hardware.is_what_if or not parts:
-            parts.append(self.hardware.describe())
+        hardware = self.hardware
+        if hardware.rpc:
+            # The hosts the plan leans on come before this machine's own notices.
+            parts.append(hardware.describe())
+        if hardware.notice:
+            parts.append(hardware.notice)
+        if not hardware.rpc and (hardware.is_what_if or not parts):
+            parts.append(hardware.describe())
         self.status.update(Text(" · ".join(parts)))
         self.status.set_class(dead or self.error is not None, "-error")
 
