@@ -57,6 +57,7 @@ from llmtune.telemetry.store import TelemetryStore
 from llmtune.textsafe import inert
 from llmtune.ui import dialogs, keys
 from llmtune.ui.boundary import failure_sentence
+from llmtune.ui.hosts import HostEntry, combine
 from llmtune.ui.layout import PANES, TITLES, Layout, PaneLayout, PaneTabs
 from llmtune.ui.messages import (
     DemoFetched,
@@ -355,6 +356,24 @@ class LlmtuneApp(SessionAttributes, App[None]):
         self.show_status()
         self._replan()
 
+    def set_rpc_hosts(self, entries: Iterable[HostEntry]) -> None:
+        """Plan with these RPC hosts (from the hosts screen, already asked). A loaded
+        model moves to them as a settings change would: a reload after a pause, in a
+        new worker (llama.cpp keeps the hosts a worker registered for good)."""
+        devices, notes = combine(entries)
+        self.hardware = self.hardware.with_rpc(devices, notes)
+        self.show_status()
+        self._replan()
+        shown = self.hardware.describe()
+        self.notify(shown[0].upper() + shown[1:] + ".", markup=False, timeout=4)
+        if self.session.holds_model:
+            self.notify(
+                "The new RPC hosts take effect when the worker reloads the model.",
+                markup=False,
+                timeout=6,
+            )
+            self.worker.schedule_autoapply()
+
     def _replan(self) -> None:
         planner, path = self.planner, self.model_path
         if planner is None or path is None:
@@ -451,6 +470,9 @@ class LlmtuneApp(SessionAttributes, App[None]):
 
     def action_choose_gpu(self) -> None:
         dialogs.choose_gpu(self)
+
+    def action_rpc_hosts(self) -> None:
+        dialogs.rpc_hosts(self)
 
     def action_copy_command(self) -> None:
         if self.view is None:

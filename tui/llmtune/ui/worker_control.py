@@ -96,13 +96,14 @@ class WorkerControl:
 
     # -- what the user asks ------------------------------------------------------------
     def run_settings(self) -> Settings | None:
-        """The settings the worker runs here: a what-if GPU's layers can only go to
-        this machine's CPU."""
+        """The settings the worker runs here: with neither a GPU here nor an RPC
+        host, a what-if GPU's layers can only go to this machine's CPU."""
         app = self.app
         p = app.plan
         if p is None:
             return None
-        n_gpu_layers = p.n_gpu_layers if app.hardware.machine_gpus else 0
+        offloads = app.hardware.machine_gpus or app.hardware.rpc
+        n_gpu_layers = p.n_gpu_layers if offloads else 0
         return app.settings.with_(n_gpu_layers=n_gpu_layers)
 
     def run_config(self) -> RunConfig | None:
