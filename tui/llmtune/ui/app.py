@@ -541,6 +541,15 @@ class LlmtuneApp(SessionAttributes, App[None]):
         if isinstance(sample, Sample):
             self.post_message(SampleArrived(sample))
 
+    def show_device_memory(self) -> None:
+        """The RPC devices' memory the worker last read (``telemetry.rpc_devices``)."""
+        expected = self.worker.expected()
+        try:
+            self.monitor_pane.show_rpc(self.telemetry, expected)
+            self.gauges_pane.show_rpc(self.telemetry, expected)
+        except NoMatches:
+            pass  # a reading that lands while the app closes and its widgets are gone
+
     @on(SampleArrived)
     def _sample_arrived(self, message: SampleArrived) -> None:
         if not self.telemetry.append(message.sample):
