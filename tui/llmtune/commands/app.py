@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     if not math.isfinite(args.interval) or args.interval <= 0:
         what = f"the interval must be a positive number of seconds, not {args.interval}"
         raise ConfigError(what, "--interval")
-    from llmtune.hardware.machine import MachineOptions, machine
+    from llmtune.hardware.machine import MachineOptions, machine, parse_network_speed
     from llmtune.model import read_spec
     from llmtune.ui.app import AppOptions, LlmtuneApp, default_sampler_factory
 
@@ -28,13 +28,27 @@ def run(args: argparse.Namespace) -> int:
             close = close_names(theme, list(BUILTIN_THEMES))
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown theme {theme!r}{hint}", "--theme")
-    options = MachineOptions(gpus=tuple(args.gpu), ram=args.ram, host=args.host)
+    options = MachineOptions(
+        gpus=tuple(args.gpu),
+        ram=args.ram,
+        host=args.host,
+        rpc=tuple(args.rpc),
+        network=args.network,
+    )
+    # --rpc hosts are asked here, before the screen opens: one that cannot be used
+    # is a one-line error, like any other bad option.
     hardware = machine(options, for_worker=True)
+    network = parse_network_speed(args.network) if args.network is not None else None
     app = LlmtuneApp(
         spec,
         os.path.abspath(args.model) if args.model else None,
         hardware,
-        options=AppOptions(interval_s=max(0.2, args.interval), compact=args.compact, theme=theme),
+        options=AppOptions(
+            interval_s=max(0.2, args.interval),
+            compact=args.compact,
+            theme=theme,
+            network_bytes_per_s=network,  # the link for hosts added in the app too
+        ),
         sampler_factory=default_sampler_factory,
     )
     app.run()

@@ -1,13 +1,16 @@
 """TelemetryStore: the series the UI graphs, fed one Sample at a time.
 
 UI thread only: the sampler's callback posts each Sample as a message and the
-handler calls ``store.append(sample)``. Every series has the same fixed
+handler calls ``store.append(sample)``; the worker's readings of its RPC
+devices' memory (``DeviceMemory`` events, immutable) come the same way, through
+the worker session, to ``store.append_device_memory``. Every series has the same fixed
 capacity (history / interval), so the store's memory does not grow with uptime.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 from llmtune.telemetry.sample import GPUSample, Sample
 from llmtune.telemetry.sampler import DEFAULT_INTERVAL_S, clamp_interval
@@ -85,6 +88,35 @@ class GPUSeries:
         self.other_processes_bytes = gpu.other_processes_bytes
 
 
+def rpc_key(endpoint: str, ordinal: int) -> str:
+    """An RPC device as its host's ``ordinal``-th device: llama.cpp's RPC0, RPC1...
+    number the devices of every registered host, so they change with the hosts."""
+    return f"{endpoint}#{ordinal}"
+
+
+class RpcDeviceSeries:
+    """One RPC device's memory as its server reports it (free of total)."""
+
+    __slots__ = ("endpoint", "free_bytes", "key", "name", "total_bytes", "used_bytes")
+
+    def __init__(self, key: str, capacity: int) -> None:
+        self.key = key
+        self.used_bytes = Series(capacity)  # total less free: everything on the device
+        self.free_bytes = Series(capacity)
+        self.total_bytes: int | None = None
+        self.name = ""  # llama.cpp's, as of the latest reading: RPC0
+        self.endpoint = ""
+
+    def append(self, timestamp: float, free_bytes: int | None, total_bytes: int | None) -> None:
+        if free_bytes is None or total_bytes is None:
+            self.used_bytes.append(timestamp, None)
+            self.free_bytes.append(timestamp, None)
+            return
+        self.used_bytes.append(timestamp, max(0, total_bytes - free_bytes))
+        self.free_bytes.append(timestamp, free_bytes)
+        self.total_bytes = total_bytes
+
+
 class WorkerSeries:
     __slots__ = ("pid", "rss_bytes", "tokens_per_s")
 
@@ -105,6 +137,9 @@ class TelemetryStore:
         self.worker = WorkerSeries(self.capacity)
         self._gpus: dict[int, GPUSeries] = {}
         self.latest: Sample | None = None
+        self._rpc: dict[str, RpcDeviceSeries] = {}
+        self._rpc_shown: tuple[str, ...] = ()  # the latest reading's devices, in its order
+        self._rpc_time: float | None = None
 
     @property
     def gpus(self) -> tuple[GPUSeries, ...]:
@@ -113,6 +148,40 @@ class TelemetryStore:
 
     def gpu(self, index: int) -> GPUSeries | None:
         return self._gpus.get(index)
+
+    @property
+    def rpc_devices(self) -> tuple[RpcDeviceSeries, ...]:
+        """The RPC devices of the latest reading, in its order (llama.cpp's)."""
+        return tuple(self._rpc[key] for key in self._rpc_shown)
+
+    def append_device_memory(
+        self, timestamp: float, readings: Iterable[tuple[str, str, int, int]]
+    ) -> bool:
+        """Add one reading of the RPC devices: (name, endpoint, free, total) each, in
+        llama.cpp's order. One older than the latest is dropped (``False``); a device
+        missing from it leaves a gap in its series."""
+        if self._rpc_time is not None and timestamp < self._rpc_time:
+            return False
+        shown: list[str] = []
+        per_host: dict[str, int] = {}
+        for name, endpoint, free, total in readings:
+            ordinal = per_host.get(endpoint, 0)
+            per_host[endpoint] = ordinal + 1
+            key = rpc_key(endpoint, ordinal)
+            series = self._rpc.get(key)
+            if series is None:
+                if len(self._rpc) >= MAX_GPUS:
+                    continue
+                series = self._rpc[key] = RpcDeviceSeries(key, self.capacity)
+            series.name, series.endpoint = name, endpoint
+            series.append(timestamp, free, total)
+            shown.append(key)
+        for key, series in self._rpc.items():
+            if key not in shown:
+                series.append(timestamp, None, None)
+        self._rpc_shown = tuple(shown)
+        self._rpc_time = timestamp
+        return True
 
     def append(self, sample: Sample) -> bool:
         """Add one sample; one older than the latest (a stale message) is dropped

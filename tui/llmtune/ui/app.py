@@ -57,6 +57,7 @@ from llmtune.telemetry.store import TelemetryStore
 from llmtune.textsafe import inert
 from llmtune.ui import dialogs, keys
 from llmtune.ui.boundary import failure_sentence
+from llmtune.ui.hosts import HostEntry, combine
 from llmtune.ui.layout import PANES, TITLES, Layout, PaneLayout, PaneTabs
 from llmtune.ui.messages import (
     DemoFetched,
@@ -96,6 +97,8 @@ class AppOptions:
     persist: bool = True  # read and write the saved settings, and keep the log file
     autoapply_delay_s: float = 0.8  # while a model is loaded, settings reload it after this
     quant_delay_s: float = 0.15
+    network_bytes_per_s: float | None = None  # --network: the link RPC hosts added here get
+    rpc_timeout_s: float = 3.0  # how long a host being added may take to answer each step
 
 
 def default_engine_factory(on_event: Callable[[Event], None]) -> Supervisor:
@@ -353,6 +356,24 @@ class LlmtuneApp(SessionAttributes, App[None]):
         self.show_status()
         self._replan()
 
+    def set_rpc_hosts(self, entries: Iterable[HostEntry]) -> None:
+        """Plan with these RPC hosts (from the hosts screen, already asked). A loaded
+        model moves to them as a settings change would: a reload after a pause, in a
+        new worker (llama.cpp keeps the hosts a worker registered for good)."""
+        devices, notes = combine(entries)
+        self.hardware = self.hardware.with_rpc(devices, notes)
+        self.show_status()
+        self._replan()
+        shown = self.hardware.describe()
+        self.notify(shown[0].upper() + shown[1:] + ".", markup=False, timeout=4)
+        if self.session.holds_model:
+            self.notify(
+                "The new RPC hosts take effect when the worker reloads the model.",
+                markup=False,
+                timeout=6,
+            )
+            self.worker.schedule_autoapply()
+
     def _replan(self) -> None:
         planner, path = self.planner, self.model_path
         if planner is None or path is None:
@@ -450,6 +471,9 @@ class LlmtuneApp(SessionAttributes, App[None]):
     def action_choose_gpu(self) -> None:
         dialogs.choose_gpu(self)
 
+    def action_rpc_hosts(self) -> None:
+        dialogs.rpc_hosts(self)
+
     def action_copy_command(self) -> None:
         if self.view is None:
             return
@@ -517,6 +541,15 @@ class LlmtuneApp(SessionAttributes, App[None]):
         if isinstance(sample, Sample):
             self.post_message(SampleArrived(sample))
 
+    def show_device_memory(self) -> None:
+        """The RPC devices' memory the worker last read (``telemetry.rpc_devices``)."""
+        expected = self.worker.expected()
+        try:
+            self.monitor_pane.show_rpc(self.telemetry, expected)
+            self.gauges_pane.show_rpc(self.telemetry, expected)
+        except NoMatches:
+            pass  # a reading that lands while the app closes and its widgets are gone
+
     @on(SampleArrived)
     def _sample_arrived(self, message: SampleArrived) -> None:
         if not self.telemetry.append(message.sample):
@@ -539,10 +572,14 @@ class LlmtuneApp(SessionAttributes, App[None]):
             parts.append(self.session.line())
         if self.error:
             parts.append(self.error)
-        if self.hardware.notice:
-            parts.append(self.hardware.notice)
-        if self.hardware.is_what_if or not parts:
-            parts.append(self.hardware.describe())
+        hardware = self.hardware
+        if hardware.rpc:
+            # The hosts the plan leans on come before this machine's own notices.
+            parts.append(hardware.describe())
+        if hardware.notice:
+            parts.append(hardware.notice)
+        if not hardware.rpc and (hardware.is_what_if or not parts):
+            parts.append(hardware.describe())
         self.status.update(Text(" · ".join(parts)))
         self.status.set_class(dead or self.error is not None, "-error")
 

@@ -34,6 +34,7 @@ DOING: dict[str, str] = {
     "picker": "Looking for models on this machine",
     "tune": "Tuning",
     "quantize": "Quantizing",
+    "rpc": "Asking an RPC host",
 }
 
 

@@ -1,4 +1,4 @@
-"""The dialogs the app's keys open: picker, help, GPU what-if, hand-off, tune, quantize.
+"""The dialogs the app's keys open: picker, help, GPU what-if, RPC hosts, hand-off, tune, quantize.
 
 Each function pushes one screen and, when the screen is dismissed with an
 answer, hands the answer to the app (open a file, plan for a GPU, apply tuned
@@ -20,7 +20,16 @@ from llmtune.ui.messages import DemoFetched
 if TYPE_CHECKING:
     from llmtune.ui.app import LlmtuneApp
 
-__all__ = ["choose_gpu", "fetch_demo", "handoff", "help_screen", "picker", "quantize", "tune"]
+__all__ = [
+    "choose_gpu",
+    "fetch_demo",
+    "handoff",
+    "help_screen",
+    "picker",
+    "quantize",
+    "rpc_hosts",
+    "tune",
+]
 
 
 def picker(app: LlmtuneApp, can_go_back: bool = True) -> None:
@@ -79,6 +88,26 @@ def choose_gpu(app: LlmtuneApp) -> None:
         app.notify(shown[0].upper() + shown[1:] + ".", markup=False, timeout=4)
 
     app.push_screen(ChooseGPU(label, current), chosen)
+
+
+def rpc_hosts(app: LlmtuneApp) -> None:
+    """Add or remove llama.cpp RPC hosts; the app plans with the list the screen
+    closes with (the hosts are asked in the screen, never again here)."""
+    from llmtune.ui.hosts import HostEntry, entries_of
+    from llmtune.ui.screens.rpc_hosts import RpcHostsScreen
+
+    def closed(entries: tuple[HostEntry, ...] | None) -> None:
+        if entries is not None:
+            app.set_rpc_hosts(entries)
+        app.focus_pane(app.active_pane)
+
+    screen = RpcHostsScreen(
+        entries_of(app.hardware),
+        app.hardware.host,
+        network_bytes_per_s=app.options.network_bytes_per_s,
+        timeout_s=app.options.rpc_timeout_s,
+    )
+    app.push_screen(screen, closed)
 
 
 def handoff(app: LlmtuneApp) -> None:

@@ -33,6 +33,7 @@ BINDINGS: list[BindingType] = [
     Binding("ctrl+r", "restart", "Restart worker", show=False, priority=True),
     Binding("u", "unload", "Unload", show=False),
     Binding("g", "choose_gpu", "GPU", show=False),  # the status line offers it
+    Binding("n", "rpc_hosts", "RPC hosts", show=False),
     Binding("c", "copy_command", "Copy cmd", show=False),
     Binding("w", "quantize", "Quantize", show=False),
     Binding("left_square_bracket", "layers(-1)", "-layer", show=False),
@@ -54,6 +55,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("Restart the worker", "Start a new llama.cpp worker (R)", "restart"),
     ("Unload the model", "Free the worker's memory (u)", "unload"),
     ("Plan for another GPU", "Choose a GPU profile as a what-if target (g)", "choose_gpu"),
+    ("RPC hosts", "Add or remove llama.cpp RPC servers that take layers (n)", "rpc_hosts"),
     ("Open a model", "Pick another GGUF file (o)", "open_model"),
     ("Copy the command line", "llama-server line to the clipboard (c)", "copy_command"),
     ("Hand-off", "llama-server, llama-cli, llama-cpp-python, Ollama (h)", "handoff"),

@@ -53,8 +53,9 @@ class Planner:
         return plan(self.spec_for(quant), hardware.devices, settings, hardware.plan_speed)
 
     def machine_plan(self, hardware: Machine, settings: Settings) -> FitPlan:
-        """The plan for what the worker really loads: the file, on this machine."""
-        return plan(self.spec, hardware.local, settings, hardware.speed)
+        """The plan for what the worker really loads: the file, on this machine and
+        the RPC hosts it registers (their devices first, as llama.cpp places them)."""
+        return plan(self.spec, (*hardware.rpc, *hardware.local), settings, hardware.speed)
 
     def quant_rows(self, hardware: Machine, settings: Settings) -> list[QuantRow]:
         return quant_rows(

@@ -29,6 +29,7 @@ from llmtune.fit.plan import FitPlan
 from llmtune.fit.settings import Extras, Settings
 from llmtune.model import ModelSpec
 from llmtune.model.chat import render_chat
+from llmtune.telemetry.store import rpc_key
 from llmtune.ui.messages import PromptRendered, WorkerEvent
 from llmtune.ui.panes.monitor import Expected
 
@@ -76,6 +77,24 @@ class SessionAttributes:
     def last_stats(self) -> Stats | None:
         return self.session.last_stats
 
+    @property
+    def device_memory(self) -> DeviceMemory | None:
+        """The worker's latest reading of its RPC devices' memory."""
+        return self.session.device_memory
+
+
+def rpc_levels(p: FitPlan) -> tuple[tuple[str, int], ...]:
+    """Each RPC device's predicted use (``telemetry.store.rpc_key``: its host, its
+    place there): what the plan puts on it and what was in use when it was asked."""
+    levels: list[tuple[str, int]] = []
+    per_host: dict[str, int] = {}
+    for d in p.rpc_devices:
+        ordinal = per_host.get(d.endpoint, 0)
+        per_host[d.endpoint] = ordinal + 1
+        in_use = max(0, d.capacity_bytes - d.free_bytes)
+        levels.append((rpc_key(d.endpoint, ordinal), d.total_bytes + in_use))
+    return tuple(levels)
+
 
 class WorkerControl:
     """The worker session as the app's panes show it; see the module docstring."""
@@ -96,13 +115,14 @@ class WorkerControl:
 
     # -- what the user asks ------------------------------------------------------------
     def run_settings(self) -> Settings | None:
-        """The settings the worker runs here: a what-if GPU's layers can only go to
-        this machine's CPU."""
+        """The settings the worker runs here: with neither a GPU here nor an RPC
+        host, a what-if GPU's layers can only go to this machine's CPU."""
         app = self.app
         p = app.plan
         if p is None:
             return None
-        n_gpu_layers = p.n_gpu_layers if app.hardware.machine_gpus else 0
+        offloads = app.hardware.machine_gpus or app.hardware.rpc
+        n_gpu_layers = p.n_gpu_layers if offloads else 0
         return app.settings.with_(n_gpu_layers=n_gpu_layers)
 
     def run_config(self) -> RunConfig | None:
@@ -173,9 +193,12 @@ class WorkerControl:
         if self.session.loaded is None or p is None:
             return Expected()
         return Expected(
-            gpu_bytes=tuple(d.total_bytes for d in p.gpus),
+            gpu_bytes=tuple(d.total_bytes for d in p.local_gpus),  # as NVML numbers them
             host_bytes=p.host.total_bytes,
             tg_tokens_per_s=p.predicted.tg_tokens_per_s,
+            rpc_bytes=rpc_levels(p),
+            tg_network_s=p.predicted.tg_network_s,
+            tg_token_s=p.predicted.tg_token_s,
         )
 
     # -- engine.session.SessionView ----------------------------------------------------
@@ -230,7 +253,11 @@ class WorkerControl:
         self.app.run_pane.show_stats(stats, p.predicted.tg_tokens_per_s if p else None)
 
     def device_memory(self, memory: DeviceMemory) -> None:
-        """The RPC hosts' memory (the monitor graphs it; see Session.device_memory)."""
+        """The RPC hosts' memory, read by the worker: into the telemetry store (on
+        this, the UI thread), then on the monitor's graphs and the gauges."""
+        readings = tuple((r.name, r.endpoint, r.free_bytes, r.total_bytes) for r in memory.readings)
+        if self.app.telemetry.append_device_memory(memory.t, readings):
+            self.app.show_device_memory()
 
     def _thread(
         self, work: Callable[[], None], group: str, *, exclusive: bool = False

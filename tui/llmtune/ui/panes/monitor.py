@@ -1,6 +1,7 @@
-"""The monitor pane: VRAM, RAM, tokens/s and GPU use over time, predicted beside
-measured; the worker's state and llama.cpp's last log lines; after each load,
-each buffer llama.cpp allocated beside the plan's prediction."""
+"""The monitor pane: VRAM, each RPC device's memory, RAM, tokens/s and GPU use
+over time, predicted beside measured; the worker's state and llama.cpp's last
+log lines; after each load, each buffer llama.cpp allocated beside the plan's
+prediction."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Static
 
 from llmtune.engine.compare import Comparison
-from llmtune.telemetry.store import TelemetryStore
+from llmtune.telemetry.store import RpcDeviceSeries, TelemetryStore
 from llmtune.textsafe import inert
+from llmtune.ui.hosts import fmt_ms
 from llmtune.ui.widgets.graph import TimeGraph
 from llmtune.units import format_bytes
 
@@ -39,9 +41,38 @@ def fmt_pct(v: float) -> str:
 class Expected:
     """What the plan predicts while the worker holds a model (None: nothing loaded)."""
 
-    gpu_bytes: tuple[int, ...] = ()  # per GPU, added to what others hold
+    gpu_bytes: tuple[int, ...] = ()  # per local GPU, added to what others hold
     host_bytes: int | None = None
     tg_tokens_per_s: float | None = None
+    # per RPC device (telemetry.store.rpc_key), with what was in use when it was asked
+    rpc_bytes: tuple[tuple[str, int], ...] = ()
+    tg_network_s: float = 0.0  # of a token's time, the network's share
+    tg_token_s: float = 0.0
+
+    def rpc_level(self, key: str) -> float | None:
+        for k, level in self.rpc_bytes:
+            if k == key:
+                return float(level)
+        return None
+
+    @property
+    def network_note(self) -> str:
+        """The network's share of a token's time, beside the predicted speed."""
+        return network_share(self.tg_network_s, self.tg_token_s)
+
+
+def network_share(network_s: float, token_s: float) -> str:
+    """``network 0.4 ms of 2.9 ms per token`` ("" without RPC devices)."""
+    if network_s <= 0 or token_s <= 0:
+        return ""
+    return f"network {fmt_ms(network_s)} of {fmt_ms(token_s)} per token"
+
+
+def rpc_graph_titles(series: RpcDeviceSeries) -> tuple[str, str]:
+    """An RPC device's graph title, and the one for a narrow pane (``RPC0 used``)."""
+    name = inert(f"{series.name} {series.endpoint}".strip(), max_chars=60)
+    short = inert(series.name or series.endpoint, max_chars=20)
+    return f"{name} used", f"{short} used"
 
 
 class MonitorPane(VerticalScroll):
@@ -54,6 +85,7 @@ class MonitorPane(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static("", id="monitor-state", markup=False)
         yield Vertical(id="gpu-graphs")
+        yield Vertical(id="rpc-graphs")
         yield TimeGraph("tokens/s", fmt_tps, id="graph-tps")
         yield TimeGraph("worker RSS", fmt_bytes, id="graph-worker")
         yield TimeGraph("host RAM used", fmt_bytes, id="graph-ram")
@@ -110,7 +142,7 @@ class MonitorPane(VerticalScroll):
             util.show(g.utilization_percent, ceiling=100.0)
         worker = store.worker
         self.query_one("#graph-tps", TimeGraph).show(
-            worker.tokens_per_s, predicted=expected.tg_tokens_per_s
+            worker.tokens_per_s, predicted=expected.tg_tokens_per_s, note=expected.network_note
         )
         self.query_one("#graph-worker", TimeGraph).show(
             worker.rss_bytes,
@@ -121,6 +153,32 @@ class MonitorPane(VerticalScroll):
             store.host.ram_used_bytes, ceiling=float(total) if total else None
         )
         self.query_one("#graph-cpu", TimeGraph).show(store.host.cpu_percent, ceiling=100.0)
+
+    def show_rpc(self, store: TelemetryStore, expected: Expected) -> None:
+        """Each RPC device's memory in use, as its server reports it, of its total,
+        with the plan's predicted use as a level (what was in use when it was asked,
+        plus what the plan puts there)."""
+        box = self.query_one("#rpc-graphs", Vertical)
+        devices = store.rpc_devices
+        graphs = list(box.query(TimeGraph))
+        titles = [rpc_graph_titles(d) for d in devices]
+        if [(g.title, g.short_title) for g in graphs] != titles:
+            box.remove_children()
+            graphs = [
+                TimeGraph(title, fmt_bytes, short_title=short, classes="rpc-memory")
+                for title, short in titles
+            ]
+            box.mount_all(graphs)
+            # Drawn again once laid out: a graph not yet sized takes one point of history.
+            self.call_after_refresh(self.show_rpc, store, expected)
+        for graph, d in zip(graphs, devices, strict=True):
+            free = d.free_bytes.last
+            graph.show(
+                d.used_bytes,
+                ceiling=float(d.total_bytes) if d.total_bytes else None,
+                predicted=expected.rpc_level(d.key),
+                note=f"free {format_bytes(int(free))}" if free is not None else "",
+            )
 
     def show_comparison(self, comparison: Comparison | None) -> None:
         table: DataTable[Text] = self.query_one("#compare", DataTable)

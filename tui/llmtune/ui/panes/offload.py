@@ -19,6 +19,7 @@ from llmtune.fit.plan import FitPlan
 from llmtune.fit.settings import CACHE_TYPES, Settings
 from llmtune.model import ModelSpec
 from llmtune.textsafe import inert
+from llmtune.ui.panes.monitor import network_share
 from llmtune.ui.widgets.devicebar import VERDICT_WORDS, DeviceBar
 from llmtune.ui.widgets.slider import LayerSlider
 from llmtune.ui.widgets.stepper import Choice, Stepper
@@ -75,6 +76,17 @@ def moe_choices(n_layer: int, current: int) -> list[Choice[object]]:
 ON_OFF: list[Choice[object]] = [Choice(False, "off"), Choice(True, "on")]
 
 
+def offload_targets(p: FitPlan) -> str:
+    """Where offloaded layers go, in words."""
+    if not p.rpc_devices:
+        return "the GPU" if len(p.local_gpus) < 2 else "the GPUs"
+    hosts = len({d.endpoint for d in p.rpc_devices})
+    remote = "an RPC host" if hosts == 1 else f"{hosts} RPC hosts"
+    if not p.local_gpus:
+        return remote
+    return f"{remote} and {'the GPU' if len(p.local_gpus) == 1 else 'the GPUs'}"
+
+
 def verdict_text(view: PlanView) -> Text:
     p = view.plan
     text = Text()
@@ -82,13 +94,14 @@ def verdict_text(view: PlanView) -> Text:
     style = {"fits": "bold green", "tight": "bold yellow", "over": "bold red"}[p.verdict]
     text.append(word[0].upper() + word[1:], style)
     if view.has_gpu:
-        text.append(f": {p.n_gpu_layers} of {p.n_layer + 1} layers on the GPU")
+        text.append(f": {p.n_gpu_layers} of {p.n_layer + 1} layers on {offload_targets(p)}")
         text.append(f" (most that fit: {p.max_gpu_layers})")
     else:
         text.append(": everything on the CPU")
     text.append("\nPredicted ")
     text.append(f"{p.predicted.tg_tokens_per_s:,.1f} tokens/s", "bold")
-    text.append(" generating, ")
+    share = network_share(p.predicted.tg_network_s, p.predicted.tg_token_s)
+    text.append(f" generating ({share}), " if share else " generating, ")
     text.append(f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s", "bold")
     text.append(" reading the prompt")
     text.append(

@@ -26,6 +26,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("ctrl+r / R", "restart the worker (after a crash)"),
     ("u", "unload the model"),
     ("g", "plan for another GPU (a what-if target)"),
+    ("n", "RPC hosts: add or remove llama.cpp RPC servers whose devices take layers"),
     ("o", "open another model"),
     ("c", "copy the llama.cpp command line (OSC 52: works over SSH)"),
     ("h", "hand-off: llama-server, llama-cli, llama-cpp-python, Ollama; enter copies"),

@@ -116,6 +116,8 @@ class DeviceBar(Widget):
         amount = f"{format_bytes(d.total_bytes)} of {format_bytes(d.capacity_bytes)}"
         name = inert(d.name, max_chars=80)
         room = width - cell_len(amount) - verdict.cell_len - 4
+        if cell_len(name) > room and d.endpoint:
+            name = inert(d.name.removesuffix(f" {d.endpoint}"), max_chars=80)  # RPC0
         if cell_len(name) > room:
             name = name[: max(1, room - 1)] + "…"
         head.append(name, style("device-bar--name"))

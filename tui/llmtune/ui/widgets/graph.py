@@ -60,11 +60,13 @@ class TimeGraph(Widget):
         title: str,
         fmt: Callable[[float], str],
         *,
+        short_title: str = "",
         id: str | None = None,
         classes: str | None = None,
     ) -> None:
         super().__init__(id=id, classes=classes)
         self.title = title
+        self.short_title = short_title  # the title when the first row would not fit
         self.fmt = fmt
         self.values: tuple[float | None, ...] = ()
         self.ceiling: float | None = None
@@ -150,11 +152,19 @@ class TimeGraph(Widget):
         top = max([*present, self.predicted or 0.0, 0.0])
         return top * 1.15 if top > 0 else 1.0
 
-    def title_parts(self) -> list[tuple[str, str]]:
-        """The first row as (text, component) pieces; "" is the widget's own style."""
+    def title_parts(self, width: int | None = None) -> list[tuple[str, str]]:
+        """The first row as (text, component) pieces; "" is the widget's own style.
+        With a ``width`` it would not fit in, the short title, if there is one."""
+        parts = self._title_parts(self.title)
+        if width is not None and self.short_title:
+            if sum(cell_len(text) for text, _ in parts) > width:
+                parts = self._title_parts(self.short_title)
+        return parts
+
+    def _title_parts(self, title: str) -> list[tuple[str, str]]:
         latest = self.latest
         parts = [
-            (self.title, "title"),
+            (title, "title"),
             ("  ", ""),
             (self.fmt(latest) if latest is not None else "–", "value"),
         ]
@@ -220,7 +230,7 @@ class TimeGraph(Widget):
         return Strip(segments, width)
 
     def _build(self, width: int, height: int) -> list[Strip]:
-        rows = [self.title_parts(), *self.graph_rows(width, max(0, height - 1))]
+        rows = [self.title_parts(width), *self.graph_rows(width, max(0, height - 1))]
         return [self._strip(parts, width) for parts in rows[:height]]
 
     def render_line(self, y: int) -> Strip:
