@@ -334,18 +334,21 @@ def rpc_items(values: Iterable[str]) -> tuple[tuple[str, str | None], ...]:
 
 
 def rpc_devices(
-    items: Sequence[tuple[str, str | None]], host: Device, network: float | None = None
+    items: Sequence[tuple[str, str | None]],
+    host: Device,
+    network: float | None = None,
+    timeout_s: float = 3.0,
 ) -> tuple[tuple[Device, ...], tuple[str, ...]]:
-    """Probe each host and describe the devices it lends, named as llama.cpp names
-    them (RPC0, RPC1, ... across hosts in order); raises RpcError naming a host
-    that cannot be used."""
+    """Probe each host (each step waits at most ``timeout_s``) and describe the
+    devices it lends, named as llama.cpp names them (RPC0, RPC1, ... across hosts
+    in order), with one note per host on what the plan assumed; raises RpcError
+    naming a host that cannot be used."""
     from llmtune.errors import ConfigError
     from llmtune.hardware.profiles import parse_gpu_spec
     from llmtune.hardware.rpc import probe
 
     devices: list[Device] = []
     notes: list[str] = []
-    guessed: list[str] = []
     behind: list[Device | None] = []
     for _endpoint, gpu_text in items:  # every spec checked before any host is asked
         try:
@@ -353,13 +356,13 @@ def rpc_devices(
         except ConfigError as exc:
             raise ConfigError(exc.what, "--rpc") from None
     for (endpoint, _text), gpu in zip(items, behind, strict=True):
-        found = probe(endpoint)
+        found = probe(endpoint, timeout_s=timeout_s)
         link = network or found.bandwidth_bytes_per_s or WHAT_IF_NETWORK_BYTES_PER_S
         for remote in found.devices:
             speed_like = gpu or host
             devices.append(
                 Device(
-                    name=f"RPC{len(devices)} {endpoint}",
+                    name=rpc_device_name(len(devices), endpoint),
                     kind="rpc",
                     capacity_bytes=remote.total_bytes,
                     free_bytes=remote.free_bytes,
@@ -376,20 +379,23 @@ def rpc_devices(
                     network_bytes_per_s=link,
                 )
             )
+        if endpoint.rpartition(":")[0] in ("127.0.0.1", "localhost", "::1"):
+            notes.append(
+                f"RPC {endpoint} runs on this machine: a CPU server's memory is this "
+                "machine's RAM, which the plan counts again for the host"
+            )
         if gpu is None:
-            guessed.append(endpoint)
-    here = [e for e, _ in items if e.rpartition(":")[0] in ("127.0.0.1", "localhost", "::1")]
-    if here:
-        notes.append(
-            f"RPC {', '.join(here)} runs on this machine: a CPU server's memory is this "
-            "machine's RAM, which the plan counts again for the host"
-        )
-    if guessed:
-        notes.append(
-            f"RPC {', '.join(guessed)}: planned at this machine's CPU speed "
-            "(write HOST:PORT=GPU, e.g. =rtx3090, for a GPU behind it)"
-        )
+            notes.append(
+                f"RPC {endpoint}: planned at this machine's CPU speed "
+                "(write HOST:PORT=GPU, e.g. =rtx3090, for a GPU behind it)"
+            )
     return tuple(devices), tuple(notes)
+
+
+def rpc_device_name(number: int, endpoint: str) -> str:
+    """An RPC device as llama.cpp's client names it (``RPC<n>``, counted across
+    the hosts in the order they are registered), with its host."""
+    return f"RPC{number} {endpoint}"
 
 
 def _detect(

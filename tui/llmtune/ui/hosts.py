@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from llmtune.hardware.device import Device
-from llmtune.hardware.machine import Machine, rpc_devices, rpc_items
-from llmtune.hardware.rpc import RpcError, probe
+from llmtune.hardware.machine import Machine, rpc_device_name, rpc_devices, rpc_items
+from llmtune.hardware.rpc import RpcError
 from llmtune.units import format_bytes
 
 __all__ = [
@@ -107,7 +107,7 @@ def renumbered(entries: Iterable[HostEntry]) -> tuple[HostEntry, ...]:
     for entry in entries:
         devices = []
         for d in entry.devices:
-            devices.append(replace(d, name=f"RPC{count} {d.endpoint}"))
+            devices.append(replace(d, name=rpc_device_name(count, d.endpoint)))
             count += 1
         out.append(replace(entry, devices=tuple(devices)))
     return tuple(out)
@@ -142,15 +142,14 @@ def probe_host(
 ) -> HostEntry:
     """Ask the host at ``endpoint`` what it lends (blocking: a thread's work).
 
-    A short probe first, bounded by ``timeout_s``, so a host that refuses or
-    never answers is said at once; then ``rpc_devices`` describes its devices
-    as ``llmtune fit --rpc`` does. Raises :class:`RpcError` (or ``ConfigError``
+    ``rpc_devices`` probes it, each step bounded by ``timeout_s`` (a host that
+    refuses or never answers is said at once), and describes its devices as
+    ``llmtune fit --rpc`` does. Raises :class:`RpcError` (or ``ConfigError``
     for a GPU it does not know after '='), one line naming the host.
     """
     if gpu:
         from llmtune.hardware.profiles import parse_gpu_spec
 
         parse_gpu_spec(gpu)  # a misspelt GPU is said before the network is asked
-    probe(endpoint, timeout_s=timeout_s, measure_bandwidth=False)
-    devices, notes = rpc_devices(((endpoint, gpu),), host, network_bytes_per_s)
+    devices, notes = rpc_devices(((endpoint, gpu),), host, network_bytes_per_s, timeout_s)
     return HostEntry(endpoint, devices, notes, gpu or "")

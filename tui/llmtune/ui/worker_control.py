@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from textual.css.query import NoMatches
 from textual.timer import Timer
 from textual.worker import Worker
 
@@ -25,6 +26,7 @@ from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import DeviceMemory, Event, Loaded, Stats
 from llmtune.engine.session import EngineFactory, Session, Severity, WorkerState
 from llmtune.engine.supervisor import Supervisor
+from llmtune.fit.commandline import pinned_settings
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.settings import Extras, Settings
 from llmtune.model import ModelSpec
@@ -123,7 +125,12 @@ class WorkerControl:
             return None
         offloads = app.hardware.machine_gpus or app.hardware.rpc
         n_gpu_layers = p.n_gpu_layers if offloads else 0
-        return app.settings.with_(n_gpu_layers=n_gpu_layers)
+        settings = app.settings.with_(n_gpu_layers=n_gpu_layers)
+        if not app.hardware.is_what_if and not any(settings.tensor_split):
+            # Over several devices the plan's split, pinned: llama.cpp would split
+            # by the free memory it sees at load time (fit.commandline).
+            settings = settings.with_(tensor_split=pinned_settings(p).tensor_split)
+        return settings
 
     def run_config(self) -> RunConfig | None:
         settings = self.run_settings()
@@ -204,9 +211,12 @@ class WorkerControl:
     # -- engine.session.SessionView ----------------------------------------------------
     def session_changed(self) -> None:
         app, line = self.app, self.session.line()
-        app.run_pane.show_state(line, self.session.load_progress)
-        app.monitor_pane.show_state(line)
-        app.gauges_pane.show_state(line)
+        try:
+            app.run_pane.show_state(line, self.session.load_progress)
+            app.monitor_pane.show_state(line)
+            app.gauges_pane.show_state(line)
+        except NoMatches:
+            return  # the app is closing: a retired worker's last event has no pane left
         app.show_status()
 
     def notify_user(self, text: str, severity: Severity, timeout_s: float) -> None:
