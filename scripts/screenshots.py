@@ -21,7 +21,7 @@ from pathlib import Path
 from textual.pilot import Pilot
 
 from llmtune.hardware.host import host_device
-from llmtune.hardware.machine import Machine
+from llmtune.hardware.machine import Machine, MachineOptions, machine
 from llmtune.hardware.profiles import parse_gpu_spec
 from llmtune.model import read_spec
 from llmtune.model.demo import DEMO_FILE, fetch_demo_model
@@ -44,6 +44,12 @@ Setup = Callable[[Pilot[None], LlmtuneApp], Awaitable[None]]
 def hardware() -> Machine:
     host = host_device(ram_bytes=32 * GIB, bandwidth_gbps=51.2)
     return Machine((host,)).with_what_if([parse_gpu_spec("rtx3060-12g")])
+
+
+def two_machines() -> Machine:
+    """The same desktop and, on another machine, an RTX 3090 lent through llama.cpp's
+    RPC server (a what-if, so the picture needs no server and no network)."""
+    return machine(MachineOptions(gpus=("rtx3060-12g", "rtx3090@rpc"), ram="32GiB"))
 
 
 def sampler(callback: SampleCallback, interval_s: float) -> Sampler:
@@ -79,11 +85,12 @@ async def shoot(
     key: str,
     out_dir: Path,
     live: bool,
+    on: Callable[[], Machine] = hardware,
 ) -> Path:
     app = make_app(
         read_spec(model),
         path_label=DEMO_PATH_LABEL,
-        hardware=hardware(),
+        hardware=on(),
         options=AppOptions(persist=False, interval_s=0.25),
         sampler_factory=sampler if live else None,
     )
@@ -111,7 +118,9 @@ async def main_async(model: Path, out_dir: Path) -> list[Path]:
         for i, pane in enumerate(PANES):
             shots.append((pane, size, str(i + 1), pane in ("monitor", "run")))
     shots.append(("gauges", (50, 40), "0", True))
-    return [await shoot(model, name, size, key, out_dir, live) for name, size, key, live in shots]
+    paths = [await shoot(model, name, size, key, out_dir, live) for name, size, key, live in shots]
+    paths.append(await shoot(model, "rpc-offload", (80, 24), "3", out_dir, False, two_machines))
+    return paths
 
 
 def main(argv: list[str] | None = None) -> int:
