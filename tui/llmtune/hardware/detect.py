@@ -173,11 +173,25 @@ def llama_system_info() -> str | None:
 
 
 def supports_gpu_offload() -> bool | None:
-    """Whether this llama-cpp-python build can put layers on a GPU; None if it will not load."""
+    """Whether this llama-cpp-python build can put layers on a local GPU; None if it
+    will not load.
+
+    ``llama_supports_gpu_offload`` is true for any build with the RPC backend
+    (src/llama.cpp: a GPU device, or RPC), which llmtune always builds in, so a
+    CPU build would pass for a GPU one; the question is whether a GPU backend
+    registered a device here (CUDA, Vulkan, Metal, HIP)."""
     try:
         import llama_cpp
 
-        return bool(llama_cpp.llama_supports_gpu_offload())
+        if not llama_cpp.llama_supports_gpu_offload():
+            return False
+        if not llama_cpp.llama_supports_rpc():
+            return True
+        from llmtune.engine.ggml_rpc import local_devices
+
+        return any(
+            d.kind in ("GPU", "IGPU") and not d.name.startswith("RPC") for d in local_devices()
+        )
     except Exception as err:
         logger.info("llama_supports_gpu_offload unavailable: %r", err)
         return None
