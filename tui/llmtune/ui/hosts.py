@@ -49,7 +49,7 @@ class HostEntry:
 
     def lines(self) -> list[str]:
         """What the hosts screen says about it: the host, each device, the link."""
-        head = self.endpoint + (f" = {self.gpu}" if self.gpu else "")
+        head = self.endpoint + (f" = {self.gpu}" if self.gpu else "  (CPU speed)")
         out = [head]
         for d in self.devices:
             out.append(
@@ -92,7 +92,8 @@ def entries_of(machine: Machine) -> tuple[HostEntry, ...]:
     for endpoint in machine.endpoints:
         devices = tuple(d for d in machine.rpc if d.endpoint == endpoint)
         notes = tuple(n for n in machine.rpc_notes if endpoint in n)
-        profiles = {d.profile for d in devices if d.profile}
+        # "cpu" marks a host with no GPU named (planned at CPU speed), not a GPU.
+        profiles = {d.profile for d in devices if d.profile and d.profile != "cpu"}
         gpu = profiles.pop() if len(profiles) == 1 else ""
         entries.append(HostEntry(endpoint, devices, notes, gpu))
     return tuple(entries)

@@ -173,11 +173,15 @@ class MonitorPane(VerticalScroll):
             self.call_after_refresh(self.show_rpc, store, expected)
         for graph, d in zip(graphs, devices, strict=True):
             free = d.free_bytes.last
+            note = f"free {format_bytes(int(free))}" if free is not None else ""
+            if free is not None and d.total_bytes and int(free) >= d.total_bytes:
+                # llama.cpp's CPU device reports its whole RAM free, whatever it holds.
+                note = "CPU server: all free"
             graph.show(
                 d.used_bytes,
                 ceiling=float(d.total_bytes) if d.total_bytes else None,
                 predicted=expected.rpc_level(d.key),
-                note=f"free {format_bytes(int(free))}" if free is not None else "",
+                note=note,
             )
 
     def show_comparison(self, comparison: Comparison | None) -> None:
