@@ -156,3 +156,60 @@ def test_a_refusing_or_silent_host_fails_the_load_in_one_line(
         assert isinstance(failed, Failed) and silent in failed.reason, failed
         assert time.monotonic() - start < 10.0  # the probe's timeout, not a hang
     assert sup.alive
+
+
+def test_a_host_that_stops_answering_is_named(
+    sup: Supervisor, demo_model: Path, two_hosts: list[RpcServerProcess]
+) -> None:
+    """A stopped host keeps its connection (its kernel still answers), so nothing
+    breaks: the worker's memory reading goes unanswered, and that names it."""
+    from llmtune.engine.worker_rpc import RPC_STALL_S
+
+    endpoints = [s.endpoint for s in two_hosts]
+    sup.start()
+    sup.load(config(demo_model, endpoints))
+    assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+    until(sup, DeviceMemory)
+    victim = two_hosts[0]
+    os.kill(victim.pid, signal.SIGSTOP)
+    try:
+        stopped_at = time.monotonic()
+        events = until(sup, Exited)
+        waited = time.monotonic() - stopped_at
+    finally:
+        os.kill(victim.pid, signal.SIGCONT)
+    failed = [e for e in events if isinstance(e, Failed)]
+    assert failed and f"lost the RPC host {victim.endpoint}" in failed[-1].reason, failed
+    assert "stopped answering" in failed[-1].reason
+    assert waited < RPC_STALL_S + RPC_STALL_S / 2 + 2.0
+    assert not sup.alive
+
+
+def test_the_worker_gives_its_host_connections_a_timeout() -> None:
+    """llama.cpp's sockets wait forever; the worker sets keepalive and a user
+    timeout on the ones to its hosts, and leaves every other socket alone."""
+    import socket
+
+    from llmtune.engine.worker_rpc import LINK_TIMEOUT_MS, harden_sockets
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        pair = socket.socketpair()
+        with socket.create_connection(("127.0.0.1", port)) as host_link:
+            other = socket.create_connection(("127.0.0.1", port))
+            try:
+                done: set[int] = set()
+                harden_sockets({("127.0.0.1", port)}, done)
+                assert host_link.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                assert other.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+                if hasattr(socket, "TCP_USER_TIMEOUT"):
+                    got = host_link.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
+                    assert got == LINK_TIMEOUT_MS
+                assert pair[0].getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+                before = len(done)
+                harden_sockets({("127.0.0.1", port)}, done)  # nothing new: nothing done twice
+                assert len(done) == before
+            finally:
+                other.close()
+                for end in pair:
+                    end.close()

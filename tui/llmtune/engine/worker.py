@@ -359,11 +359,13 @@ class Worker:
         if c.oom_headroom_bytes is not None and c.oom_stage == "load":
             old_limit = _limit_address_space(c.oom_headroom_bytes)
         t0 = time.perf_counter()
+        self.rpc.busy.set()  # a load may wait on a host for long: not a stall
         model = L.llama_model_load_from_file(c.model_path.encode(), mp)
         load_s = time.perf_counter() - t0
         if old_limit is not None:
             resource.setrlimit(resource.RLIMIT_AS, old_limit)
         if not model:
+            self.rpc.busy.clear()
             if self._cancel_pending():
                 self.send(Failed("model load cancelled"))
             else:
@@ -381,6 +383,7 @@ class Worker:
         t0 = time.perf_counter()
         ctx = L.llama_init_from_model(model, cp)
         context_s = time.perf_counter() - t0
+        self.rpc.busy.clear()
         if old_limit is not None:
             resource.setrlimit(resource.RLIMIT_AS, old_limit)
         if not ctx:
@@ -535,6 +538,7 @@ class Worker:
         t0 = time.perf_counter()
         # The abort callback runs for every graph node: install it for the prompt only.
         L.llama_set_abort_callback(self.ctx, self._abort_cb, None)
+        self.rpc.busy.set()  # a long prompt may keep a host busy: not a stall
         try:
             for start in range(0, len(prompt), n_batch):
                 rc = self._decode(tokens, start, min(n_batch, len(prompt) - start))
@@ -552,6 +556,7 @@ class Worker:
                 L.llama_synchronize(self.ctx)
         finally:
             L.llama_set_abort_callback(self.ctx, self._no_abort_cb, None)
+            self.rpc.busy.clear()
         prompt_s = time.perf_counter() - t0
         prompt_done = finish != "stop"
         n_gen = 0
