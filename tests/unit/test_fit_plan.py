@@ -257,7 +257,7 @@ def _read_per_token(spec, n_layers: range, output: bool, kv_per_layer: float) ->
 
 
 def test_generation_speed_is_memory_traffic_over_bandwidth(model) -> None:
-    from llmtune.fit.plan import SPEED_DEPTH_TOKENS
+    from llmtune.fit.graph import SPEED_DEPTH_TOKENS
     from llmtune.fit.speed import DEFAULT_SPEED_MODEL as SPEED
 
     s = Settings(n_ctx=4096)

@@ -2,7 +2,7 @@
 
 Runs inside the worker process (``llmtune.engine.worker``). llama.cpp keeps a
 registered RPC host for the life of the process and places every later model on
-its devices too (llama.cpp.cpp ``llama_model_load_from_file_impl`` lists every
+its devices too (src/llama.cpp ``llama_model_load_from_file_impl`` lists every
 registered device), so a worker serves one set of hosts; the session starts a
 new worker for another set.
 

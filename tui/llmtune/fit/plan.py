@@ -13,11 +13,10 @@ and the source citations. In short:
   layer's device, ``n_ctx`` padded to 256 cells, sliding-window layers hold
   ``pad(min(n_ctx, n_swa + n_ubatch), 256)`` cells, MLA stores K only;
 - compute buffers (llama-context.cpp ``sched_reserve``): llama.cpp measures them
-  by reserving a graph; we approximate the peak of that graph (see
-  :func:`_compute_bytes`);
+  by reserving a graph; :mod:`llmtune.fit.graph` approximates its peaks;
 - output buffer: ``n_vocab x n_seq x 4`` bytes of logits on the host;
 - RPC devices (llama.cpp's RPC backend: another machine's GPU or CPU) are
-  offload targets placed before local GPUs (llama.cpp.cpp
+  offload targets placed before local GPUs (src/llama.cpp
   ``llama_model_load_from_file_impl``: "add RPC servers at the front of the
   list"), with no op offload (ggml-rpc.cpp's device has no ``offload_op``) and
   no host buffer type, so the host's layers may be repacked;
@@ -39,18 +38,20 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Literal
 
-from llmtune.fit.costs import ModelCosts, model_costs, row_bytes
+from llmtune.fit.costs import ModelCosts, model_costs
+from llmtune.fit.graph import (
+    CTX_PAD,
+    GraphContext,
+    graph_context,
+    layers_peak,
+    network_s,
+)
 from llmtune.fit.settings import QUANTIZED_CACHE_TYPES, Settings
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.hardware.device import Device
 from llmtune.model import ModelSpec
 
 Verdict = Literal["fits", "tight", "over"]
-CTX_PAD = 256  # llama_context: n_ctx = GGML_PAD(n_ctx, 256)
-
-
-def pad(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
 
 
 @dataclass(frozen=True)
@@ -153,197 +154,6 @@ class FitPlan:
         return self.devices[-1]
 
 
-@dataclass(frozen=True)
-class _Context:
-    """Per-call quantities: context sizes and per-layer prefix sums."""
-
-    n_ctx: int
-    n_ctx_seq: int
-    n_stream: int
-    kv_cells: int
-    swa_cells: int
-    n_ubatch: int
-    flash_attn: bool
-    weights_prefix: tuple[int, ...]  # sum of weights of layers [0, i)
-    pinned_prefix: tuple[int, ...]  # expert bytes kept on the CPU by --n-cpu-moe
-    kv_prefix: tuple[int, ...]
-    repack_prefix: tuple[int, ...]
-    matmul_max_cpu: tuple[int, ...]  # largest matmul weights of layers [0, i)
-    active_prefix: tuple[int, ...]  # bytes read per generated token
-    layer_peak: int  # while every kind of layer runs: masks + the largest layer op + residual
-    out_peak: int  # while the output layer runs: logits + residual
-    mask_bytes: int  # every mask (one per distinct cache size)
-    ffn_peak: int
-    base_peak: int  # the residual stream's tensors alive beside any op
-    mask_by_cells: tuple[tuple[int, int, int], ...]  # (cells, mask bytes, attention peak)
-    full_prefix: tuple[int, ...]  # attention layers on the full cache in [0, i)
-    swa_prefix: tuple[int, ...]  # attention layers on the sliding-window cache in [0, i)
-    kv_read_fraction: float  # share of the cache read per token at the bench depth
-    hidden_bytes: int  # one ubatch of the residual stream (n_embd x T floats)
-    index_bytes: int  # the small integer inputs of the whole graph (positions, cache slots)
-    slot_bytes: int  # one cache's slot indices (K and V) for a ubatch
-    token_bytes: int  # token ids, or output ids: T int32
-
-
-# Generation speed is predicted at this depth of context (llama-bench reads a
-# near-empty cache; at depth d each token reads d cells of every layer).
-SPEED_DEPTH_TOKENS = 512
-
-
-def _context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> _Context:
-    n_layer = len(costs.layers)
-    n_seq = max(1, s.n_parallel)
-    n_ctx = s.n_ctx or n_ctx_train or 4096
-    n_batch = min(n_ctx, s.n_batch)
-    n_ubatch = min(n_batch, s.n_ubatch)
-    n_ctx = pad(n_ctx, CTX_PAD)
-    if s.kv_unified or n_seq == 1:
-        n_ctx_seq = n_ctx
-        n_stream = 1
-    else:
-        n_ctx_seq = pad(n_ctx // n_seq, CTX_PAD)
-        n_ctx = n_ctx_seq * n_seq
-        n_stream = n_seq
-    kv_cells = n_ctx_seq * n_stream
-    if s.swa_full or not costs.n_swa:
-        swa_cells_per_stream = n_ctx_seq
-    else:
-        window = costs.n_swa * (n_seq if s.kv_unified else 1) + n_ubatch
-        swa_cells_per_stream = pad(min(n_ctx_seq, window), CTX_PAD)
-    swa_cells = swa_cells_per_stream * n_stream
-
-    flash_attn = s.flash_attn != "off" or s.cache_type_v in QUANTIZED_CACHE_TYPES
-    # Without flash attention V is stored transposed and padded to the widest layer.
-    v_width_max = max((lc.v_width for lc in costs.layers), default=0)
-
-    weights: list[int] = []
-    pinned: list[int] = []
-    kv: list[int] = []
-    repack: list[int] = []
-    active: list[int] = []
-    matmul_max: list[int] = [0]
-    cpu_moe_layers = n_layer if s.n_cpu_moe < 0 else min(s.n_cpu_moe, n_layer)
-    for il, lc in enumerate(costs.layers):
-        weights.append(lc.weights_bytes)
-        pinned.append(lc.expert_bytes if il < cpu_moe_layers else 0)
-        cells = swa_cells if lc.is_swa else kv_cells
-        v_width = lc.v_width if flash_attn or lc.v_width == 0 else v_width_max
-        layer_kv = (
-            row_bytes(s.cache_type_k, lc.k_width) * cells
-            + row_bytes(s.cache_type_v, v_width) * cells
-        )
-        layer_kv += lc.recurrent_floats * 4 * n_seq
-        kv.append(layer_kv)
-        repack.append(lc.repack_bytes)
-        dense = lc.weights_bytes - lc.expert_bytes
-        if costs.n_expert:
-            active.append(dense + lc.expert_bytes * costs.n_expert_used // costs.n_expert)
-        else:
-            active.append(lc.weights_bytes)
-        matmul_max.append(max(matmul_max[-1], lc.matmul_bytes))
-
-    t = n_ubatch
-    heads = costs.n_head
-    attn_layers = [lc for lc in costs.layers if lc.k_width]
-    attn_peak = 0
-    mask_bytes = 0
-    by_cells: dict[int, tuple[int, int]] = {}
-    if attn_layers:
-        # The KQ mask is a graph input, alive through the whole graph: one per
-        # distinct cache size (full and sliding window), F16 with flash attention.
-        mask_elem = 2 if flash_attn else 4
-        kqv = costs.n_head_v_dim * heads * t * 4
-        for cells in sorted({swa_cells if lc.is_swa else kv_cells for lc in attn_layers}):
-            n_kv = cells // max(1, n_stream)
-            if flash_attn:
-                # ggml_flash_attn_ext: no KQ matrix (llama-graph.cpp build_attn_mha).
-                peak = kqv + 2 * costs.n_embd * t * 4
-            else:
-                # KQ in F32, soft_max in place, then KQV.
-                peak = n_kv * t * heads * 4 * n_stream + kqv
-            by_cells[cells] = (n_kv * t * mask_elem, peak)
-        mask_bytes = sum(mask for mask, _ in by_cells.values())
-        attn_peak = max(peak for _, peak in by_cells.values())
-    full_count = [0]
-    swa_count = [0]
-    for lc in costs.layers:
-        full_count.append(full_count[-1] + (1 if lc.k_width and not lc.is_swa else 0))
-        swa_count.append(swa_count[-1] + (1 if lc.k_width and lc.is_swa else 0))
-    if costs.n_expert:
-        ffn_peak = (
-            3 * costs.n_ff_exp + costs.n_embd
-        ) * costs.n_expert_used * t * 4 + 2 * costs.n_expert * t * 4
-    else:
-        ffn_peak = 3 * costs.n_ff_max * t * 4
-    if any(lc.recurrent_floats for lc in costs.layers):
-        # SSM scan and conv intermediates: about five d_inner x T tensors at once
-        # (measured against sched_reserve on mamba, mamba2 and granitehybrid).
-        ffn_peak = max(ffn_peak, 5 * costs.ssm_inner * t * 4)
-    out_peak = costs.n_vocab * t * 4
-    # Graph inputs such as the mask are freed after their last use, so the
-    # peak is either the layers' (mask live) or the output's (logits live).
-    # Gated delta-net models (models/delta-net-base.cpp) keep twice as many
-    # n_embd x T tensors alive beside the residual stream (measured on qwen3next).
-    residual_tensors = 6 if costs.delta_net else 3
-    base_peak = residual_tensors * costs.n_embd * t * 4
-    layer_peak = mask_bytes + max(attn_peak, ffn_peak) + base_peak
-
-    def prefix(values: list[int]) -> tuple[int, ...]:
-        return (0, *accumulate(values))
-
-    # Graph inputs a device's split receives (llama-graph.cpp build_inp_*):
-    # positions (I32), and per cache the K and V slot indices (I64; V's index
-    # every element of a transposed V row, llama-kv-cache.cpp build_input_v_idxs).
-    caches = {lc.is_swa for lc in attn_layers}
-    v_idx_per_token = 1 if flash_attn else max(1, v_width_max)
-    slot_bytes = t * 8 * (1 + v_idx_per_token)
-    index_bytes = t * 4 + len(caches) * slot_bytes
-
-    return _Context(
-        n_ctx=n_ctx,
-        n_ctx_seq=n_ctx_seq,
-        n_stream=n_stream,
-        kv_cells=kv_cells,
-        swa_cells=swa_cells,
-        n_ubatch=n_ubatch,
-        flash_attn=flash_attn,
-        weights_prefix=prefix(weights),
-        pinned_prefix=prefix(pinned),
-        kv_prefix=prefix(kv),
-        repack_prefix=prefix(repack),
-        matmul_max_cpu=tuple(matmul_max),
-        active_prefix=prefix(active),
-        layer_peak=layer_peak,
-        out_peak=out_peak + base_peak,
-        mask_bytes=mask_bytes,
-        ffn_peak=ffn_peak,
-        base_peak=base_peak,
-        mask_by_cells=tuple((cells, m, a) for cells, (m, a) in sorted(by_cells.items())),
-        full_prefix=tuple(full_count),
-        swa_prefix=tuple(swa_count),
-        kv_read_fraction=min(1.0, SPEED_DEPTH_TOKENS / max(1, kv_cells)),
-        hidden_bytes=costs.n_embd * t * 4,
-        index_bytes=index_bytes,
-        slot_bytes=slot_bytes,
-        token_bytes=t * 4,
-    )
-
-
-def _layers_peak(c: _Context, first: int, end: int) -> tuple[int, int, int]:
-    """The compute peak while layers [first, end) run on one device, the
-    masks in it, and how many caches those layers use: only the masks (and attention) of the caches those layers use
-    (a device holding only sliding-window layers never sees the full mask)."""
-    cells_used: set[int] = set()
-    if c.full_prefix[end] - c.full_prefix[first]:
-        cells_used.add(c.kv_cells)
-    if c.swa_prefix[end] - c.swa_prefix[first]:
-        cells_used.add(c.swa_cells)
-    mask = sum(m for cells, m, _ in c.mask_by_cells if cells in cells_used)
-    attn = max((a for cells, _m, a in c.mask_by_cells if cells in cells_used), default=0)
-    caches = len(cells_used)
-    return mask + max(attn, c.ffn_peak) + c.base_peak, mask, caches
-
-
 def _gpu_ranges(
     gpus: Sequence[Device], s: Settings, n_layer: int, ngl: int
 ) -> list[tuple[int, int, bool]]:
@@ -377,7 +187,7 @@ def _evaluate(
     gpus: Sequence[Device],
     host: Device,
     s: Settings,
-    c: _Context,
+    c: GraphContext,
     ngl: int,
     n_vocab_outputs: int,
     speed: SpeedModel = DEFAULT_SPEED_MODEL,
@@ -427,8 +237,8 @@ def _evaluate(
         # (measured: sched_reserve's compute buffers through RPC devices, and
         # on an H200, where CUDA0 and an RPC device on it log the same size).
         fewer = c.hidden_bytes
-        layers_peak, masks, caches = _layers_peak(c, first, end) if n_layers else (0, 0, 0)
-        layers_peak = max(layers_peak - 2 * fewer, 0)
+        peak_of_layers, masks, caches = layers_peak(c, first, end) if n_layers else (0, 0, 0)
+        peak_of_layers = max(peak_of_layers - 2 * fewer, 0)
         output_peak = c.out_peak - fewer if has_output else 0
         if copies > 1:
             # Each split's inputs (the residual stream, its masks, positions and
@@ -437,10 +247,10 @@ def _evaluate(
             # then, and one more residual (measured as above).
             inputs = c.hidden_bytes + masks + c.token_bytes + caches * c.slot_bytes
             inputs += c.token_bytes if has_output else 0
-            layers = layers_peak - masks + fewer if n_layers else 0
+            layers = peak_of_layers - masks + fewer if n_layers else 0
             compute = max(layers, output_peak) + copies * inputs
         elif n_layers or has_output:
-            compute = max(layers_peak, output_peak)
+            compute = max(peak_of_layers, output_peak)
             if gpu is offload_to:
                 # Op offload (ggml-backend.cpp, the scheduler's offload_op): the
                 # CPU layers' matmuls run on the first GPU, which holds their
@@ -481,7 +291,7 @@ def _evaluate(
         if flops:
             pp_time += 2.0 * active / costs.bytes_per_param / flops
         if gpu.is_rpc and (n_layers or has_output):
-            token_s, ubatch_s = _network_s(costs, c, gpu, has_output)
+            token_s, ubatch_s = network_s(costs, c, gpu, has_output)
             network += token_s
             pp_time += ubatch_s / c.n_ubatch
     if output_on_cpu:
@@ -508,7 +318,7 @@ def _evaluate(
         if cpu_layers_end > 0:
             # The graph's inputs are built on the host: every mask is there,
             # whichever caches its own layers use.
-            peak, masks, _caches = _layers_peak(c, 0, cpu_layers_end)
+            peak, masks, _caches = layers_peak(c, 0, cpu_layers_end)
             host_compute = peak - masks + c.mask_bytes
         if output_on_cpu:
             host_compute = max(host_compute, c.out_peak)
@@ -554,38 +364,6 @@ def _evaluate(
     tg = 1.0 / tg_time if tg_time > 0 else 0.0
     pp = 1.0 / pp_time if pp_time > 0 else 0.0
     return plans, tg, pp, overhead, network
-
-
-# An RPC link nobody measured: 1 Gbit/s.
-DEFAULT_NETWORK_BYTES_PER_S = 1e9 / 8
-# What a graph costs on an RPC device beyond its compute and its bytes: the
-# client serialises it (GRAPH_COMPUTE) and the server rebuilds it. Measured on an
-# H200 through a loopback ggml-rpc-server against CUDA0 directly (llama-bench
-# tg128, Llama-3 1B and 8B shapes at Q4_K): 0.80 ms a token for both sizes.
-RPC_GRAPH_S = 0.8e-3
-
-
-def _network_s(
-    costs: ModelCosts, c: _Context, rpc: Device, has_output: bool
-) -> tuple[float, float]:
-    """What one RPC device costs on the network per generated token and per
-    prompt ubatch: its split's inputs sent (ggml-rpc.cpp SET_TENSOR: the
-    residual stream, the masks, positions and slots), its output read back
-    (GET_TENSOR waits for the graph: one round trip), the logits where it holds
-    the output layer (only the last token's on a prompt), and the graph itself
-    (:data:`RPC_GRAPH_S`)."""
-    link = rpc.network_bytes_per_s or DEFAULT_NETWORK_BYTES_PER_S
-    mask_elem = 2 if c.flash_attn else 4
-    caches = len(c.mask_by_cells) or 1
-    depth = pad(SPEED_DEPTH_TOKENS + 1, CTX_PAD)
-    small = 4 + caches * 16  # a position, K and V slots
-    out_token = costs.n_vocab * 4 if has_output else costs.n_embd * 4
-    token = costs.n_embd * 4 + caches * depth * mask_elem + small + out_token
-    t = c.n_ubatch
-    out_batch = costs.n_vocab * 4 if has_output else c.hidden_bytes
-    batch = c.hidden_bytes + caches * pad(t, CTX_PAD) * t * mask_elem + t * small + out_batch
-    fixed = rpc.rtt_s + RPC_GRAPH_S
-    return fixed + token / link, fixed + batch / link
 
 
 def pipeline_copies(gpus: Sequence[Device], s: Settings, n_layer: int, ngl: int) -> int:
@@ -659,7 +437,7 @@ def plan(
     costs = model_costs(spec)
     gpus, host = _split_devices(devices, s)
     n_layer = len(costs.layers)
-    c = _context(costs, s, spec.n_ctx_train)
+    c = graph_context(costs, s, spec.n_ctx_train)
     outputs = costs.n_vocab * max(1, s.n_parallel) * 4
     ngl = _resolve_ngl(s, n_layer, bool(gpus))
     plans, tg, pp, overhead, network = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
@@ -697,7 +475,12 @@ def plan(
 
 
 def _max_gpu_layers(
-    costs: ModelCosts, gpus: Sequence[Device], host: Device, s: Settings, c: _Context, outputs: int
+    costs: ModelCosts,
+    gpus: Sequence[Device],
+    host: Device,
+    s: Settings,
+    c: GraphContext,
+    outputs: int,
 ) -> int:
     """The largest n_gpu_layers whose GPUs stay within free memory less the margin."""
     if not gpus:
@@ -735,7 +518,7 @@ def offload_curve(
     s.validate()
     costs = model_costs(spec)
     gpus, host = _split_devices(devices, s)
-    c = _context(costs, s, spec.n_ctx_train)
+    c = graph_context(costs, s, spec.n_ctx_train)
     outputs = costs.n_vocab * max(1, s.n_parallel) * 4
     points: list[CurvePoint] = []
     top = len(costs.layers) + 1 if gpus else 0
@@ -781,7 +564,9 @@ def max_context(
     return lo * CTX_PAD
 
 
-def with_max_context(spec: ModelSpec, devices: Sequence[Device], settings: Settings) -> Settings:
+def with_max_context(
+    spec: ModelSpec, devices: Sequence[Device], settings: Settings
+) -> Settings:
     """``settings`` with the largest context that fits at their offload (``--ctx max``)."""
     from llmtune.errors import FitError
 
