@@ -143,7 +143,9 @@ def tune(app: LlmtuneApp) -> None:
             app.notify("Applied the tuned settings; a: load them.", markup=False)
 
     hardware = app.hardware
-    app.push_screen(TuneScreen(app.spec, hardware.local, app.settings, hardware.speed), tuned)
+    # The trials run here: this machine's devices and the RPC hosts it plans with.
+    devices = (*hardware.rpc, *hardware.local)
+    app.push_screen(TuneScreen(app.spec, devices, app.settings, hardware.speed), tuned)
 
 
 def quantize(app: LlmtuneApp) -> None:
