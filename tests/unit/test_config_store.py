@@ -201,7 +201,7 @@ def test_models_whose_saved_values_are_invalid_start_from_the_defaults(folder: P
                 "/m/no-such-cache.gguf": {"cache_type_k": "q3_k"},
                 "/m/quantized-v-without-fa.gguf": {"cache_type_v": "q4_0", "flash_attn": "off"},
                 "/m/huge-context.gguf": {"n_ctx": 2**31},
-                "/m/negative-layers.gguf": {"n_gpu_layers": -2},
+                "/m/negative-layers.gguf": {"n_gpu_layers": -3},
                 "/m/no-parallel.gguf": {"n_parallel": 0},
                 "/m/bad-split.gguf": {"tensor_split": [1, "x"]},
                 "/m/split-not-list.gguf": {"tensor_split": 0.5},

@@ -50,6 +50,7 @@ from llmtune.fit.settings import (
     CACHE_TYPE_IDS,
     FLASH_ATTN_IDS,
     LOAD_MODE_IDS,
+    NGL_AUTO,
     SPLIT_MODE_IDS,
     Extras,
     Settings,
@@ -73,7 +74,10 @@ def _same(value: Any) -> Any:
 
 
 def gpu_layers_arg(n_gpu_layers: int) -> str:
-    """``-ngl`` value: a count, or ``all`` for every layer (``-1`` would mean ``auto``)."""
+    """``-ngl`` value: a count, ``all`` for every layer (``-1`` would mean ``auto``),
+    or ``auto`` (a line written before the fit resolved it)."""
+    if n_gpu_layers == NGL_AUTO:
+        return "auto"
     return "all" if n_gpu_layers < 0 else str(n_gpu_layers)
 
 
@@ -106,9 +110,11 @@ def whole(text: str) -> int:
 
 
 def int_or_max(text: str) -> int:
-    """A layer count; ``max``/``all``/``-1`` (-1): every layer."""
+    """A layer count; ``max``/``all``/``-1`` (-1): every layer; ``auto``: llama.cpp's fit."""
     if text.strip().lower() in ("max", "all", "-1"):
         return -1
+    if text.strip().lower() == "auto":
+        return NGL_AUTO
     try:
         return int(text)
     except ValueError:
@@ -262,7 +268,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "n_gpu_layers",
-        cli=(Arg("--ngl", int_or_max, help="layers on the GPU, or max (default)"),),
+        cli=(
+            Arg(
+                "--ngl",
+                int_or_max,
+                help="layers on the GPU: a count, max (default: every layer) or auto "
+                "(what llama.cpp's --fit chooses; its arguments in --json's fit_args)",
+            ),
+        ),
         # -1 is "auto" to llama.cpp (let --fit decide): every layer is "all".
         server=(Flag("-ngl", gpu_layers_arg, always=PROGRAMS),),
         python=PyArg(("n_gpu_layers",), always=True),  # Llama maps -1 to every layer

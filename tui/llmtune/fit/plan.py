@@ -36,7 +36,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from llmtune.fit.costs import ModelCosts, model_costs
 from llmtune.fit.graph import (
@@ -46,10 +46,13 @@ from llmtune.fit.graph import (
     layers_peak,
     network_s,
 )
-from llmtune.fit.settings import QUANTIZED_CACHE_TYPES, Settings
+from llmtune.fit.settings import NGL_AUTO, QUANTIZED_CACHE_TYPES, Settings
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.hardware.device import Device
 from llmtune.model import ModelSpec
+
+if TYPE_CHECKING:
+    from llmtune.fit.autofit import FitResult
 
 Verdict = Literal["fits", "tight", "over"]
 
@@ -122,6 +125,7 @@ class FitPlan:
     predicted: Speed
     notes: tuple[str, ...] = field(default=())
     pipeline_copies: int = 1  # 4 when llama.cpp's pipeline parallelism is on
+    fit: FitResult | None = None  # what llama.cpp's fit chose, for --ngl auto
 
     @property
     def fits(self) -> bool:
@@ -431,9 +435,19 @@ def plan(
     settings: Settings | None = None,
     speed: SpeedModel = DEFAULT_SPEED_MODEL,
 ) -> FitPlan:
-    """Plan ``spec`` on ``devices`` (GPUs and the host) with ``settings``."""
+    """Plan ``spec`` on ``devices`` (GPUs and the host) with ``settings``.
+
+    ``n_gpu_layers`` :data:`~llmtune.fit.settings.NGL_AUTO` plans what llama.cpp's
+    fit would choose (:mod:`llmtune.fit.autofit`; a context of 0, left to it)."""
     s = settings or Settings()
     s.validate()
+    fit = None
+    if s.n_gpu_layers == NGL_AUTO:
+        from llmtune.fit.autofit import fit_params
+
+        unset = s.with_(n_gpu_layers=-1)
+        fit = fit_params(spec, devices, unset, n_ctx_auto=s.n_ctx == 0, margin=s.margin_bytes)
+        s = fit.settings(unset) if fit.status == "success" else unset
     costs = model_costs(spec)
     gpus, host = _split_devices(devices, s)
     n_layer = len(costs.layers)
@@ -457,7 +471,12 @@ def plan(
             f"context {s.n_ctx:,} is beyond the {spec.n_ctx_train:,} the model was trained on"
         )
     resolved = s.with_(n_gpu_layers=ngl, n_ctx=c.n_ctx)
+    if fit is not None and fit.status == "failure":
+        notes.insert(0, f"llama.cpp's fit gives up ({fit.reason}): it loads every layer")
+    if fit is not None:
+        notes += list(fit.notes)
     return FitPlan(
+        fit=fit,
         pipeline_copies=pipeline_copies(gpus, s, n_layer, ngl),
         settings=resolved,
         n_gpu_layers=ngl,
@@ -564,9 +583,7 @@ def max_context(
     return lo * CTX_PAD
 
 
-def with_max_context(
-    spec: ModelSpec, devices: Sequence[Device], settings: Settings
-) -> Settings:
+def with_max_context(spec: ModelSpec, devices: Sequence[Device], settings: Settings) -> Settings:
     """``settings`` with the largest context that fits at their offload (``--ctx max``)."""
     from llmtune.errors import FitError
 

@@ -59,6 +59,8 @@ def plan_dict(spec: ModelSpec, p: FitPlan) -> dict[str, Any]:
             "tg_network_s": round(p.predicted.tg_network_s, 6),
         },
         "command": plan_server_command(spec.path, p),
+        # What llama-fit-params would print for this machine (--ngl auto), else null.
+        "fit_args": p.fit.fit_args if p.fit is not None and p.fit.status == "success" else None,
         "rpc_servers": list(rpc_server_commands(p)),
         "notes": list(p.notes),
     }
@@ -139,6 +141,8 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
         f"Predicted: {p.predicted.tg_tokens_per_s:,.1f} tokens/s generating, "
         f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s on prompts"
     )
+    if p.fit is not None and p.fit.status == "success":
+        lines.append(f"llama.cpp's fit chooses: {p.fit.fit_args}")
     if p.predicted.tg_network_s > 0:
         lines.append(
             f"  network {_ms(p.predicted.tg_network_s)} of {_ms(p.predicted.tg_token_s)} per token"

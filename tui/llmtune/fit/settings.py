@@ -47,6 +47,7 @@ QUANTIZED_CACHE_TYPES = frozenset(t for t, (block, _) in CACHE_TYPES.items() if 
 FlashAttn = Literal["on", "off", "auto"]
 SplitMode = Literal["layer", "row", "none"]
 
+NGL_AUTO = -2  # --ngl auto: the layers llama.cpp's fit chooses (fit.autofit)
 DEFAULT_CTX = 4096  # common/fit.cpp's fit_params_min_ctx; n_ctx 0 means the trained context
 DEFAULT_MARGIN_BYTES = 1024 * MIB  # common_params::fit_params_target
 # llama-server reads -c, -b and -ub with std::stoi (common/arg.cpp): at most INT32_MAX.
@@ -55,7 +56,8 @@ MAX_TOKENS = 2**31 - 1
 
 @dataclass(frozen=True)
 class Settings:
-    """What the user chose. ``n_gpu_layers`` -1 means all (llama.cpp's -ngl all)."""
+    """What the user chose. ``n_gpu_layers`` -1 means all (llama.cpp's -ngl all),
+    :data:`NGL_AUTO` what llama.cpp's fit would choose."""
 
     n_gpu_layers: int = -1
     n_ctx: int = DEFAULT_CTX
@@ -85,9 +87,11 @@ class Settings:
         # The flags live in the options table, which reads Settings: import it here.
         from llmtune.fit.options import cli_flag as flag
 
-        if self.n_gpu_layers < -1:
+        if self.n_gpu_layers < -1 and self.n_gpu_layers != NGL_AUTO:
             ngl = flag("n_gpu_layers")
-            raise FitError(f"{ngl} must be 0 or more (or 'max'), not {self.n_gpu_layers}", ngl)
+            raise FitError(
+                f"{ngl} must be 0 or more (or 'max', or 'auto'), not {self.n_gpu_layers}", ngl
+            )
         if self.n_ctx < 0:
             raise FitError(f"context must be positive, not {self.n_ctx}", flag("n_ctx"))
         if self.n_batch < 1:
