@@ -13,13 +13,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from accuracy import build
 from rpc_accuracy import compare_rpc
 
 from llmtune.engine.rpc_host import RpcServerProcess
 from rpc_support import real_servers
+from synth_arch import FAMILIES as BUILDERS
 
 FAMILIES = ("llama", "llama_gqa", "qwen3moe", "gemma3")
+# Shapes in real models' proportions (FFN 2.75-4x the embedding, a 32k vocabulary):
+# the compute buffers' rules are measured on such shapes (docs/llama-cpp-memory.md).
+SHAPES: dict[str, dict[str, int]] = {
+    "llama": {"n_ff": 2816},
+    "llama_gqa": {"n_ff": 2816},
+    "qwen3moe": {"n_ff_exp": 512},
+    "gemma3": {"n_ff": 4096},
+}
 CASES = (
     # (flash attention, tensor split, hosts, n_gpu_layers)
     ("auto", (), 2, 99),
@@ -37,8 +45,13 @@ def hosts() -> Iterator[list[RpcServerProcess]]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    folder = str(tmp_path_factory.mktemp("rpc-models"))
-    return {family: build(family, folder) for family in FAMILIES}
+    folder = tmp_path_factory.mktemp("rpc-models")
+    paths = {}
+    for family in FAMILIES:
+        path = str(folder / f"{family}.gguf")
+        BUILDERS[family](path, n_layer=8, n_embd=1024, n_vocab=32000, **SHAPES[family])
+        paths[family] = path
+    return paths
 
 
 def _check(

@@ -48,6 +48,8 @@ CMAKE_FLAGS = (
     "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_BUILD_APP=OFF",
     "-DLLAMA_OPENSSL=OFF",
+    # The tools find their libraries beside them ($ORIGIN), not in the build tree.
+    "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON",
 )
 
 
@@ -75,7 +77,11 @@ def tool(name: str) -> Path | None:
 
 
 def built() -> bool:
-    return all(tool(name) is not None for name in TOOLS)
+    """Every tool is there and starts (its libraries are found)."""
+    if not all(tool(name) is not None for name in TOOLS):
+        return False
+    probe = subprocess.run([str(tools_dir() / "llama-fit-params"), "--help"], capture_output=True)
+    return probe.returncode == 0
 
 
 def _sdist(into: Path, log: list[str]) -> Path:

@@ -46,6 +46,7 @@ class GraphContext:
     out_peak: int  # while the output layer runs: logits + residual
     mask_bytes: int  # every mask (one per distinct cache size)
     ffn_peak: int
+    ffn_residual: int  # residual-sized tensors beside the FFN on an offload device
     base_peak: int  # the residual stream's tensors alive beside any op
     mask_by_cells: tuple[tuple[int, int, int], ...]  # (cells, mask bytes, attention peak)
     full_prefix: tuple[int, ...]  # attention layers on the full cache in [0, i)
@@ -189,6 +190,10 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
         out_peak=out_peak + base_peak,
         mask_bytes=mask_bytes,
         ffn_peak=ffn_peak,
+        # A dense FFN runs beside the whole residual stream on a GPU too (measured
+        # on a 70B shape), a MoE FFN beside one residual (its experts' products are
+        # many small tensors the allocator fits in freed space; measured through RPC).
+        ffn_residual=costs.n_embd * t * 4 if costs.n_expert else base_peak,
         base_peak=base_peak,
         mask_by_cells=tuple((cells, m, a) for cells, (m, a) in sorted(by_cells.items())),
         full_prefix=tuple(full_count),
@@ -201,10 +206,18 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
     )
 
 
-def layers_peak(c: GraphContext, first: int, end: int) -> tuple[int, int, int]:
-    """The compute peak while layers [first, end) run on one device, the
-    masks in it, and how many caches those layers use: only the masks (and attention) of the caches those layers use
-    (a device holding only sliding-window layers never sees the full mask)."""
+def layers_peak(
+    c: GraphContext, first: int, end: int, offload: bool = False
+) -> tuple[int, int, int]:
+    """The compute peak while layers [first, end) run on one device, the masks
+    in it, and how many caches those layers use. Only the masks (and attention)
+    of the caches those layers use count: a device holding only sliding-window
+    layers never sees the full mask.
+
+    On an offload device (a GPU or an RPC device) the attention runs beside one
+    residual-sized tensor where the CPU keeps the whole residual stream (three);
+    the FFN keeps three on both (measured: sched_reserve through RPC devices, and
+    on an H200, where CUDA0 and an RPC device on it log the same size)."""
     cells_used: set[int] = set()
     if c.full_prefix[end] - c.full_prefix[first]:
         cells_used.add(c.kv_cells)
@@ -213,7 +226,16 @@ def layers_peak(c: GraphContext, first: int, end: int) -> tuple[int, int, int]:
     mask = sum(m for cells, m, _ in c.mask_by_cells if cells in cells_used)
     attn = max((a for cells, _m, a in c.mask_by_cells if cells in cells_used), default=0)
     caches = len(cells_used)
+    if offload:
+        return mask + max(attn + c.hidden_bytes, c.ffn_peak + c.ffn_residual), mask, caches
     return mask + max(attn, c.ffn_peak) + c.base_peak, mask, caches
+
+
+def output_peak(c: GraphContext, offload: bool = False) -> int:
+    """The compute peak while the output layer runs: the logits beside the
+    residual stream (three tensors on the CPU, one on an offload device: measured
+    as for :func:`layers_peak`)."""
+    return c.out_peak - c.base_peak + c.hidden_bytes if offload else c.out_peak
 
 
 # An RPC link nobody measured: 1 Gbit/s.

@@ -45,6 +45,7 @@ from llmtune.fit.graph import (
     graph_context,
     layers_peak,
     network_s,
+    output_peak,
 )
 from llmtune.fit.settings import NGL_AUTO, QUANTIZED_CACHE_TYPES, Settings
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
@@ -235,26 +236,21 @@ def _evaluate(
             active += costs.output_bytes
         n_layers = end - first
         compute = 0
-        # An offload device's split starts from a copy of the residual stream
-        # and ends at the next device: two fewer residual-sized tensors than a
-        # CPU-only graph while layers run, one fewer beside the logits
-        # (measured: sched_reserve's compute buffers through RPC devices, and
-        # on an H200, where CUDA0 and an RPC device on it log the same size).
-        fewer = c.hidden_bytes
-        peak_of_layers, masks, caches = layers_peak(c, first, end) if n_layers else (0, 0, 0)
-        peak_of_layers = max(peak_of_layers - 2 * fewer, 0)
-        output_peak = c.out_peak - fewer if has_output else 0
+        peak_of_layers, masks, caches = (
+            layers_peak(c, first, end, offload=True) if n_layers else (0, 0, 0)
+        )
+        out = output_peak(c) if has_output else 0
         if copies > 1:
             # Each split's inputs (the residual stream, its masks, positions and
             # cache slots, the output ids where the logits are) are kept
             # ``copies`` times and never reused: the layers' peak holds no mask
-            # then, and one more residual (measured as above).
+            # then (measured through RPC devices and on an H200).
             inputs = c.hidden_bytes + masks + c.token_bytes + caches * c.slot_bytes
             inputs += c.token_bytes if has_output else 0
-            layers = peak_of_layers - masks + fewer if n_layers else 0
-            compute = max(layers, output_peak) + copies * inputs
+            layers = peak_of_layers - masks if n_layers else 0
+            compute = max(layers, out) + copies * inputs
         elif n_layers or has_output:
-            compute = max(peak_of_layers, output_peak)
+            compute = max(peak_of_layers, out)
             if gpu is offload_to:
                 # Op offload (ggml-backend.cpp, the scheduler's offload_op): the
                 # CPU layers' matmuls run on the first GPU, which holds their
