@@ -10,7 +10,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # llmtune installed without it still plans (inspect, fit, the app's panes).
 ENGINE_EXTRA := engine
 
-.PHONY: run test bench screenshots model lint typecheck clean
+.PHONY: run test bench screenshots model tools lint typecheck clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,12 @@ bench: $(TEST_STAMP)
 	@$(BIN)/python -m llmtune.model.demo >/dev/null
 	@set -e; for script in tests/bench/*.py; do \
 		echo "== $$script"; $(BIN)/python "$$script"; done
+
+## tools: build llama.cpp's own tools (llama-fit-params, llama-bench, llama-server,
+## llama-perplexity, llama-quantize, ggml-rpc-server) from the llama.cpp vendored in the
+## pinned llama-cpp-python, once, into the user cache; prints their folder
+tools: $(STAMP)
+	@$(BIN)/python -m llmtune.engine.tools
 
 ## screenshots: regenerate screenshots/*.svg from the real app
 screenshots: $(TEST_STAMP)
