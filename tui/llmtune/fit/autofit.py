@@ -48,12 +48,26 @@ def moe_pattern(il: int) -> str:
     return f"blk\\.{il}\\.ffn_(up|down|gate_up|gate)_(ch|)exps"
 
 
+# fit.cpp ``get_overflow_pattern`` for the first dense-only layer of a device:
+# what of its FFN goes to the CPU when part of it stays (LAYER_FRACTION_*).
+FRACTION_PATTERNS = {
+    "ATTN": "ffn_(gate|up|gate_up|down).*",  # only attention stays
+    "UP": "ffn_(gate|gate_up|down).*",  # attention and the up projection stay
+    "GATE": "ffn_down.*",  # everything but the down projection stays
+}
+
+
+def fraction_pattern(il: int, fraction: str) -> str:
+    return f"blk\\.{il}\\." + FRACTION_PATTERNS[fraction]
+
+
 @dataclass
 class _Layers:
     """fit.cpp ``ngl_t``: a device's layers, the first ``n_part`` of them dense-only."""
 
     n_layer: int = 0
     n_part: int = 0
+    overflow: str = "MOE"  # what of the first dense-only layer goes to the CPU
 
     @property
     def n_full(self) -> int:
@@ -249,6 +263,7 @@ def fit_params(
     if moe and surplus_cpu_moe > 0:
         if nd == 1:
             layers, mem = _convert_dense_only(layers, mem, targets, memory)
+            layers = _one_more_part(spec, layers, mem, targets, hp_ngl)
         else:
             notes.append(
                 "MoE over several devices: llama.cpp's fit would then bring some experts back "
@@ -290,6 +305,49 @@ def _convert_dense_only(
     return [low], mem
 
 
+def _one_more_part(
+    spec: ModelSpec, layers: list[_Layers], mem: list[int], targets: list[int], hp_ngl: int
+) -> list[_Layers]:
+    """fit.cpp's last step on one device, "try to fit at least part of one more
+    layer": the first dense-only layer keeps its up projection (UP), then its gate
+    too (GATE), else only attention (ATTN), each when the device stays strictly
+    under its target. The plan places whole expert sets, so the difference is
+    counted from the layer's own tensors."""
+    x = layers[0]
+    if x.n_part == 0 or x.n_layer <= 1:
+        return layers
+    ngl = x.n_layer
+    il = hp_ngl + 1 - ngl + x.n_full
+    sizes: dict[str, int] = {}
+    prefix = f"blk.{il}."
+    for t in spec.tensors:
+        if t.name.startswith(prefix):
+            part = t.name[len(prefix) :].split(".")[0]
+            sizes[part] = sizes.get(part, 0) + t.nbytes
+    up = sizes.get("ffn_up_exps", 0) + sizes.get("ffn_up_chexps", 0)
+    gate = sizes.get("ffn_gate_exps", 0) + sizes.get("ffn_gate_chexps", 0)
+    # Dense FFN tensors of a MoE layer (the router, shared experts) stay with the
+    # MOE fraction; UP and ATTN send those named ffn_gate*/ffn_down* to the CPU too.
+    dense_gate_down = sum(
+        b
+        for name, b in sizes.items()
+        if name.startswith(("ffn_gate", "ffn_down")) and "exps" not in name
+    )
+    dense_up = sum(
+        b for name, b in sizes.items() if name.startswith("ffn_up") and "exps" not in name
+    )
+    with_up = mem[0] + up - dense_gate_down
+    if with_up < targets[0]:
+        chosen = "UP"
+        if mem[0] + up + gate < targets[0]:
+            chosen = "GATE"
+    else:
+        chosen = "ATTN"
+        if mem[0] - dense_gate_down - dense_up >= targets[0]:
+            return layers
+    return [_Layers(x.n_layer, x.n_part, chosen)]
+
+
 def _dense_only(layers: Sequence[_Layers], hp_ngl: int) -> list[int]:
     """The layers whose experts the fit's overrides keep on the CPU: on each
     device its full layers come first, then its dense-only ones
@@ -329,6 +387,8 @@ def _overrides(
     il0 = hp_ngl + 1 - ngl
     for x in layers:
         il0 += x.n_full
-        out += [(moe_pattern(il), CPU_BUFT) for il in range(il0, il0 + x.n_part)]
+        for il in range(il0, il0 + x.n_part):
+            first = il == il0 and x.overflow != "MOE"
+            out.append((fraction_pattern(il, x.overflow) if first else moe_pattern(il), CPU_BUFT))
         il0 += x.n_part
     return tuple(out)
