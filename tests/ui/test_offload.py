@@ -79,6 +79,12 @@ async def test_a_gpu_too_small_says_so_and_marks_the_most_that_fit(demo_spec: Mo
         app.set_what_if([parse_gpu_spec("160MiB")])
         app.change_settings(margin_bytes=0)
         await pilot.pause()
+        # By default (--ngl auto) the plan is llama.cpp's fit: the most that fit.
+        p = app.plan
+        assert p is not None and p.verdict != "over" and p.n_gpu_layers == p.max_gpu_layers
+        # Every layer asked for (the slider's end): it says what is missing.
+        app.change_settings(n_gpu_layers=-1)
+        await pilot.pause()
         p = app.plan
         assert p is not None and p.verdict == "over"
         assert 0 < p.max_gpu_layers < 31

@@ -71,12 +71,12 @@ def test_nothing_changes_when_everything_fits(dense) -> None:  # type: ignore[no
 def test_an_unset_context_shrinks_before_layers_move(dense) -> None:  # type: ignore[no-untyped-def]
     # Every layer fits at 4096 tokens, not at the trained 32768.
     devices = [gpu("2GiB"), HOST]
-    at_train = _gpu_total(dense, devices, Settings(n_ctx=32768))[0]
-    at_min = _gpu_total(dense, devices, Settings(n_ctx=4096))[0]
+    at_train = _gpu_total(dense, devices, Settings(n_ctx=32768, n_gpu_layers=-1))[0]
+    at_min = _gpu_total(dense, devices, Settings(n_ctx=4096, n_gpu_layers=-1))[0]
     assert at_min <= GIB < at_train
     r = fit_params(dense, devices, Settings(n_ctx=0), n_ctx_auto=True)
     assert r.n_gpu_layers == -1 and 4096 <= r.n_ctx < 32768 and r.n_ctx % 256 == 0
-    assert _gpu_total(dense, devices, Settings(n_ctx=r.n_ctx))[0] <= GIB
+    assert _gpu_total(dense, devices, Settings(n_ctx=r.n_ctx, n_gpu_layers=-1))[0] <= GIB
     given = fit_params(dense, devices, Settings(n_ctx=32768), n_ctx_auto=False)
     assert (
         given.n_ctx == 32768 and 0 < given.n_gpu_layers < dense.n_layer + 1

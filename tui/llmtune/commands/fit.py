@@ -8,13 +8,14 @@ import sys
 
 from llmtune.commands.common import print_json, text_width, warn, warn_calibration
 from llmtune.errors import ConfigError
-from llmtune.fit.plan import plan, with_max_context
+from llmtune.fit.plan import FitPlan, plan, with_max_context
 from llmtune.fit.quant import requantize
 from llmtune.fit.report import plan_dict, plan_text, quant_json, quant_text
-from llmtune.fit.settings import Settings
+from llmtune.fit.settings import NGL_AUTO, Settings
 from llmtune.fit.whatif import quant_rows
 from llmtune.hardware.machine import Machine, MachineOptions, machine
 from llmtune.model import ModelSpec, read_spec
+from llmtune.units import format_bytes
 
 
 def list_gpus() -> int:
@@ -39,7 +40,8 @@ def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -
         settings = with_max_context(spec, m.devices, settings)
     fit_plan = plan(spec, m.devices, settings, m.plan_speed)
     machine_notes = m.plan_notes()
-    fit_plan = dataclasses.replace(fit_plan, notes=machine_notes + fit_plan.notes)
+    notes = machine_notes + fit_plan.notes + _all_layers_note(spec, m, settings, fit_plan)
+    fit_plan = dataclasses.replace(fit_plan, notes=notes)
     if args.json:
         print_json(plan_dict(spec, fit_plan))
         return 0
@@ -48,6 +50,24 @@ def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -
             warn(notice.text)  # the plan below cannot run with this build: say so first
     sys.stdout.write(plan_text(spec, fit_plan, width=text_width()))
     return 0
+
+
+def _all_layers_note(
+    spec: ModelSpec, m: Machine, settings: Settings, chosen: FitPlan
+) -> tuple[str, ...]:
+    """With ``--ngl auto`` choosing fewer than every layer: what every layer would lack."""
+    if settings.n_gpu_layers != NGL_AUTO or not chosen.gpus:
+        return ()
+    if chosen.n_gpu_layers >= chosen.n_layer + 1:
+        return ()
+    every = plan(spec, m.devices, settings.with_(n_gpu_layers=-1), m.plan_speed)
+    short = sum(max(0, d.total_bytes - (d.free_bytes - d.margin_bytes)) for d in every.gpus)
+    if short <= 0:
+        return ()
+    return (
+        f"every layer on the GPU (--ngl max) needs {format_bytes(short)} more than "
+        f"{'it keeps' if len(every.gpus) == 1 else 'they keep'} free",
+    )
 
 
 def _every_file_type(

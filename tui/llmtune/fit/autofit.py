@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from llmtune.fit.plan import FitPlan, plan
-from llmtune.fit.settings import Settings
+from llmtune.fit.settings import NGL_AUTO, Settings
 from llmtune.hardware.device import Device
 from llmtune.model import ModelSpec
 
@@ -149,7 +149,10 @@ def fit_params(
     in llama.cpp's order, then the host). ``n_ctx_auto``: the user left the
     context unset (llama.cpp's ``-c 0``); ``margins``: ``--fit-target`` per device
     (each ``margin`` when not given)."""
-    offload = [d for d in devices if d.is_rpc] + [d for d in devices if d.is_gpu]
+    every = [d for d in devices if d.is_rpc] + [d for d in devices if d.is_gpu]
+    offload = every
+    if settings.split_mode == "none" and 0 <= settings.main_gpu < len(every):
+        offload = [every[settings.main_gpu]]  # src/llama.cpp: the main GPU alone
     host = [d for d in devices if d.kind == "cpu"]
     nd = len(offload)
     hp_ngl = spec.n_layer
@@ -158,7 +161,7 @@ def fit_params(
     n_ctx_min_total = n_ctx_min * n_streams
     n_ctx = n_ctx_max if n_ctx_auto else settings.n_ctx
     base = settings.with_(n_gpu_layers=-1, tensor_split=(), n_cpu_moe=0)
-    oracle = _Oracle(spec, [*offload, *host], base)
+    oracle = _Oracle(spec, [*every, *host], base)
     per_device = list(margins) if margins else []
     per_device += [per_device[-1] if per_device else margin] * max(0, max(nd, 1) - len(per_device))
     margin_of = per_device
@@ -214,7 +217,7 @@ def fit_params(
                     return done()
     if nd == 0:
         return fail("was unable to fit model into system memory by reducing context")
-    if settings.n_gpu_layers not in (-1,):
+    if settings.n_gpu_layers not in (-1, NGL_AUTO):
         return fail(f"n_gpu_layers already set by user to {settings.n_gpu_layers}")
     if nd > 1 and any(settings.tensor_split):
         return fail("tensor_split already set by user")

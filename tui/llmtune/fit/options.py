@@ -272,8 +272,8 @@ OPTIONS: tuple[Option, ...] = (
             Arg(
                 "--ngl",
                 int_or_max,
-                help="layers on the GPU: a count, max (default: every layer) or auto "
-                "(what llama.cpp's --fit chooses; its arguments in --json's fit_args)",
+                help="layers on the GPU: auto (default: what llama.cpp's --fit chooses, its "
+                "arguments in --json's fit_args), a count, or max (every layer)",
             ),
         ),
         # -1 is "auto" to llama.cpp (let --fit decide): every layer is "all".

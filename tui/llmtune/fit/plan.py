@@ -580,8 +580,12 @@ def max_context(
 
 
 def with_max_context(spec: ModelSpec, devices: Sequence[Device], settings: Settings) -> Settings:
-    """``settings`` with the largest context that fits at their offload (``--ctx max``)."""
+    """``settings`` with the largest context that fits at their offload (``--ctx max``;
+    with ``--ngl auto``, every layer offloaded: the fit would trade context for layers)."""
     from llmtune.errors import FitError
+
+    if settings.n_gpu_layers == NGL_AUTO:
+        settings = settings.with_(n_gpu_layers=-1)
 
     largest = max_context(spec, devices, settings.with_(n_ctx=CTX_PAD))
     if largest == 0:

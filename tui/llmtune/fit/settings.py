@@ -59,7 +59,7 @@ class Settings:
     """What the user chose. ``n_gpu_layers`` -1 means all (llama.cpp's -ngl all),
     :data:`NGL_AUTO` what llama.cpp's fit would choose."""
 
-    n_gpu_layers: int = -1
+    n_gpu_layers: int = NGL_AUTO
     n_ctx: int = DEFAULT_CTX
     n_batch: int = 2048
     n_ubatch: int = 512
