@@ -79,7 +79,7 @@ def _fit_parser() -> argparse.ArgumentParser:
 
 
 def _bench_parser() -> argparse.ArgumentParser:
-    from llmtune.fit.options import whole
+    from llmtune.fit.argtypes import whole
 
     parser = _Parser(
         prog="llmtune bench",
@@ -96,7 +96,7 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 
 def _quantize_parser() -> argparse.ArgumentParser:
-    from llmtune.fit.options import whole
+    from llmtune.fit.argtypes import whole
 
     parser = _Parser(
         prog="llmtune quantize",
@@ -130,7 +130,7 @@ def _quantize_parser() -> argparse.ArgumentParser:
 
 
 def _tune_parser() -> argparse.ArgumentParser:
-    from llmtune.fit.options import whole
+    from llmtune.fit.argtypes import whole
 
     parser = _Parser(
         prog="llmtune tune",
@@ -160,7 +160,7 @@ def _tune_parser() -> argparse.ArgumentParser:
 
 
 def _rpc_server_parser() -> argparse.ArgumentParser:
-    from llmtune.fit.options import whole
+    from llmtune.fit.argtypes import whole
 
     parser = _Parser(
         prog="llmtune rpc-server",

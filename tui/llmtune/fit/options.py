@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from llmtune.errors import ConfigError
+from llmtune.fit.argtypes import context_size, int_or_max, whole
 from llmtune.fit.settings import (
     CACHE_TYPE_IDS,
     FLASH_ATTN_IDS,
@@ -99,41 +100,7 @@ def resolved_threads(threads: int) -> int:
     return physical_cores()
 
 
-# ---- llmtune's own flags: argparse types and checks ----------------------------
-
-
-def whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-
-
-def int_or_max(text: str) -> int:
-    """A layer count; ``max``/``all``/``-1`` (-1): every layer; ``auto``: llama.cpp's fit."""
-    if text.strip().lower() in ("max", "all", "-1"):
-        return -1
-    if text.strip().lower() == "auto":
-        return NGL_AUTO
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number or 'max': {text!r}") from None
-
-
-def context_size(text: str) -> int:
-    """A context size; ``max`` (-1): the largest that fits; ``train`` (0): the trained one."""
-    word = text.strip().lower()
-    if word == "max":
-        return -1
-    if word in ("train", "trained"):
-        return 0
-    value = whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(
-            f"context must be at least 1 token, not {value} (or 'max', or 'train')"
-        )
-    return value
+# ---- llmtune's own flags: argparse types (fit.argtypes) and checks ------------
 
 
 def _proportions(text: str) -> tuple[float, ...]:
