@@ -60,9 +60,8 @@ def main() -> int:
     print(f"fit parity: llama-fit-params (make tools, {folder}) against llmtune's --ngl auto")
     for o in outcomes:
         mark = "same" if o.agrees else "DIFF"
-        print(f"  {mark}  {o.case.name}: llama.cpp {o.llama_cpp!s:.120} ({o.llama_cpp_s:.1f} s)")
-        if not o.agrees:
-            print(f"        llmtune   {o.llmtune!s:.120} ({o.llmtune_s * 1000:.0f} ms)")
+        print(f"  {mark}  {o.case.name}: llama.cpp {o.llama_cpp!s:.120} ({o.llama_cpp_s:.2f} s)")
+        print(f"        llmtune   {o.llmtune!s:.120} ({o.llmtune_s * 1000:.0f} ms)")
     llama_s = sum(o.llama_cpp_s for o in outcomes)
     ours_s = sum(o.llmtune_s for o in outcomes)
     print(
