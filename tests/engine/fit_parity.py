@@ -14,8 +14,10 @@ weights are ever read: both measure without allocating).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +25,6 @@ from pathlib import Path
 from gguf import GGMLQuantizationType as Q
 
 from llmtune.engine.rpc_host import RpcServerProcess
-from llmtune.fit.autofit import fit_params
-from llmtune.fit.settings import Settings
-from llmtune.hardware.host import host_device
-from llmtune.hardware.machine import rpc_devices
-from llmtune.model import read_spec
 from synth import LLAMA2_70B_SHAPE, llama_like
 from synth_arch import build_gemma3, build_qwen3moe
 
@@ -111,14 +108,13 @@ def run_case(case: Case, model: Path, servers: list[RpcServerProcess], tools: Pa
         else f"(failed: {proc.stderr.strip().splitlines()[-1:]})"
     )
     start = time.perf_counter()
-    devices, _notes = rpc_devices([(e, None) for e in endpoints], host_device())
-    spec = read_spec(model)
-    result = fit_params(
-        spec,
-        [*devices, host_device()],
-        Settings(n_ctx=case.n_ctx),
-        n_ctx_auto=case.n_ctx == 0,
-        margins=[m * MIB for m in margins],
-    )
-    ours = result.fit_args if result.status == "success" else f"(failed: {result.reason})"
+    # llmtune through its command line: the same hosts (--rpc), the same margins.
+    ours_cmd = [sys.executable, "-m", "llmtune.cli", "fit", str(model), "--json",
+                "--rpc", ",".join(endpoints), "--fit-target", ",".join(str(m) for m in margins),
+                "--ctx", str(case.n_ctx) if case.n_ctx else "train"]  # fmt: skip
+    mine = subprocess.run(ours_cmd, capture_output=True, text=True, timeout=120)
+    if mine.returncode == 0:
+        ours = json.loads(mine.stdout).get("fit_args") or "(no fit_args)"
+    else:
+        ours = f"(failed: {mine.stderr.strip()})"
     return Outcome(case, llama_args, ours, llama_s, time.perf_counter() - start)

@@ -130,3 +130,19 @@ def test_ngl_auto_plans_the_fits_choice(dense, tmp_path: Path) -> None:  # type:
     cannot = plan(dense, [gpu("64MiB"), HOST], Settings(n_ctx=4096, n_gpu_layers=NGL_AUTO))
     assert cannot.fit is not None
     assert cannot.n_gpu_layers < dense.n_layer + 1 or cannot.fit.status == "failure"
+
+
+def test_fit_target_keeps_a_margin_per_device(dense) -> None:  # type: ignore[no-untyped-def]
+    """--fit-target MiB0,MiB1 (llama.cpp's flag): a margin per device, the last for the rest."""
+    from llmtune.cli import _fit_parser
+    from llmtune.fit.options import settings_from_namespace
+
+    args = _fit_parser().parse_args(["m.gguf", "--fit-target", "512,2048"])
+    s = settings_from_namespace(args)
+    assert s.device_margins == (512 * MIB, 2048 * MIB)
+    assert (s.margin_of(0), s.margin_of(1), s.margin_of(5)) == (512 * MIB, 2048 * MIB, 2048 * MIB)
+    devices = [gpu("1536MiB", 0), gpu("1536MiB", 1), HOST]
+    p = plan(dense, devices, s.with_(n_ctx=4096))
+    assert [d.margin_bytes for d in p.gpus] == [512 * MIB, 2048 * MIB]
+    # the second device's target is below zero: the fit leaves it empty, the first takes layers
+    assert p.fit is not None and p.fit.tensor_split[1] == 0 and p.fit.tensor_split[0] > 0

@@ -56,6 +56,7 @@ CHANGED = Settings(
     use_mmap=False,
     threads=6,
     margin_bytes=512 << 20,
+    device_margins=(256 << 20, 2048 << 20),
     gpu_overhead_bytes=300 << 20,
 )
 

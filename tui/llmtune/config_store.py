@@ -124,7 +124,8 @@ def _settings_from_json(values: object) -> Settings | None:
         if f.name not in values:
             continue
         default = f.default if f.default is not MISSING else None
-        value = _coerce(values[f.name], default, f.name.endswith("_bytes"))
+        whole_bytes = f.name.endswith("_bytes") or f.name == "device_margins"
+        value = _coerce(values[f.name], default, whole_bytes)
         if value is _INVALID:
             return None
         changes[f.name] = value
@@ -159,7 +160,12 @@ def _coerce(value: object, default: object, is_bytes: bool = False) -> object:
                 return _INVALID
             if not math.isfinite(item):
                 return _INVALID
-            items.append(float(item))
+            if is_bytes:  # a list of byte counts (device_margins): whole, in range
+                if not isinstance(item, int) or not BYTES_RANGE[0] <= item <= BYTES_RANGE[1]:
+                    return _INVALID
+                items.append(item)
+            else:
+                items.append(float(item))
         return tuple(items)
     return _INVALID
 

@@ -31,7 +31,8 @@ from ``Settings()`` and ``Extras()``. The table is in the order llama-server's
 line writes its flags and ``Llama(...)`` its keywords; llmtune's flags and the
 JSON keys follow Settings' field order.
 
-Two fields are the planner's alone (``margin_bytes``, ``gpu_overhead_bytes``):
+Three fields are the planner's alone (``margin_bytes``, ``device_margins``,
+``gpu_overhead_bytes``):
 they have llmtune flags and no llama.cpp one, since llmtune always writes
 ``--fit off``.
 """
@@ -114,6 +115,18 @@ def _experts_on_cpu(n: int) -> int:
     if n < 0:
         raise ConfigError("--n-cpu-moe must be 0 or more (use --cpu-moe for all)", "--n-cpu-moe")
     return n
+
+
+def _mib_list(text: str) -> tuple[int, ...]:
+    """``--fit-target``: MiB per device, split by ',' or '/' as common/arg.cpp does."""
+    parts = [p for p in text.replace("/", ",").split(",") if p.strip()]
+    try:
+        values = tuple(int(p) * 1024 * 1024 for p in parts)
+    except ValueError:
+        raise ConfigError(f"not a list of MiB: {text!r}", "--fit-target") from None
+    if not values or any(v < 0 for v in values):
+        raise ConfigError(f"not a list of MiB: {text!r}", "--fit-target")
+    return values
 
 
 def _size(flag: str) -> Callable[[str], int]:
@@ -442,6 +455,20 @@ OPTIONS: tuple[Option, ...] = (
             ),
         ),
         json="margin_bytes",
+    ),
+    Option(
+        "device_margins",
+        cli=(
+            Arg(
+                "--fit-target",
+                metavar="MiB0,MiB1,...",
+                help="memory to keep free on each offload device, in MiB, as llama.cpp's "
+                "--fit-target (a single value for all; default: --margin)",
+                value=_mib_list,
+            ),
+        ),
+        json="device_margins",
+        json_value=list,
     ),
     Option(
         "gpu_overhead_bytes",

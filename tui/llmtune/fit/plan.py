@@ -220,7 +220,7 @@ def _evaluate(
     network = 0.0
     overhead = 0.0
     active_cpu = float(c.active_prefix[cpu_layers_end])
-    for gpu, (first, end, has_output) in zip(gpus, ranges, strict=True):
+    for device_number, (gpu, (first, end, has_output)) in enumerate(zip(gpus, ranges, strict=True)):
         w = c.weights_prefix[end] - c.weights_prefix[first]
         pinned = c.pinned_prefix[end] - c.pinned_prefix[first]
         kv = c.kv_prefix[end] - c.kv_prefix[first]
@@ -271,7 +271,7 @@ def _evaluate(
                 other_bytes=s.gpu_overhead_bytes if (n_layers or has_output) else 0,
                 n_layers=n_layers,
                 has_output=has_output,
-                margin_bytes=s.margin_bytes,
+                margin_bytes=s.margin_of(device_number),
                 endpoint=gpu.endpoint,
                 buffer_name=gpu.buffer_name,
             )
@@ -422,7 +422,7 @@ def _split_devices(devices: Sequence[Device], s: Settings) -> tuple[list[Device]
 
 
 def _fits_gpus(plans: Sequence[DevicePlan]) -> bool:
-    return all(p.total_bytes <= p.free_bytes - p.margin_bytes for p in plans if p.kind == "gpu")
+    return all(p.total_bytes <= p.free_bytes - p.margin_bytes for p in plans if p.kind != "cpu")
 
 
 def plan(
@@ -442,7 +442,14 @@ def plan(
         from llmtune.fit.autofit import fit_params
 
         unset = s.with_(n_gpu_layers=-1)
-        fit = fit_params(spec, devices, unset, n_ctx_auto=s.n_ctx == 0, margin=s.margin_bytes)
+        fit = fit_params(
+            spec,
+            devices,
+            unset,
+            n_ctx_auto=s.n_ctx == 0,
+            margins=s.device_margins or None,
+            margin=s.margin_bytes,
+        )
         s = fit.settings(unset) if fit.status == "success" else unset
     costs = model_costs(spec)
     gpus, host = _split_devices(devices, s)

@@ -135,7 +135,13 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
     if p.gpus:
         lines.append(
             f"Most layers that fit: {p.max_gpu_layers} of {p.n_layer + 1} "
-            f"(keeping {format_bytes(s.margin_bytes)} free per GPU)"
+            + (
+                f"(keeping {format_bytes(s.margin_bytes)} free per GPU)"
+                if not s.device_margins
+                else "(keeping "
+                + ", ".join(format_bytes(s.margin_of(i)) for i in range(len(p.gpus)))
+                + " free)"
+            )
         )
     lines.append(
         f"Predicted: {p.predicted.tg_tokens_per_s:,.1f} tokens/s generating, "

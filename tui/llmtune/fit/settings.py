@@ -77,7 +77,16 @@ class Settings:
     use_mmap: bool = True
     threads: int = 0  # 0: llama.cpp's default (physical cores)
     margin_bytes: int = DEFAULT_MARGIN_BYTES
+    # Per offload device in llama.cpp's order (--fit-target, MiB in llama.cpp); the
+    # last one stands for the devices after it; empty: margin_bytes for each.
+    device_margins: tuple[int, ...] = ()
     gpu_overhead_bytes: int = 0  # CUDA context etc.; llama.cpp's --fit leaves it to the margin
+
+    def margin_of(self, device: int) -> int:
+        """The margin kept free on offload device ``device`` (llama.cpp's order)."""
+        if not self.device_margins:
+            return self.margin_bytes
+        return self.device_margins[min(device, len(self.device_margins) - 1)]
 
     def with_(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -140,7 +149,7 @@ class Settings:
             raise FitError("tensor split proportions must be finite numbers", flag("tensor_split"))
         if any(f < 0 for f in self.tensor_split):
             raise FitError("tensor split proportions must not be negative", flag("tensor_split"))
-        if self.margin_bytes < 0:
+        if self.margin_bytes < 0 or any(m < 0 for m in self.device_margins):
             raise FitError("the memory margin must not be negative", flag("margin_bytes"))
 
 
