@@ -53,11 +53,13 @@ def plan_dict(spec: ModelSpec, p: FitPlan) -> dict[str, Any]:
         "verdict": p.verdict,
         "max_gpu_layers": p.max_gpu_layers,
         "n_layer": p.n_layer,
+        # A plan that does not fit runs at no speed: null, and what it lacks instead.
         "predicted": {
-            "tg_tokens_per_s": round(p.predicted.tg_tokens_per_s, 3),
-            "pp_tokens_per_s": round(p.predicted.pp_tokens_per_s, 3),
-            "tg_network_s": round(p.predicted.tg_network_s, 6),
+            "tg_tokens_per_s": round(p.predicted.tg_tokens_per_s, 3) if p.fits else None,
+            "pp_tokens_per_s": round(p.predicted.pp_tokens_per_s, 3) if p.fits else None,
+            "tg_network_s": round(p.predicted.tg_network_s, 6) if p.fits else None,
         },
+        "short_bytes": _short_bytes(p),
         "command": plan_server_command(spec.path, p),
         # What llama-fit-params would print for this machine (--ngl auto), else null.
         "fit_args": p.fit.fit_args if p.fit is not None and p.fit.status == "success" else None,
@@ -143,13 +145,18 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
                 + " free)"
             )
         )
-    lines.append(
-        f"Predicted: {p.predicted.tg_tokens_per_s:,.1f} tokens/s generating, "
-        f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s on prompts"
-    )
+    if p.fits:
+        lines.append(
+            f"Predicted: {p.predicted.tg_tokens_per_s:,.1f} tokens/s generating, "
+            f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s on prompts"
+        )
+    else:
+        lines.append(
+            f"Predicted: no speed, it does not run: {format_bytes(_short_bytes(p))} short"
+        )
     if p.fit is not None and p.fit.status == "success":
         lines.append(f"llama.cpp's fit chooses: {p.fit.fit_args}")
-    if p.predicted.tg_network_s > 0:
+    if p.fits and p.predicted.tg_network_s > 0:
         lines.append(
             f"  network {_ms(p.predicted.tg_network_s)} of {_ms(p.predicted.tg_token_s)} per token"
         )
@@ -171,6 +178,11 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms" if seconds < 0.01 else f"{seconds * 1e3:.1f} ms"
+
+
+def _short_bytes(p: FitPlan) -> int:
+    """What the devices that are over lack, in all (0 when the plan fits)."""
+    return sum(max(0, d.total_bytes - d.free_bytes) for d in p.devices)
 
 
 def _headroom(n: int) -> str:
