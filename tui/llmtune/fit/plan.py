@@ -138,6 +138,11 @@ class FitPlan:
         return "over" if "over" in verdicts else "tight" if "tight" in verdicts else "fits"
 
     @property
+    def short_bytes(self) -> int:
+        """What the devices that are over lack, in all (0 when the plan fits)."""
+        return sum(max(0, d.total_bytes - d.free_bytes) for d in self.devices)
+
+    @property
     def gpus(self) -> tuple[DevicePlan, ...]:
         """Every device layers are offloaded to: RPC devices, then local GPUs."""
         return tuple(d for d in self.devices if d.kind != "cpu")

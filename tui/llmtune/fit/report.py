@@ -59,7 +59,7 @@ def plan_dict(spec: ModelSpec, p: FitPlan) -> dict[str, Any]:
             "pp_tokens_per_s": round(p.predicted.pp_tokens_per_s, 3) if p.fits else None,
             "tg_network_s": round(p.predicted.tg_network_s, 6) if p.fits else None,
         },
-        "short_bytes": _short_bytes(p),
+        "short_bytes": p.short_bytes,
         "command": plan_server_command(spec.path, p),
         # What llama-fit-params would print for this machine (--ngl auto), else null.
         "fit_args": p.fit.fit_args if p.fit is not None and p.fit.status == "success" else None,
@@ -151,9 +151,7 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
             f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s on prompts"
         )
     else:
-        lines.append(
-            f"Predicted: no speed, it does not run: {format_bytes(_short_bytes(p))} short"
-        )
+        lines.append(f"Predicted: no speed, it does not run: {format_bytes(p.short_bytes)} short")
     if p.fit is not None and p.fit.status == "success":
         lines.append(f"llama.cpp's fit chooses: {p.fit.fit_args}")
     if p.fits and p.predicted.tg_network_s > 0:
@@ -178,11 +176,6 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.2f} ms" if seconds < 0.01 else f"{seconds * 1e3:.1f} ms"
-
-
-def _short_bytes(p: FitPlan) -> int:
-    """What the devices that are over lack, in all (0 when the plan fits)."""
-    return sum(max(0, d.total_bytes - d.free_bytes) for d in p.devices)
 
 
 def _headroom(n: int) -> str:

@@ -46,9 +46,10 @@ class GaugesPane(VerticalScroll):
         verdict = Text()
         verdict.append(VERDICT_WORDS[p.verdict], VERDICT_STYLE[p.verdict])
         verdict.append(f" · ctx {p.n_ctx:,}")
-        verdict.append(f" · {p.predicted.tg_tokens_per_s:,.1f} t/s predicted")
+        if p.fits:
+            verdict.append(f" · {p.predicted.tg_tokens_per_s:,.1f} t/s predicted")
         share = network_share(p.predicted.tg_network_s, p.predicted.tg_token_s)
-        if share:
+        if share and p.fits:
             verdict.append(f"\n{share}")
         self.query_one("#gauges-verdict", Static).update(verdict)
         slider = self.query_one("#ngl-compact", LayerSlider)

@@ -99,11 +99,16 @@ def verdict_text(view: PlanView) -> Text:
     else:
         text.append(": everything on the CPU")
     text.append("\nPredicted ")
-    text.append(f"{p.predicted.tg_tokens_per_s:,.1f} tokens/s", "bold")
-    share = network_share(p.predicted.tg_network_s, p.predicted.tg_token_s)
-    text.append(f" generating ({share}), " if share else " generating, ")
-    text.append(f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s", "bold")
-    text.append(" reading the prompt")
+    if p.fits:
+        text.append(f"{p.predicted.tg_tokens_per_s:,.1f} tokens/s", "bold")
+        share = network_share(p.predicted.tg_network_s, p.predicted.tg_token_s)
+        text.append(f" generating ({share}), " if share else " generating, ")
+        text.append(f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s", "bold")
+        text.append(" reading the prompt")
+    else:
+        # A plan that does not fit runs at no speed: what it lacks instead.
+        text.append("no speed: ")
+        text.append(f"{format_bytes(p.short_bytes)} short", "bold red")
     text.append(
         f"\ncontext {p.n_ctx:,} · KV {view.settings.cache_type_k}/{view.settings.cache_type_v}"
     )
