@@ -5,6 +5,17 @@
 # measures, on synthetic Llama-shaped models, (1) tokens/s through an RPC server
 # on this GPU against the GPU used directly and (2) the buffers llama.cpp
 # allocates per device (CUDA, RPC-backed CUDA, both), for llmtune's planner.
+#
+# Prepare the source here first (the device machine reaches no network), from
+# llama-cpp-python 0.3.36's source distribution, then carry .device:
+#   pip download --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d /tmp/sd
+#   mkdir -p /tmp/sd/x && tar xzf /tmp/sd/llama_cpp_python-0.3.36.tar.gz -C /tmp/sd/x
+#   cd /tmp/sd/x/llama_cpp_python-0.3.36/vendor/llama.cpp && mkdir -p "$REPO/.device" &&
+#   tar czf "$REPO/.device/llama.cpp.tgz" --exclude=tools/server --exclude=tools/ui \
+#     CMakeLists.txt cmake common ggml include src tools vendor gguf-py licenses LICENSE
+# (.device is ignored through .git/info/exclude), then through the device tool:
+#   run(command="bash scripts/gpu_check_rpc.sh", carry=[".device"], timeout_s=580)
+# Measured 2026-12-04 on an H200: README, Performance.
 set -u
 OUT=${OUT:-/tmp/gpu-check-out}
 mkdir -p "$OUT"
