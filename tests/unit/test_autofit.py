@@ -146,3 +146,14 @@ def test_fit_target_keeps_a_margin_per_device(dense) -> None:  # type: ignore[no
     assert [d.margin_bytes for d in p.gpus] == [512 * MIB, 2048 * MIB]
     # the second device's target is below zero: the fit leaves it empty, the first takes layers
     assert p.fit is not None and p.fit.tensor_split[1] == 0 and p.fit.tensor_split[0] > 0
+
+
+def test_fit_ctx_is_where_an_unset_context_stops_shrinking(dense) -> None:  # type: ignore[no-untyped-def]
+    """--fit-ctx (llama.cpp's flag): an unset context shrinks no further than it."""
+    devices = [gpu("1536MiB"), HOST]
+    down_to_4096 = plan(dense, devices, Settings(n_ctx=0))
+    down_to_8192 = plan(dense, devices, Settings(n_ctx=0, fit_ctx=8192))
+    assert down_to_4096.fit is not None and down_to_8192.fit is not None
+    assert down_to_4096.n_ctx == 4096  # the card is small: the least context, then layers move
+    assert down_to_8192.n_ctx == 8192
+    assert down_to_8192.n_gpu_layers <= down_to_4096.n_gpu_layers

@@ -57,6 +57,7 @@ CHANGED = Settings(
     threads=6,
     margin_bytes=512 << 20,
     device_margins=(256 << 20, 2048 << 20),
+    fit_ctx=8192,
     gpu_overhead_bytes=300 << 20,
 )
 

@@ -31,8 +31,8 @@ from ``Settings()`` and ``Extras()``. The table is in the order llama-server's
 line writes its flags and ``Llama(...)`` its keywords; llmtune's flags and the
 JSON keys follow Settings' field order.
 
-Three fields are the planner's alone (``margin_bytes``, ``device_margins``,
-``gpu_overhead_bytes``):
+Four fields are the planner's alone (``margin_bytes``, ``device_margins``,
+``fit_ctx``, ``gpu_overhead_bytes``):
 they have llmtune flags and no llama.cpp one, since llmtune always writes
 ``--fit off``.
 """
@@ -469,6 +469,19 @@ OPTIONS: tuple[Option, ...] = (
         ),
         json="device_margins",
         json_value=list,
+    ),
+    Option(
+        "fit_ctx",
+        cli=(
+            Arg(
+                "--fit-ctx",
+                whole,
+                metavar="N",
+                help="the least context llama.cpp's fit shrinks a context left unset "
+                "(--ctx train) to, as its --fit-ctx (default {default})",
+            ),
+        ),
+        json="fit_ctx",
     ),
     Option(
         "gpu_overhead_bytes",

@@ -454,6 +454,7 @@ def plan(
             n_ctx_auto=s.n_ctx == 0,
             margins=s.device_margins or None,
             margin=s.margin_bytes,
+            n_ctx_min=s.fit_ctx,
         )
         s = fit.settings(unset) if fit.status == "success" else unset
     costs = model_costs(spec)

@@ -80,6 +80,7 @@ class Settings:
     # Per offload device in llama.cpp's order (--fit-target, MiB in llama.cpp); the
     # last one stands for the devices after it; empty: margin_bytes for each.
     device_margins: tuple[int, ...] = ()
+    fit_ctx: int = DEFAULT_CTX  # --fit-ctx: the least an unset context shrinks to (fit.autofit)
     gpu_overhead_bytes: int = 0  # CUDA context etc.; llama.cpp's --fit leaves it to the margin
 
     def margin_of(self, device: int) -> int:
@@ -149,6 +150,8 @@ class Settings:
             raise FitError("tensor split proportions must be finite numbers", flag("tensor_split"))
         if any(f < 0 for f in self.tensor_split):
             raise FitError("tensor split proportions must not be negative", flag("tensor_split"))
+        if self.fit_ctx < 1:
+            raise FitError(f"--fit-ctx must be at least 1, not {self.fit_ctx}", "--fit-ctx")
         if self.margin_bytes < 0 or any(m < 0 for m in self.device_margins):
             raise FitError("the memory margin must not be negative", flag("margin_bytes"))
 
