@@ -28,3 +28,15 @@ LOADED = Loaded(
 def loaded(**changes: Any) -> Loaded:
     """``LOADED`` with some fields changed."""
     return replace(LOADED, **changes)
+
+
+def until(sup: Any, *kinds: type, timeout_s: float = 30.0) -> list[Any]:
+    """A real supervisor's events up to and including the first of ``kinds``
+    (fails the test when none comes within ``timeout_s``)."""
+    seen: list[Any] = []
+    while True:
+        event = sup.next_event(timeout_s)
+        assert event is not None, f"no {[k.__name__ for k in kinds]} within {timeout_s} s: {seen}"
+        seen.append(event)
+        if isinstance(event, kinds):
+            return seen

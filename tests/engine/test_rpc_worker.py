@@ -37,19 +37,14 @@ from llmtune.hardware.host import host_device
 from llmtune.hardware.machine import rpc_devices
 from llmtune.model import read_spec
 from rpc_support import real_servers, refusing_endpoint, silent_listener
+from worker_events import until as wait_for_events
 
 TIMEOUT_S = 60.0
 LOST_WITHIN_S = 2.0  # a lost host is reported within this
 
 
 def until(sup: Supervisor, *kinds: type) -> list[Event]:
-    seen: list[Event] = []
-    while True:
-        event = sup.next_event(TIMEOUT_S)
-        assert event is not None, f"no {[k.__name__ for k in kinds]} within {TIMEOUT_S} s: {seen}"
-        seen.append(event)
-        if isinstance(event, kinds):
-            return seen
+    return wait_for_events(sup, *kinds, timeout_s=TIMEOUT_S)
 
 
 @pytest.fixture

@@ -36,18 +36,13 @@ from llmtune.engine.protocol import (
 )
 from llmtune.engine.supervisor import Supervisor
 from synth import llama_like, write_bad_shapes
+from worker_events import until as wait_for_events
 
 TIMEOUT_S = 30.0
 
 
 def until(sup: Supervisor, *kinds: type) -> list[Event]:
-    seen: list[Event] = []
-    while True:
-        event = sup.next_event(TIMEOUT_S)
-        assert event is not None, f"no {[k.__name__ for k in kinds]} within {TIMEOUT_S} s: {seen}"
-        seen.append(event)
-        if isinstance(event, kinds):
-            return seen
+    return wait_for_events(sup, *kinds, timeout_s=TIMEOUT_S)
 
 
 @pytest.fixture

@@ -28,20 +28,14 @@ from llmtune.fit.plan import plan
 from llmtune.fit.settings import Settings
 from llmtune.hardware.host import host_device
 from llmtune.model import read_spec
+from worker_events import until as wait_for_events
 
 TIMEOUT_S = 30.0
 PROMPT = "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"
 
 
 def until(sup: Supervisor, *kinds: type) -> list[Event]:
-    """Events up to and including the first of ``kinds`` (fails on a timeout)."""
-    seen: list[Event] = []
-    while True:
-        event = sup.next_event(TIMEOUT_S)
-        assert event is not None, f"no {[k.__name__ for k in kinds]} within {TIMEOUT_S} s: {seen}"
-        seen.append(event)
-        if isinstance(event, kinds):
-            return seen
+    return wait_for_events(sup, *kinds, timeout_s=TIMEOUT_S)
 
 
 @pytest.fixture

@@ -46,8 +46,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from llmtune.errors import ConfigError
-from llmtune.fit.argtypes import context_size, int_or_max, whole
+from llmtune.fit.argtypes import (
+    context_size,
+    experts_on_cpu,
+    int_or_max,
+    mib_list,
+    proportions,
+    size_parser,
+    whole,
+)
 from llmtune.fit.settings import (
     CACHE_TYPE_IDS,
     FLASH_ATTN_IDS,
@@ -102,40 +109,6 @@ def resolved_threads(threads: int) -> int:
 
 
 # ---- llmtune's own flags: argparse types (fit.argtypes) and checks ------------
-
-
-def _proportions(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ConfigError(f"not a list of numbers: {text!r}", "--tensor-split") from None
-
-
-def _experts_on_cpu(n: int) -> int:
-    if n < 0:
-        raise ConfigError("--n-cpu-moe must be 0 or more (use --cpu-moe for all)", "--n-cpu-moe")
-    return n
-
-
-def _mib_list(text: str) -> tuple[int, ...]:
-    """``--fit-target``: MiB per device, split by ',' or '/' as common/arg.cpp does."""
-    parts = [p for p in text.replace("/", ",").split(",") if p.strip()]
-    try:
-        values = tuple(int(p) * 1024 * 1024 for p in parts)
-    except ValueError:
-        raise ConfigError(f"not a list of MiB: {text!r}", "--fit-target") from None
-    if not values or any(v < 0 for v in values):
-        raise ConfigError(f"not a list of MiB: {text!r}", "--fit-target")
-    return values
-
-
-def _size(flag: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        from llmtune.units import parse_size
-
-        return parse_size(text, flag)
-
-    return parse
 
 
 # ---- the records ----------------------------------------------------------------
@@ -378,7 +351,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "tensor_split",
-        cli=(Arg("--tensor-split", metavar="A,B,...", value=_proportions),),
+        cli=(Arg("--tensor-split", metavar="A,B,...", value=proportions),),
         server=(Flag("-ts", lambda split: ",".join(f"{x:g}" for x in split)),),
         python=PyArg(("tensor_split",), list),
         # The worker sets it: a float array of llama_max_devices() it must keep alive.
@@ -389,7 +362,7 @@ OPTIONS: tuple[Option, ...] = (
         "n_cpu_moe",
         # The last flag given wins: --cpu-moe over --n-cpu-moe.
         cli=(
-            Arg("--n-cpu-moe", whole, metavar="N", value=_experts_on_cpu),
+            Arg("--n-cpu-moe", whole, metavar="N", value=experts_on_cpu),
             _switch("--cpu-moe", "all experts on the CPU", -1),
         ),
         server=(
@@ -451,7 +424,7 @@ OPTIONS: tuple[Option, ...] = (
                 "--margin",
                 metavar="SIZE",
                 help="memory to keep free per GPU",
-                value=_size("--margin"),
+                value=size_parser("--margin"),
             ),
         ),
         json="margin_bytes",
@@ -464,7 +437,7 @@ OPTIONS: tuple[Option, ...] = (
                 metavar="MiB0,MiB1,...",
                 help="memory to keep free on each offload device, in MiB, as llama.cpp's "
                 "--fit-target (a single value for all; default: --margin)",
-                value=_mib_list,
+                value=mib_list,
             ),
         ),
         json="device_margins",
@@ -490,7 +463,7 @@ OPTIONS: tuple[Option, ...] = (
                 "--overhead",
                 metavar="SIZE",
                 help="per-GPU overhead (CUDA context), default {default}",
-                value=_size("--overhead"),
+                value=size_parser("--overhead"),
             ),
         ),
     ),
