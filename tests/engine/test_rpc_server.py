@@ -20,24 +20,9 @@ from typing import IO
 import psutil
 import pytest
 
-from llmtune.engine import llama_cpp_installed
 from llmtune.engine.rpc_host import RpcServerProcess
 from llmtune.hardware.rpc import RpcError, probe
 from rpc_support import free_port, real_servers, refusing_endpoint
-
-
-def _rpc_supported() -> bool:
-    if not llama_cpp_installed():
-        return False
-    from llmtune.engine.ggml_rpc import rpc_supported
-
-    return rpc_supported()
-
-
-pytestmark = pytest.mark.skipif(
-    not _rpc_supported(),
-    reason="the installed llama-cpp-python has no RPC backend (build it with -DGGML_RPC=on)",
-)
 
 WAIT_S = 60.0
 

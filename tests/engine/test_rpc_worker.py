@@ -48,13 +48,6 @@ def until(sup: Supervisor, *kinds: type) -> list[Event]:
 
 
 @pytest.fixture
-def sup() -> Iterator[Supervisor]:
-    s = Supervisor()
-    yield s
-    s.shutdown()
-
-
-@pytest.fixture
 def two_hosts() -> Iterator[list[RpcServerProcess]]:
     with real_servers(2) as servers:
         yield servers

@@ -16,7 +16,6 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +42,6 @@ TIMEOUT_S = 30.0
 
 def until(sup: Supervisor, *kinds: type) -> list[Event]:
     return wait_for_events(sup, *kinds, timeout_s=TIMEOUT_S)
-
-
-@pytest.fixture
-def sup() -> Iterator[Supervisor]:
-    s = Supervisor()
-    yield s
-    s.shutdown()
 
 
 def demo_config(demo_model: Path, **changes: Any) -> RunConfig:

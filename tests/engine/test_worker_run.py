@@ -6,7 +6,6 @@ its worker and shuts it down.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,6 @@ PROMPT = "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant
 
 def until(sup: Supervisor, *kinds: type) -> list[Event]:
     return wait_for_events(sup, *kinds, timeout_s=TIMEOUT_S)
-
-
-@pytest.fixture
-def sup() -> Iterator[Supervisor]:
-    s = Supervisor()
-    yield s
-    s.shutdown()
 
 
 def config(demo_model: Path, **changes: object) -> RunConfig:

@@ -21,7 +21,6 @@ from textual.pilot import Pilot
 from textual.widgets import Input, Static
 from ui_support import cpu_only, wait_for
 
-from llmtune.engine import llama_cpp_installed
 from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import DeviceMemory, DeviceReading, Event, Loaded
 from llmtune.engine.rpc_host import RpcServerProcess
@@ -34,20 +33,6 @@ from llmtune.ui.widgets.graph import TimeGraph
 from llmtune.ui.widgets.memgauge import MemoryGauge
 from llmtune.units import GIB, format_bytes
 from rpc_support import real_servers, refusing_endpoint, silent_listener
-
-
-def _rpc_supported() -> bool:
-    if not llama_cpp_installed():
-        return False
-    from llmtune.engine.ggml_rpc import rpc_supported
-
-    return rpc_supported()
-
-
-pytestmark = pytest.mark.skipif(
-    not _rpc_supported(),
-    reason="the installed llama-cpp-python has no RPC backend (build it with -DGGML_RPC=on)",
-)
 
 PROBE_TIMEOUT_S = 0.5
 # A refused or silent host is said within the probe's timeout, plus the pilot's pace.

@@ -160,19 +160,23 @@ def harden_sockets(targets: set[tuple[str, int]], done: set[int]) -> None:
     except OSError:
         return
     for name in fds:
-        fd = int(name)
         try:
-            inode = os.stat(fd).st_ino
+            link = os.readlink(f"/proc/self/fd/{name}")  # socket:[inode] for a socket
         except OSError:
             continue
+        if not link.startswith("socket:[") or not link.endswith("]"):
+            continue  # files, pipes: skipped without touching them
+        inode = int(link[len("socket:[") : -1])
         if inode in done:
             continue
+        fd = int(name)
         try:
             s = socket.socket(fileno=os.dup(fd))
         except OSError:
             continue  # not a socket
         try:
             if s.type != socket.SOCK_STREAM or s.getpeername()[:2] not in targets:
+                done.add(inode)  # connected elsewhere for good: not looked at again
                 continue
             s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             if hasattr(socket, "TCP_KEEPIDLE"):

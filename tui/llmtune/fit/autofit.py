@@ -120,10 +120,8 @@ class _Oracle:
         self.spec = spec
         self.devices = tuple(devices)
         self.s = s
-        self.calls = 0
 
     def plan(self, s: Settings) -> FitPlan:
-        self.calls += 1
         return plan(self.spec, self.devices, s)
 
     def for_layers(self, layers: Sequence[_Layers], n_ctx: int, hp_ngl: int) -> list[int]:

@@ -39,7 +39,6 @@ class LayerCost:
     weights_bytes: int
     expert_bytes: int  # the part --cpu-moe moves to the CPU
     repack_bytes: int  # the part the CPU backend would repack (AVX2)
-    matmul_bytes: int  # weights a matmul reads (what op offload copies to the GPU)
     k_width: int  # K elements per cell (n_embd_k_gqa), 0: no KV
     v_width: int  # V elements per cell, 0: no V (MLA) or no KV
     is_swa: bool
@@ -149,7 +148,6 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
             for t in tensors
             if t.type_name in REPACK_TYPES_AVX2 and _is_matmul_weight(t) and t.shape[1] % 8 == 0
         )
-        matmul = sum(_padded(t.nbytes) for t in tensors if _is_matmul_weight(t))
         has_kv = not recurrent[il] and il < kv_from_start and heads_kv[il] > 0
         if spec.architecture.startswith("nemotron_h") and spec.n_ff_per_layer[il] > 0:
             has_kv = False
@@ -165,7 +163,6 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
                 weights_bytes=weights,
                 expert_bytes=experts,
                 repack_bytes=repack,
-                matmul_bytes=matmul,
                 k_width=k_width,
                 v_width=v_width,
                 is_swa=swa[il] and has_kv,

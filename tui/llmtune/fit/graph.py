@@ -40,9 +40,7 @@ class GraphContext:
     pinned_prefix: tuple[int, ...]  # expert bytes kept on the CPU by --n-cpu-moe
     kv_prefix: tuple[int, ...]
     repack_prefix: tuple[int, ...]
-    matmul_max_cpu: tuple[int, ...]  # largest matmul weights of layers [0, i)
     active_prefix: tuple[int, ...]  # bytes read per generated token
-    layer_peak: int  # while every kind of layer runs: masks + the largest layer op + residual
     out_peak: int  # while the output layer runs: logits + residual
     mask_bytes: int  # every mask (one per distinct cache size)
     ffn_peak: int
@@ -94,7 +92,6 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
     kv: list[int] = []
     repack: list[int] = []
     active: list[int] = []
-    matmul_max: list[int] = [0]
     cpu_moe_layers = n_layer if s.n_cpu_moe < 0 else min(s.n_cpu_moe, n_layer)
     for il, lc in enumerate(costs.layers):
         weights.append(lc.weights_bytes)
@@ -113,12 +110,10 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
             active.append(dense + lc.expert_bytes * costs.n_expert_used // costs.n_expert)
         else:
             active.append(lc.weights_bytes)
-        matmul_max.append(max(matmul_max[-1], lc.matmul_bytes))
 
     t = n_ubatch
     heads = costs.n_head
     attn_layers = [lc for lc in costs.layers if lc.k_width]
-    attn_peak = 0
     mask_bytes = 0
     by_cells: dict[int, tuple[int, int]] = {}
     if attn_layers:
@@ -136,7 +131,6 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
                 peak = n_kv * t * heads * 4 * n_stream + kqv
             by_cells[cells] = (n_kv * t * mask_elem, peak)
         mask_bytes = sum(mask for mask, _ in by_cells.values())
-        attn_peak = max(peak for _, peak in by_cells.values())
     full_count = [0]
     swa_count = [0]
     for lc in costs.layers:
@@ -159,7 +153,6 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
     # n_embd x T tensors alive beside the residual stream (measured on qwen3next).
     residual_tensors = 6 if costs.delta_net else 3
     base_peak = residual_tensors * costs.n_embd * t * 4
-    layer_peak = mask_bytes + max(attn_peak, ffn_peak) + base_peak
 
     def prefix(values: list[int]) -> tuple[int, ...]:
         return (0, *accumulate(values))
@@ -184,9 +177,7 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
         pinned_prefix=prefix(pinned),
         kv_prefix=prefix(kv),
         repack_prefix=prefix(repack),
-        matmul_max_cpu=tuple(matmul_max),
         active_prefix=prefix(active),
-        layer_peak=layer_peak,
         out_peak=out_peak + base_peak,
         mask_bytes=mask_bytes,
         ffn_peak=ffn_peak,

@@ -156,10 +156,6 @@ class FitPlan:
         return tuple(d for d in self.devices if d.kind == "rpc")
 
     @property
-    def pipeline_parallel(self) -> bool:
-        return self.pipeline_copies > 1
-
-    @property
     def host(self) -> DevicePlan:
         return self.devices[-1]
 
