@@ -28,7 +28,7 @@ from llmtune.engine.session import EngineFactory, Session, Severity, WorkerState
 from llmtune.engine.supervisor import Supervisor
 from llmtune.fit.commandline import pinned_settings
 from llmtune.fit.plan import FitPlan
-from llmtune.fit.settings import NGL_AUTO, Extras, Settings
+from llmtune.fit.settings import Extras, Settings
 from llmtune.model import ModelSpec
 from llmtune.model.chat import render_chat
 from llmtune.telemetry.store import rpc_key
@@ -124,15 +124,11 @@ class WorkerControl:
         if p is None:
             return None
         offloads = app.hardware.machine_gpus or app.hardware.rpc
-        n_gpu_layers = p.n_gpu_layers if offloads else 0
-        # --ngl auto: what the fit chose (layers, split, experts on the CPU, context).
-        chosen = p.settings if app.settings.n_gpu_layers == NGL_AUTO else app.settings
-        settings = chosen.with_(n_gpu_layers=n_gpu_layers)
-        if not app.hardware.is_what_if and not any(settings.tensor_split):
-            # Over several devices the plan's split, pinned: llama.cpp would split
-            # by the free memory it sees at load time (fit.commandline).
-            settings = settings.with_(tensor_split=pinned_settings(p).tensor_split)
-        return settings
+        # What was planned: with --ngl auto the fit's choice (layers, split, experts
+        # on the CPU, context); over several devices here the split pinned, since
+        # llama.cpp would split by the free memory it sees at load time.
+        planned = p.settings if app.hardware.is_what_if else pinned_settings(p)
+        return planned.with_(n_gpu_layers=p.n_gpu_layers if offloads else 0)
 
     def run_config(self) -> RunConfig | None:
         settings = self.run_settings()
