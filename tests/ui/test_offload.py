@@ -77,7 +77,8 @@ async def test_a_gpu_too_small_says_so_and_marks_the_most_that_fit(demo_spec: Mo
         from llmtune.hardware.profiles import parse_gpu_spec
 
         app.set_what_if([parse_gpu_spec("160MiB")])
-        app.change_settings(margin_bytes=0)
+        # No CUDA runtime either: 160 MiB would not even hold its 457 MiB.
+        app.change_settings(margin_bytes=0, gpu_runtime_bytes=0)
         await pilot.pause()
         # By default (--ngl auto) the plan is llama.cpp's fit: the most that fit.
         p = app.plan
@@ -211,3 +212,29 @@ async def test_the_app_plans_a_what_if_host_like_fit(demo_spec: ModelSpec) -> No
         assert "planning for a machine with 256 MiB of RAM, CPU only (what-if)" in status
         assert app.plan is not None and app.plan.host.capacity_bytes == 256 << 20
         assert app.plan.verdict == "over"
+
+
+async def test_equals_brings_the_layers_back_to_llama_cpps_fit(demo_spec: ModelSpec) -> None:
+    # A card where the fit keeps some layers on the host: after the slider moves,
+    # = returns to the choice llama.cpp's fit makes, from the slider or any pane.
+    app = make_app(demo_spec, hardware=with_gpu("1700MiB"))
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause()
+        slider = app.query_one("#ngl", LayerSlider)
+        p = app.plan
+        assert p is not None and p.fit is not None and p.fits
+        auto_layers = p.n_gpu_layers
+        assert 0 < auto_layers == p.max_gpu_layers < 31
+        assert slider.auto and f"GPU layers {auto_layers} of 31 (auto)" in shown(app)
+        await pilot.press("end")
+        await pilot.pause()
+        assert app.plan is not None and app.plan.n_gpu_layers == 31
+        assert app.plan.verdict != "fits"  # inside the margin the fit keeps
+        assert not slider.auto and "(auto)" not in shown(app)
+        await pilot.press("equals_sign")
+        await pilot.pause()
+        assert app.plan.n_gpu_layers == auto_layers and app.plan.fits and slider.auto
+        assert app.settings.n_gpu_layers == Settings().n_gpu_layers  # saved as auto
+        await pilot.press("home", "1", "equals_sign")
+        await pilot.pause()
+        assert app.plan.n_gpu_layers == auto_layers

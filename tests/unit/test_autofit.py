@@ -10,6 +10,7 @@ tests/engine/test_fit_parity.py and tests/bench/fit_parity.py.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,9 @@ def moe(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-de
 
 
 def gpu(size: str, index: int = 0):  # type: ignore[no-untyped-def]
-    return parse_gpu_spec(size, index=index)
+    # A card whose free memory is read with its runtime already there, as
+    # llama.cpp's fit reads it (and an RPC server reports it).
+    return replace(parse_gpu_spec(size, index=index), runtime_bytes=0)
 
 
 def _gpu_total(spec, devices, s):  # type: ignore[no-untyped-def]
@@ -104,7 +107,7 @@ def test_moe_experts_go_to_the_cpu_as_llama_cpp_writes_them(moe) -> None:  # typ
     everything = _gpu_total(moe, [gpu("64GiB"), HOST], Settings(n_ctx=4096))[0]
     dense_only = _gpu_total(moe, [gpu("64GiB"), HOST], Settings(n_ctx=4096, n_cpu_moe=-1))[0]
     size = GIB + (dense_only + everything) // 2  # the dense part fits, not every expert
-    devices = [parse_gpu_spec(f"{size // MIB}MiB"), HOST]
+    devices = [gpu(f"{size // MIB}MiB"), HOST]
     r = fit_params(moe, devices, Settings(n_ctx=4096), n_ctx_auto=False)
     assert r.status == "success" and r.n_gpu_layers == moe.n_layer + 1
     assert r.overrides and all(b == "CPU" for _p, b in r.overrides)

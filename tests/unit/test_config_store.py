@@ -58,7 +58,7 @@ CHANGED = Settings(
     margin_bytes=512 << 20,
     device_margins=(256 << 20, 2048 << 20),
     fit_ctx=8192,
-    gpu_overhead_bytes=300 << 20,
+    gpu_runtime_bytes=300 << 20,
 )
 
 
@@ -288,3 +288,25 @@ def test_a_hand_written_file_with_too_many_models_keeps_the_last_ones(folder: Pa
     assert store.settings_for("/m/4.gguf") is None
     assert store.settings_for("/m/5.gguf") == Settings(n_ctx=1029)
     assert store.settings_for(f"/m/{MAX_MODELS + 4}.gguf") is not None
+
+
+def test_every_layer_saved_by_a_version_before_auto_becomes_llama_cpps_fit(folder: Path) -> None:
+    # Version 1 saved the old default (-1, every layer) for every model opened;
+    # a number the user chose stays, and a version 2 file keeps -1 as chosen.
+    write(
+        folder,
+        {
+            "version": 1,
+            "models": {
+                "/m/old-default.gguf": {"n_gpu_layers": -1, "n_ctx": 8192},
+                "/m/chosen.gguf": {"n_gpu_layers": 20},
+            },
+        },
+    )
+    store, notice = load()
+    assert notice is None
+    assert store.models["/m/old-default.gguf"] == Settings(n_ctx=8192)  # ngl auto
+    assert store.models["/m/chosen.gguf"].n_gpu_layers == 20
+    write(folder, {"version": 2, "models": {"/m/max.gguf": {"n_gpu_layers": -1}}})
+    store, _ = load()
+    assert store.models["/m/max.gguf"].n_gpu_layers == -1

@@ -143,13 +143,18 @@ def test_split_mode_none_puts_everything_on_the_main_gpu(moe) -> None:
     assert gpu.index == 1 and gpu.n_layers == 8 and gpu.has_output
 
 
-def test_gpu_overhead_is_added_to_each_gpu_in_use(moe) -> None:
-    a, b = parse_gpu_spec("24GiB", index=0), parse_gpu_spec("24GiB", index=1)
-    overhead = 300 * 2**20
+def test_each_gpu_loses_its_runtime_before_the_model_loads(moe) -> None:
+    # llama.cpp's fit reads free memory after the CUDA context exists, and
+    # initialises every device it plans on, layers or not.
+    a, b = parse_gpu_spec("24GiB", index=0), parse_gpu_spec("h200", index=1)
     only_first = Settings(n_gpu_layers=2, tensor_split=(1, 0))
-    base = plan(moe, [a, b, HOST], only_first)
-    p = plan(moe, [a, b, HOST], only_first.with_(gpu_overhead_bytes=overhead))
-    assert [g.n_layers + g.has_output for g in p.gpus] == [2, 0]
-    assert p.gpus[0].other_bytes == overhead
-    assert p.gpus[0].total_bytes == base.gpus[0].total_bytes + overhead
-    assert p.gpus[1].total_bytes == 0  # an idle GPU gets no CUDA context
+    auto = plan(moe, [a, b, HOST], only_first)
+    assert [g.n_layers + g.has_output for g in auto.gpus] == [2, 0]
+    assert [g.runtime_bytes for g in auto.gpus] == [457 * 2**20, 566 * 2**20]  # measured H200
+    assert auto.host.runtime_bytes == 0
+    assert auto.gpus[1].total_bytes == auto.gpus[1].runtime_bytes  # idle, context only
+    given = plan(moe, [a, b, HOST], only_first.with_(gpu_runtime_bytes=300 * 2**20))
+    assert [g.runtime_bytes for g in given.gpus] == [300 * 2**20] * 2
+    assert given.gpus[0].total_bytes == auto.gpus[0].total_bytes - 157 * 2**20
+    none = plan(moe, [a, b, HOST], only_first.with_(gpu_runtime_bytes=0))
+    assert none.gpus[1].total_bytes == 0

@@ -143,9 +143,16 @@ def test_fit_json_contract(model) -> None:
     assert data["settings"]["n_gpu_layers"] == 9
     gpu, host = data["devices"]
     assert gpu["kind"] == "gpu" and host["kind"] == "cpu"
+    # The backend names the device, and its runtime (a CUDA context) is a part of its own.
+    assert gpu["backend"] == "CUDA" and gpu["label"].startswith("CUDA0 ")
+    assert gpu["runtime_bytes"] == 457 * MIB and host["runtime_bytes"] == 0
     for d in data["devices"]:
         assert d["total_bytes"] == (
-            d["weights_bytes"] + d["kv_bytes"] + d["compute_bytes"] + d["other_bytes"]
+            d["weights_bytes"]
+            + d["kv_bytes"]
+            + d["compute_bytes"]
+            + d["other_bytes"]
+            + d["runtime_bytes"]
         )
     assert host["capacity_bytes"] == 64 * GIB
     assert data["predicted"]["tg_tokens_per_s"] > 0
@@ -214,13 +221,25 @@ def test_max_context_is_the_largest_that_fits(model) -> None:
 
 def test_fit_ctx_max_picks_a_context(model) -> None:
     result = _llmtune(
-        "fit", model.path, "--gpu", "56MiB", "--ctx", "max", "--margin", "0", "--json"
+        "fit",
+        model.path,
+        "--gpu",
+        "56MiB",
+        "--ctx",
+        "max",
+        "--margin",
+        "0",
+        "--overhead",
+        "0",
+        "--json",
     )
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert 256 <= data["settings"]["n_ctx"] < 4096
     assert data["fits"]
-    none = _llmtune("fit", model.path, "--gpu", "1MiB", "--ctx", "max", "--margin", "0")
+    none = _llmtune(
+        "fit", model.path, "--gpu", "1MiB", "--ctx", "max", "--margin", "0", "--overhead", "0"
+    )
     assert none.returncode == 2 and "not even 256 tokens" in none.stderr
 
 

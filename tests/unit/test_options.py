@@ -73,7 +73,7 @@ CASES = [
     Case(("--cpu-moe",), "n_cpu_moe", -1, ("--cpu-moe",), {}, "MoE experts on the CPU", ("n_cpu_moe", -1)),
     Case(("--no-mmap",), "use_mmap", False, ("-lm", "none"), {"use_mmap": False}, json=("use_mmap", False)),
     Case(("--margin", "2GiB"), "margin_bytes", 2 << 30, (), {}, json=("margin_bytes", 2 << 30)),
-    Case(("--overhead", "300MiB"), "gpu_overhead_bytes", 300 << 20, (), {}),
+    Case(("--overhead", "300MiB"), "gpu_runtime_bytes", 300 << 20, (), {}),
 ]  # fmt: skip
 
 

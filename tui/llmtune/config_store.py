@@ -24,7 +24,9 @@ from llmtune.fit.settings import Settings
 from llmtune.paths import config_dir
 
 FILE_NAME = "settings.json"
-FORMAT_VERSION = 1
+# 2: the layers default to llama.cpp's fit (--ngl auto); version 1 saved every
+# layer (-1), the old default, for every model opened, so -1 there means "unset".
+FORMAT_VERSION = 2
 MAX_FILE_BYTES = 4 << 20
 MAX_MODELS = 500  # the least recently saved models are forgotten beyond this
 # llama.cpp reads every integer option with std::stoi (common/arg.cpp) into an int;
@@ -93,7 +95,10 @@ def _from_json(data: dict[str, Any], path: Path) -> tuple[Store, str | None]:
     saved = data.get("models", {})
     if not isinstance(saved, dict):
         saved, dropped = {}, 1
+    before_auto = data.get("version") == 1
     for key, values in saved.items():
+        if before_auto and isinstance(values, dict) and values.get("n_gpu_layers") == -1:
+            values = {k: v for k, v in values.items() if k != "n_gpu_layers"}
         settings = _settings_from_json(values) if os.path.isabs(key) else None
         if settings is None:
             dropped += 1

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Callable
 
 from llmtune.errors import ConfigError
-from llmtune.fit.settings import NGL_AUTO
+from llmtune.fit.settings import NGL_AUTO, RUNTIME_AUTO
 
 
 def whole(text: str) -> int:
@@ -78,3 +78,10 @@ def size_parser(flag: str) -> Callable[[str], int]:
         return parse_size(text, flag)
 
     return parse
+
+
+def runtime_size(text: str) -> int:
+    """``--overhead``: a size, or ``auto`` for each GPU's backend figure."""
+    if text.strip().lower() == "auto":
+        return RUNTIME_AUTO
+    return size_parser("--overhead")(text)

@@ -47,6 +47,9 @@ class GraphContext:
     ffn_residual: int  # residual-sized tensors beside the FFN on an offload device
     base_peak: int  # the residual stream's tensors alive beside any op
     mask_by_cells: tuple[tuple[int, int, int], ...]  # (cells, mask bytes, attention peak)
+    # Per cache size: what CUDA's flash attention adds to the attention peak for
+    # F16 copies of a non-F16 cache (fit.backends); 0 when the cache is F16.
+    fa_scratch_by_cells: tuple[tuple[int, int], ...]
     full_prefix: tuple[int, ...]  # attention layers on the full cache in [0, i)
     swa_prefix: tuple[int, ...]  # attention layers on the sliding-window cache in [0, i)
     kv_read_fraction: float  # share of the cache read per token at the bench depth
@@ -116,6 +119,7 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
     attn_layers = [lc for lc in costs.layers if lc.k_width]
     mask_bytes = 0
     by_cells: dict[int, tuple[int, int]] = {}
+    scratch_by_cells: dict[int, int] = {}
     if attn_layers:
         # The KQ mask is a graph input, alive through the whole graph: one per
         # distinct cache size (full and sliding window), F16 with flash attention.
@@ -130,6 +134,7 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
                 # KQ in F32, soft_max in place, then KQV.
                 peak = n_kv * t * heads * 4 * n_stream + kqv
             by_cells[cells] = (n_kv * t * mask_elem, peak)
+            scratch_by_cells[cells] = _fa_f16_scratch(costs, s, cells, t) if flash_attn else 0
         mask_bytes = sum(mask for mask, _ in by_cells.values())
     full_count = [0]
     swa_count = [0]
@@ -187,6 +192,7 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
         ffn_residual=costs.n_embd * t * 4 if costs.n_expert else base_peak,
         base_peak=base_peak,
         mask_by_cells=tuple((cells, m, a) for cells, (m, a) in sorted(by_cells.items())),
+        fa_scratch_by_cells=tuple(sorted(scratch_by_cells.items())),
         full_prefix=tuple(full_count),
         swa_prefix=tuple(swa_count),
         kv_read_fraction=min(1.0, SPEED_DEPTH_TOKENS / max(1, kv_cells)),
@@ -197,8 +203,26 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
     )
 
 
+def _fa_f16_scratch(costs: ModelCosts, s: Settings, cells: int, n_tokens: int) -> int:
+    """F16 copies of one layer's K and V view over ``cells`` cells, when the
+    cache is not F16: fattn-common.cuh ``ggml_cuda_flash_attn_ext_get_f16_extra_data``,
+    each padded to 128 bytes, V skipped when it is a view of K (MLA). A batch of
+    more than two tokens gets the MMA or tile kernel, which always needs F16
+    (fattn.cu ``ggml_cuda_get_best_fattn_kernel``); the reserve's prompt graph is one."""
+    if n_tokens <= 2:
+        return 0
+    widest_k = max((lc.k_width for lc in costs.layers if lc.k_width), default=0)
+    widest_v = max((lc.v_width for lc in costs.layers if lc.k_width), default=0)
+    out = 0
+    if s.cache_type_k != "f16":
+        out += pad(cells * widest_k * 2, 128)
+    if s.cache_type_v != "f16" and widest_v:
+        out += pad(cells * widest_v * 2, 128)
+    return out
+
+
 def layers_peak(
-    c: GraphContext, first: int, end: int, offload: bool = False
+    c: GraphContext, first: int, end: int, offload: bool = False, fa_scratch: bool = False
 ) -> tuple[int, int, int]:
     """The compute peak while layers [first, end) run on one device, the masks
     in it, and how many caches those layers use. Only the masks (and attention)
@@ -208,14 +232,20 @@ def layers_peak(
     On an offload device (a GPU or an RPC device) the attention runs beside one
     residual-sized tensor where the CPU keeps the whole residual stream (three);
     the FFN keeps three on both (measured: sched_reserve through RPC devices, and
-    on an H200, where CUDA0 and an RPC device on it log the same size)."""
+    on an H200, where CUDA0 and an RPC device on it log the same size).
+    ``fa_scratch``: the device's backend keeps F16 copies of a quantized cache
+    beside flash attention (CUDA; fit.backends)."""
     cells_used: set[int] = set()
     if c.full_prefix[end] - c.full_prefix[first]:
         cells_used.add(c.kv_cells)
     if c.swa_prefix[end] - c.swa_prefix[first]:
         cells_used.add(c.swa_cells)
     mask = sum(m for cells, m, _ in c.mask_by_cells if cells in cells_used)
-    attn = max((a for cells, _m, a in c.mask_by_cells if cells in cells_used), default=0)
+    scratch = dict(c.fa_scratch_by_cells) if fa_scratch else {}
+    attn = max(
+        (a + scratch.get(cells, 0) for cells, _m, a in c.mask_by_cells if cells in cells_used),
+        default=0,
+    )
     caches = len(cells_used)
     if offload:
         return mask + max(attn + c.hidden_bytes, c.ffn_peak + c.ffn_residual), mask, caches

@@ -52,6 +52,7 @@ from llmtune.fit.argtypes import (
     int_or_max,
     mib_list,
     proportions,
+    runtime_size,
     size_parser,
     whole,
 )
@@ -457,13 +458,14 @@ OPTIONS: tuple[Option, ...] = (
         json="fit_ctx",
     ),
     Option(
-        "gpu_overhead_bytes",
+        "gpu_runtime_bytes",
         cli=(
             Arg(
                 "--overhead",
-                metavar="SIZE",
-                help="per-GPU overhead (CUDA context), default {default}",
-                value=size_parser("--overhead"),
+                metavar="SIZE|auto",
+                help="what each GPU's runtime (CUDA context) holds before the model "
+                "loads; auto (default): the backend's figure, CUDA 457 MiB",
+                value=runtime_size,
             ),
         ),
     ),

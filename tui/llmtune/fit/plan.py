@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import TYPE_CHECKING, Literal
 
+from llmtune.fit.backends import fa_f16_scratch, runtime_bytes
 from llmtune.fit.costs import ModelCosts, model_costs
 from llmtune.fit.graph import (
     CTX_PAD,
@@ -79,10 +80,29 @@ class DevicePlan:
     mapped_bytes: int = 0  # what llama.cpp will log as CPU_Mapped (a file span)
     endpoint: str = ""  # an RPC device's HOST:PORT
     buffer_name: str = ""  # the name llama.cpp logs its buffers under
+    # A local GPU's runtime (CUDA context) before anything loads (fit.backends).
+    runtime_bytes: int = 0
+    backend: str = ""  # ggml's backend prefix: CUDA, RPC, CPU (Device.ggml_backend)
 
     @property
     def total_bytes(self) -> int:
-        return self.weights_bytes + self.kv_bytes + self.compute_bytes + self.other_bytes
+        return (
+            self.weights_bytes
+            + self.kv_bytes
+            + self.compute_bytes
+            + self.other_bytes
+            + self.runtime_bytes
+        )
+
+    @property
+    def label(self) -> str:
+        """The device as a plan names it: a local GPU with its backend and index
+        first, as llama.cpp names it (``CUDA0 RTX 3060 12GB``); an RPC device is
+        ``RPC0 host:port``, the host ``CPU (host RAM)``."""
+        if self.kind == "gpu":
+            short = self.name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", "")
+            return f"{self.backend or 'CUDA'}{self.index} {short}"
+        return self.name
 
     @property
     def headroom_bytes(self) -> int:
@@ -238,7 +258,9 @@ def _evaluate(
         n_layers = end - first
         compute = 0
         peak_of_layers, masks, caches = (
-            layers_peak(c, first, end, offload=True) if n_layers else (0, 0, 0)
+            layers_peak(c, first, end, offload=True, fa_scratch=fa_f16_scratch(gpu))
+            if n_layers
+            else (0, 0, 0)
         )
         out = output_peak(c) if has_output else 0
         if copies > 1:
@@ -269,7 +291,10 @@ def _evaluate(
                 weights_bytes=w,
                 kv_bytes=kv,
                 compute_bytes=compute,
-                other_bytes=s.gpu_overhead_bytes if (n_layers or has_output) else 0,
+                other_bytes=0,
+                # llama.cpp initialises every device it plans on, layers or not.
+                runtime_bytes=runtime_bytes(gpu, s.gpu_runtime_bytes),
+                backend=gpu.ggml_backend,
                 n_layers=n_layers,
                 has_output=has_output,
                 margin_bytes=s.margin_of(device_number),
@@ -344,6 +369,7 @@ def _evaluate(
             kv_bytes=host_kv,
             compute_bytes=host_compute,
             other_bytes=output_buffer + repack,
+            backend="CPU",
             n_layers=cpu_layers_end,
             has_output=output_on_cpu,
             margin_bytes=s.margin_bytes,

@@ -34,13 +34,16 @@ def plan_dict(spec: ModelSpec, p: FitPlan) -> dict[str, Any]:
         "devices": [
             {
                 "name": d.name,
+                "label": d.label,
                 "kind": d.kind,
+                "backend": d.backend,
                 "capacity_bytes": d.capacity_bytes,
                 "free_bytes": d.free_bytes,
                 "weights_bytes": d.weights_bytes,
                 "kv_bytes": d.kv_bytes,
                 "compute_bytes": d.compute_bytes,
                 "other_bytes": d.other_bytes,
+                "runtime_bytes": d.runtime_bytes,
                 "total_bytes": d.total_bytes,
                 "n_layers": d.n_layers,
                 "has_output": d.has_output,
@@ -99,12 +102,17 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
         )
     for d in p.devices:
         # An RPC device's endpoint goes on its verdict line: the name column is narrow.
-        shown = d.name.split(" ")[0] if d.name.startswith("RPC") else d.name
-        name = inert(shown.replace("NVIDIA GeForce ", "").replace("NVIDIA ", ""), max_chars=18)
+        shown = d.name.split(" ")[0] if d.name.startswith("RPC") else d.label
+        name = inert(shown, max_chars=None)
+        room = 19 if wide else w - 2
+        name = name if len(name) <= room else name[: room - 1] + "…"
+        # The runtime (a CUDA context) is its own part: in "other" here, named on
+        # the verdict line.
+        other = d.other_bytes + d.runtime_bytes
         if wide:
             lines.append(
                 f"  {name:<19}{_mib(d.weights_bytes):>10}{_mib(d.kv_bytes):>10}"
-                f"{_mib(d.compute_bytes):>10}{_mib(d.other_bytes):>9}{_mib(d.total_bytes):>10}"
+                f"{_mib(d.compute_bytes):>10}{_mib(other):>9}{_mib(d.total_bytes):>10}"
                 f"{_mib(d.free_bytes):>10}"
             )
         else:
@@ -112,7 +120,7 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
             lines.append(
                 cut_line(
                     f"    weights {_mib(d.weights_bytes)}, KV {_mib(d.kv_bytes)}, "
-                    f"compute {_mib(d.compute_bytes)}, other {_mib(d.other_bytes)}",
+                    f"compute {_mib(d.compute_bytes)}, other {_mib(other)}",
                     w,
                 )
             )
@@ -133,6 +141,10 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
                 w,
             )
         )
+    runtimes = sorted({(d.backend, d.runtime_bytes) for d in p.devices if d.runtime_bytes})
+    if runtimes:
+        held = ", ".join(f"{backend} {_mib(b).strip()}" for backend, b in runtimes)
+        lines.append(cut_line(f"  other includes each GPU's runtime: {held} (--overhead)", w))
     lines.append("")
     if p.gpus:
         lines.append(

@@ -49,6 +49,7 @@ SplitMode = Literal["layer", "row", "none"]
 
 NGL_AUTO = -2  # --ngl auto: the layers llama.cpp's fit chooses (fit.autofit)
 DEFAULT_CTX = 4096  # common/fit.cpp's fit_params_min_ctx; n_ctx 0 means the trained context
+RUNTIME_AUTO = -1  # --overhead auto: each GPU's runtime from its backend (fit.backends)
 DEFAULT_MARGIN_BYTES = 1024 * MIB  # common_params::fit_params_target
 # llama-server reads -c, -b and -ub with std::stoi (common/arg.cpp): at most INT32_MAX.
 MAX_TOKENS = 2**31 - 1
@@ -81,7 +82,9 @@ class Settings:
     # last one stands for the devices after it; empty: margin_bytes for each.
     device_margins: tuple[int, ...] = ()
     fit_ctx: int = DEFAULT_CTX  # --fit-ctx: the least an unset context shrinks to (fit.autofit)
-    gpu_overhead_bytes: int = 0  # CUDA context etc.; llama.cpp's --fit leaves it to the margin
+    # What a local GPU's runtime holds before the model loads (a CUDA context),
+    # the same for every GPU; RUNTIME_AUTO: each device's own (fit.backends).
+    gpu_runtime_bytes: int = RUNTIME_AUTO
 
     def margin_of(self, device: int) -> int:
         """The margin kept free on offload device ``device`` (llama.cpp's order)."""
@@ -154,6 +157,8 @@ class Settings:
             raise FitError(f"--fit-ctx must be at least 1, not {self.fit_ctx}", "--fit-ctx")
         if self.margin_bytes < 0 or any(m < 0 for m in self.device_margins):
             raise FitError("the memory margin must not be negative", flag("margin_bytes"))
+        if self.gpu_runtime_bytes < RUNTIME_AUTO:
+            raise FitError("the GPU overhead must not be negative", flag("gpu_runtime_bytes"))
 
 
 @dataclass(frozen=True)

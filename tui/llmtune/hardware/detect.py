@@ -275,6 +275,7 @@ def gpu_device(state: GPUState) -> Device | None:
         bandwidth_known=known,
         source="detected",
         profile=profile.key if profile is not None else "",
+        runtime_bytes=profile.runtime_bytes if profile is not None else None,
     )
 
 

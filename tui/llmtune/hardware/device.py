@@ -33,6 +33,12 @@ class Device:
     endpoint: str = ""  # an RPC device's HOST:PORT; its index on that server is ``index``
     rtt_s: float = 0.0  # an RPC device's measured round trip
     network_bytes_per_s: float = 0.0  # an RPC device's measured (or given) network bandwidth
+    # The ggml backend that drives a local GPU (ggml's device-name prefix: CUDA,
+    # ROCm, MTL, Vulkan); empty: CUDA, the only GPU backend detected today.
+    backend: str = ""
+    # Memory the GPU runtime holds before llama.cpp's fit reads the free memory
+    # (a CUDA context): None for the backend's default (fit.backends).
+    runtime_bytes: int | None = None
 
     @property
     def is_gpu(self) -> bool:
@@ -49,6 +55,23 @@ class Device:
         return self.kind != "cpu"
 
     @property
+    def ggml_backend(self) -> str:
+        """The backend llama.cpp reaches this device through: CUDA (or another GPU
+        backend), RPC or CPU."""
+        if self.kind == "gpu":
+            return self.backend or "CUDA"
+        return "RPC" if self.kind == "rpc" else "CPU"
+
+    @property
+    def compute_backend(self) -> str:
+        """The backend that computes on this device's memory: an RPC device's is
+        its server's (a CPU unless a GPU is named behind it; ggml-rpc.cpp asks the
+        server for the alloc sizes its backend needs)."""
+        if self.kind == "rpc":
+            return "CPU" if self.profile == "cpu" else (self.backend or "CUDA")
+        return self.ggml_backend
+
+    @property
     def buffer_name(self) -> str:
         """The name llama.cpp logs this device's buffers under (CUDA0, RPC0[host:port], CPU).
 
@@ -58,5 +81,5 @@ class Device:
         if self.kind == "rpc":
             return f"RPC{self.index}[{self.endpoint}]"
         if self.kind == "gpu":
-            return f"CUDA{self.index}"
+            return f"{self.ggml_backend}{self.index}"
         return "CPU"

@@ -374,6 +374,7 @@ def rpc_devices(
                     source="rpc",
                     # "cpu": speed planned as a CPU's (fit.plan reads it).
                     profile=gpu.profile if gpu else "cpu",
+                    backend=gpu.backend if gpu else "",
                     endpoint=endpoint,
                     rtt_s=found.rtt_s,
                     network_bytes_per_s=link,

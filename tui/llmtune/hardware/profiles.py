@@ -25,10 +25,17 @@ class GPUProfile:
     memory_mib: int
     bandwidth_gbps: float
     fp16_tflops: float
+    # The CUDA runtime's hold before the model loads where measured on this card;
+    # 0: the backend's default (fit.backends).
+    runtime_mib: int = 0
 
     @property
     def memory_bytes(self) -> int:
         return self.memory_mib * MIB
+
+    @property
+    def runtime_bytes(self) -> int | None:
+        return self.runtime_mib * MIB if self.runtime_mib else None
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,9 @@ GPU_PROFILES: tuple[GPUProfile, ...] = (
     GPUProfile("a100-80g", "NVIDIA A100 80GB", 81920, 2039.0, 312.0),
     GPUProfile("h100-pcie", "NVIDIA H100 PCIe 80GB", 81559, 2000.0, 756.0),
     GPUProfile("h100-sxm", "NVIDIA H100 SXM 80GB", 81559, 3350.0, 989.0),
-    GPUProfile("h200", "NVIDIA H200 141GB", 143771, 4800.0, 989.0),
+    # Runtime measured on an H200 with CUDA 13 (issue 14's GPU check): 526-606 MiB
+    # per process before llama.cpp allocates (132 SMs reserve more local memory).
+    GPUProfile("h200", "NVIDIA H200 141GB", 143771, 4800.0, 989.0, runtime_mib=566),
 )
 GPU_PROFILE_BY_KEY: dict[str, GPUProfile] = {p.key: p for p in GPU_PROFILES}
 
@@ -164,4 +173,5 @@ def parse_gpu_spec(text: str, index: int = 0) -> Device:
         bandwidth_known=True,
         source="profile",
         profile=profile.key,
+        runtime_bytes=profile.runtime_bytes,
     )

@@ -48,7 +48,7 @@ from llmtune.errors import LlmtuneError
 from llmtune.fit.handoff import Handoff, plan_handoff
 from llmtune.fit.options import stepper_change
 from llmtune.fit.plan import FitPlan
-from llmtune.fit.settings import Settings
+from llmtune.fit.settings import NGL_AUTO, Settings
 from llmtune.hardware.device import Device
 from llmtune.hardware.machine import Machine
 from llmtune.model import ModelSpec, read_spec
@@ -434,6 +434,13 @@ class LlmtuneApp(SessionAttributes, App[None]):
         value = min(max(0, p.n_gpu_layers + delta), p.n_layer + 1)
         if value != p.n_gpu_layers:
             self.change_settings(n_gpu_layers=value)
+
+    def action_layers_auto(self) -> None:
+        """Back to llama.cpp's fit's choice (--ngl auto) after the slider moved."""
+        if not self.hardware.gpus:
+            self._no_gpu_notice()
+        elif self.settings.n_gpu_layers != NGL_AUTO:
+            self.change_settings(n_gpu_layers=NGL_AUTO)
 
     @on(Stepper.Changed)
     def _stepper(self, event: Stepper.Changed) -> None:

@@ -38,6 +38,7 @@ BINDINGS: list[BindingType] = [
     Binding("w", "quantize", "Quantize", show=False),
     Binding("left_square_bracket", "layers(-1)", "-layer", show=False),
     Binding("right_square_bracket", "layers(1)", "+layer", show=False),
+    Binding("equals_sign", "layers_auto", "auto layers", show=False),
     Binding("slash", "search_metadata", "Search", show=False),
     Binding("0", "pane('gauges')", "Gauges", show=False),
     Binding("1", "pane('model')", "Panes", key_display="1-5", show=False),
@@ -64,6 +65,11 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("Search the metadata", "Filter the model's metadata (/)", "search_metadata"),
     ("One more layer on the GPU", "Move the offload slider up one layer (])", "layers(1)"),
     ("One fewer layer on the GPU", "Move the offload slider down one layer ([)", "layers(-1)"),
+    (
+        "Layers as llama.cpp's fit chooses",
+        "Back to --ngl auto after moving the slider (=)",
+        "layers_auto",
+    ),
     ("Show the gauges", "The side-pane view for under 60 columns (0)", "pane('gauges')"),
     ("Help", "Keys and what each pane shows (?)", "help"),
 )

@@ -16,7 +16,7 @@ from textual.widgets import Static
 
 from llmtune.fit.options import stepper_label, stepper_value
 from llmtune.fit.plan import FitPlan
-from llmtune.fit.settings import CACHE_TYPES, Settings
+from llmtune.fit.settings import CACHE_TYPES, NGL_AUTO, Settings
 from llmtune.model import ModelSpec
 from llmtune.textsafe import inert
 from llmtune.ui.panes.monitor import network_share
@@ -123,6 +123,7 @@ class OffloadPane(VerticalScroll):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("right_square_bracket", "app.layers(1)", "±layer", key_display="[ ]"),
         Binding("left_square_bracket", "app.layers(-1)", "-layer", show=False),
+        Binding("equals_sign", "app.layers_auto", "auto", key_display="="),
         Binding("c", "app.copy_command", "Copy"),
     ]
 
@@ -165,6 +166,7 @@ class OffloadPane(VerticalScroll):
         slider.maximum = p.n_layer + 1
         slider.value = p.n_gpu_layers
         slider.fit_max = p.max_gpu_layers if view.has_gpu else None
+        slider.auto = view.has_gpu and s.n_gpu_layers == NGL_AUTO
         slider.set_class(not view.has_gpu, "-no-gpu")
         slider.note = "" if view.has_gpu else "no GPU: g plans for one"
         self._stepper("n_ctx").set_choices(context_choices(spec.n_ctx_train, s.n_ctx), s.n_ctx)

@@ -17,6 +17,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("← →", "change the focused setting; on the slider, one layer"),
     ("PgUp PgDn", "slider: five layers; Home / End: none / all"),
     ("[ ]", "one layer fewer / more, from anywhere"),
+    ("=", "layers back to auto: what llama.cpp's fit chooses"),
     ("a", "apply: load the model in llama.cpp with these settings"),
     (
         "enter",

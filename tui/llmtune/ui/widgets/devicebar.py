@@ -1,8 +1,9 @@
 """DeviceBar: one device's memory under a plan, as a stacked bar with a legend.
 
-Weights, KV cache, compute buffers and other buffers stack from the left,
-scaled to the device's capacity; memory other processes hold (a detected GPU's
-capacity less what is free) comes first, and what is left is free. Each part
+Weights, KV cache, compute buffers, other buffers and the GPU runtime (a CUDA
+context, held before the model loads) stack from the left, scaled to the
+device's capacity; memory other processes hold (a detected GPU's capacity less
+what is free) comes first, and what is left is free. Each part
 has its own glyph as well as its colour, so the bar reads without colour
 (NO_COLOR) too. The verdict is said in words: fits, tight (inside the safety
 margin) or does not fit.
@@ -31,6 +32,7 @@ PARTS: tuple[tuple[str, str, str], ...] = (
     ("kv", "▓", "KV"),
     ("compute", "▒", "compute"),
     ("other", "░", "other"),
+    ("runtime", "▚", "runtime"),
 )
 FREE_GLYPH = "·"
 
@@ -42,6 +44,7 @@ def part_bytes(d: DevicePlan) -> dict[str, int]:
         "kv": d.kv_bytes,
         "compute": d.compute_bytes,
         "other": d.other_bytes,
+        "runtime": d.runtime_bytes,
     }
 
 
@@ -80,6 +83,7 @@ class DeviceBar(Widget):
         "device-bar--kv",
         "device-bar--compute",
         "device-bar--other",
+        "device-bar--runtime",
         "device-bar--free",
     }
 
@@ -94,6 +98,7 @@ class DeviceBar(Widget):
     DeviceBar > .device-bar--kv { color: $secondary; }
     DeviceBar > .device-bar--compute { color: $accent; }
     DeviceBar > .device-bar--other { color: $warning 70%; }
+    DeviceBar > .device-bar--runtime { color: $foreground 60%; }
     DeviceBar > .device-bar--free { color: $foreground 30%; }
     """
 
@@ -114,10 +119,10 @@ class DeviceBar(Widget):
         head = Text(no_wrap=True, overflow="ellipsis")
         verdict = Text(VERDICT_WORDS[d.verdict], style(f"device-bar--{d.verdict}"))
         amount = f"{format_bytes(d.total_bytes)} of {format_bytes(d.capacity_bytes)}"
-        name = inert(d.name, max_chars=80)
+        name = inert(d.label, max_chars=80)
         room = width - cell_len(amount) - verdict.cell_len - 4
         if cell_len(name) > room and d.endpoint:
-            name = inert(d.name.removesuffix(f" {d.endpoint}"), max_chars=80)  # RPC0
+            name = inert(d.label.removesuffix(f" {d.endpoint}"), max_chars=80)  # RPC0
         if cell_len(name) > room:
             name = name[: max(1, room - 1)] + "…"
         head.append(name, style("device-bar--name"))

@@ -17,6 +17,8 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.widget import Widget
 
+from llmtune.fit.settings import NGL_AUTO
+
 TRACK = "━"
 REST = "─"
 THUMB = "●"
@@ -33,6 +35,7 @@ class LayerSlider(Widget, can_focus=True):
         Binding("pageup", "step(5)", "+5 layers", show=False),
         Binding("home", "to(0)", "No layers", show=False),
         Binding("end", "to_end", "All layers", show=False),
+        Binding("equals_sign", "auto", "auto (llama.cpp's fit)", show=False),
     ]
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
@@ -64,10 +67,12 @@ class LayerSlider(Widget, can_focus=True):
     fit_max: reactive[int | None] = reactive(None)
     # Said instead of the counts when there is nothing to offload to.
     note: reactive[str] = reactive("")
+    # The count is llama.cpp's fit's choice (--ngl auto), not a number the user set.
+    auto: reactive[bool] = reactive(False)
 
     @dataclass
     class Changed(Message):
-        """The user asked for ``value`` layers on the GPU."""
+        """The user asked for ``value`` layers on the GPU (``NGL_AUTO``: the fit's choice)."""
 
         slider: LayerSlider
         value: int
@@ -102,6 +107,10 @@ class LayerSlider(Widget, can_focus=True):
     def action_to_end(self) -> None:
         self._request(self.maximum)
 
+    def action_auto(self) -> None:
+        if not self.auto:
+            self.post_message(self.Changed(self, NGL_AUTO))
+
     def _track_width(self) -> int:
         return max(4, self.size.width - 2)
 
@@ -126,6 +135,8 @@ class LayerSlider(Widget, can_focus=True):
         label = Text(no_wrap=True, overflow="ellipsis")
         label.append(f"GPU layers {self.value}", style("layer-slider--label"))
         label.append(f" of {self.maximum}")
+        if self.auto and not self.note:
+            label.append(" (auto)")
         if self.note:
             label.append(f"   {self.note}")
         elif fit is not None:
