@@ -6,8 +6,10 @@ Each emulated GPU is a loopback RPC server started by llmtune whose free memory
 is this host's, given a margin of free - size + 1 GiB (tests/engine/fit_parity.py);
 ``llama-fit-params`` comes from ``make tools`` (built here when missing). The
 cases: one and two devices of different sizes; dense models shaped as Llama-2
-70B and 13B at Q4_K, a MoE (Qwen3-MoE shape, 64 experts) and a sliding-window
-model (Gemma 3 shape); the context given and left to the fit.
+70B and 13B at Q4_K, a MoE (Qwen3-MoE shape, 64 experts; on two devices its
+experts come back front to back, part of a layer overflowing to the next
+device) and a sliding-window model (Gemma 3 shape); the context given and left
+to the fit.
 
     python tests/bench/fit_parity.py
 
@@ -49,6 +51,17 @@ CASES = (
     Case("swa", (1.5, 1.5), 0),
     Case("moe", (2,), 4096),
     Case("moe", (8,), 0),
+    # MoE over two devices: fit.cpp step 4 brings experts back front to back and
+    # overflows part of one more layer to the next device.
+    Case("moe", (2, 2), 4096),
+    Case("moe", (2, 2), 0),
+    Case("moe", (1.5, 3), 4096),
+    Case("moe", (1.5, 3), 0),
+    Case("moe", (2.5, 2.5), 4096),
+    Case("moe", (2.5, 1.5), 4096),
+    Case("moe", (3, 3), 0),
+    Case("moe", (3, 1.5), 4096),
+    Case("moe", (4, 2), 4096),
 )
 
 

@@ -4,7 +4,8 @@ when missing, about 9 minutes once on 2 cores), on emulated GPUs: loopback RPC
 servers with margins that leave each the size of a card (fit_parity.py).
 
 A few cases of tests/bench/fit_parity.py: one device and two, a 70B-shaped and
-a 13B-shaped model, the context given and left to the fit.
+a 13B-shaped model, the context given and left to the fit, and a MoE on two
+devices whose experts come back with part of a layer on the next device.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ CASES = (
     Case("70b-q4_k", (12,), 4096),
     Case("70b-q4_k", (12, 12), 4096),
     Case("swa", (3,), 0),
+    Case("moe", (2, 2), 4096),
 )
 
 

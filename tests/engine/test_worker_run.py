@@ -188,6 +188,43 @@ def test_moe_experts_stay_on_the_cpu(tmp_path: Path) -> None:
     assert layers == {"0", "1"}, overridden
 
 
+def test_the_fits_layer_overflow_reaches_llama_cpp(tmp_path: Path) -> None:
+    """Settings.layer_overflow (llama.cpp's fit's -ot) reaches llama.cpp as
+    tensor_buft_overrides, buffer types found by name; an unknown name is refused."""
+    from synth_arch import FAMILIES
+
+    path = tmp_path / "moe.gguf"
+    FAMILIES["qwen3moe"](str(path), n_layer=4, n_embd=256, n_vocab=1000)
+    overflow = ((1, "ATTN", "CPU"), (2, "MOE", "CPU"))
+    sup = Supervisor(log_lines=5000)
+    try:
+        sup.start()
+        sup.load(RunConfig.of(str(path), n_ctx=256, threads=1, layer_overflow=overflow))
+        assert isinstance(until(sup, Loaded, Failed)[-1], Loaded)
+        sup.load(
+            RunConfig.of(str(path), n_ctx=256, threads=1, layer_overflow=((1, "UP", "NOPE0"),))
+        )
+        refused = until(sup, Loaded, Failed)[-1]
+        sup.shutdown()  # joins the log reader: every line is in
+        overridden = [
+            line.split("tensor ")[1].split(" ")[0]
+            for line in sup.log_tail(5000)
+            if "buffer type overridden to CPU" in line
+        ]
+    finally:
+        sup.shutdown()
+    assert isinstance(refused, Failed) and "NOPE0" in refused.reason
+    # ATTN: every FFN tensor of layer 1 (the router too); MOE: layer 2's experts only
+    assert {t for t in overridden if t.startswith("blk.1.")} == {
+        "blk.1.ffn_gate_inp.weight", "blk.1.ffn_gate_exps.weight",
+        "blk.1.ffn_up_exps.weight", "blk.1.ffn_down_exps.weight",
+    }  # fmt: skip
+    assert {t for t in overridden if t.startswith("blk.2.")} == {
+        "blk.2.ffn_gate_exps.weight", "blk.2.ffn_up_exps.weight", "blk.2.ffn_down_exps.weight",
+    }  # fmt: skip
+    assert not [t for t in overridden if t.startswith(("blk.0.", "blk.3."))]
+
+
 def test_unload_frees_the_model_and_the_worker_stays(sup: Supervisor, demo_model: Path) -> None:
     from llmtune.engine.protocol import Unloaded
     from llmtune.hardware.detect import process_rss_bytes

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from gguf import GGMLQuantizationType as Q
 
-from llmtune.fit.autofit import fit_params, fraction_pattern, moe_pattern
+from llmtune.fit.autofit import fit_params
+from llmtune.fit.overflow import overflow_pattern
 from llmtune.fit.plan import plan
 from llmtune.fit.settings import NGL_AUTO, Settings
 from llmtune.hardware.host import host_device
@@ -117,12 +118,57 @@ def test_moe_experts_go_to_the_cpu_as_llama_cpp_writes_them(moe) -> None:  # typ
     assert kept == list(range(kept[0], moe.n_layer + 1)) and kept[0] > 0
     # the first dense-only layer keeps part of its FFN when that still fits
     # (fit.cpp "try to fit at least part of one more layer"), the rest whole
-    first = {moe_pattern(kept[0])} | {fraction_pattern(kept[0], f) for f in ("UP", "GATE", "ATTN")}
+    first = {overflow_pattern(kept[0], f) for f in ("MOE", "UP", "GATE", "ATTN")}
     assert r.overrides[0][0] in first
-    assert all(p == moe_pattern(il) for (p, _b), il in zip(r.overrides[1:], kept[1:], strict=True))
+    assert all(
+        p == overflow_pattern(il, "MOE")
+        for (p, _b), il in zip(r.overrides[1:], kept[1:], strict=True)
+    )
     assert f'-ot "{r.overrides[0][0]}=CPU' in r.fit_args
-    assert r.settings(Settings()).n_cpu_moe == r.experts_on_cpu == moe.n_layer - kept[0]
+    chosen = r.settings(Settings())
+    assert chosen.layer_overflow == r.overflow and chosen.n_cpu_moe == 0
     assert _gpu_total(moe, devices, r.settings(Settings(n_ctx=4096)))[0] <= size - GIB
+
+
+def test_moe_on_two_devices_brings_experts_back_front_to_back(moe) -> None:  # type: ignore[no-untyped-def]
+    """fit.cpp step 4 over several devices: the dense-only layers become full
+    layers on the first device, and its first dense-only layer overflows what it
+    cannot hold to the next device's buffer type, not to the CPU."""
+    everything = _gpu_total(moe, [gpu("64GiB"), HOST], Settings(n_ctx=4096))[0]
+    size = GIB + everything // 2  # the dense part fits twice over, not every expert
+    devices = [gpu(f"{size // MIB}MiB", 0), gpu(f"{size // MIB}MiB", 1), HOST]
+    r = fit_params(moe, devices, Settings(n_ctx=4096), n_ctx_auto=False)
+    assert r.status == "success" and r.n_gpu_layers == moe.n_layer + 1
+    first, *rest = r.overflow
+    # device 0's layers are full but its last, whose FFN partly goes to device 1
+    assert first[0] == r.tensor_split[0] - 1 and first[1] != "MOE" and first[2] == "CUDA1"
+    assert f"={devices[1].buffer_name}," in r.fit_args
+    # device 1: full layers first, then its dense-only ones, experts on the CPU
+    assert rest and all(b == "CPU" for _il, _f, b in rest)
+    assert [il for il, _f, _b in rest] == list(range(rest[0][0], moe.n_layer + 1))
+    assert rest[0][0] > r.tensor_split[0]
+    chosen = plan(moe, devices, r.settings(Settings(n_ctx=4096)))
+    assert all(d.total_bytes < size - GIB for d in chosen.gpus)
+    assert chosen.pipeline_copies == 1  # tensor overrides turn pipeline parallelism off
+
+
+def test_layer_overflow_moves_exactly_the_tensors_its_pattern_matches(moe) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    devices = [gpu("8GiB", 0), gpu("8GiB", 1), HOST]
+    base = Settings(n_ctx=4096, n_gpu_layers=-1, tensor_split=(1.0, 1.0))
+    before = plan(moe, devices, base)
+    for fraction in ("ATTN", "UP", "GATE", "MOE"):
+        pattern = re.compile(overflow_pattern(2, fraction))
+        moved = sum((t.nbytes + 31) // 32 * 32 for t in moe.tensors if pattern.search(t.name))
+        assert moved > 0
+        after = plan(moe, devices, base.with_(layer_overflow=((2, fraction, "CUDA1"),)))
+        assert before.gpus[0].weights_bytes - after.gpus[0].weights_bytes == moved
+        assert after.gpus[1].weights_bytes - before.gpus[1].weights_bytes == moved
+    # the experts of layer 0 to the CPU: what --n-cpu-moe 1 does
+    to_cpu = plan(moe, devices, base.with_(layer_overflow=((0, "MOE", "CPU"),)))
+    first_one = plan(moe, devices, base.with_(n_cpu_moe=1))
+    assert [d.weights_bytes for d in to_cpu.devices] == [d.weights_bytes for d in first_one.devices]
 
 
 def test_ngl_auto_plans_the_fits_choice(dense, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -72,7 +72,8 @@ def test_nothing_saved_yet_means_the_defaults_and_no_notice(folder: Path) -> Non
 def test_every_setting_and_the_last_model_come_back_after_a_restart(
     folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert all(getattr(CHANGED, f.name) != f.default for f in fields(Settings))
+    chosen_by_user = [f for f in fields(Settings) if f.name not in config_store.FIT_CHOSEN]
+    assert all(getattr(CHANGED, f.name) != f.default for f in chosen_by_user)
     monkeypatch.chdir(tmp_path)
     store = Store().with_settings("models/a.gguf", CHANGED).with_last_model("models/a.gguf")
     store = store.with_settings(tmp_path / "b.gguf", Settings(n_ctx=8192))
@@ -88,6 +89,14 @@ def test_every_setting_and_the_last_model_come_back_after_a_restart(
     assert restored is not None and restored.tensor_split == (0.75, 0.25)
     assert isinstance(restored.tensor_split, tuple)
     assert loaded == store
+
+
+def test_what_llama_cpps_fit_chose_is_not_saved(folder: Path) -> None:
+    fitted = Settings(n_ctx=2048, layer_overflow=((3, "MOE", "CPU"),))
+    assert save(Store().with_settings("/m/a.gguf", fitted)) is None
+    loaded, notice = load()
+    assert notice is None and loaded.settings_for("/m/a.gguf") == Settings(n_ctx=2048)
+    assert "layer_overflow" not in (folder / config_store.FILE_NAME).read_text()
 
 
 def test_a_save_creates_the_folder_and_leaves_only_the_settings_file(folder: Path) -> None:

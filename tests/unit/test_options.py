@@ -156,8 +156,8 @@ def test_fit_json_settings_keys_keep_their_order(
     assert list(planned["settings"]) == [
         "n_gpu_layers", "n_ctx", "n_ctx_seq", "n_batch", "n_ubatch", "n_parallel",
         "kv_unified", "cache_type_k", "cache_type_v", "flash_attn", "flash_attn_resolved",
-        "swa_full", "no_kv_offload", "split_mode", "main_gpu", "tensor_split", "n_cpu_moe",
-        "use_mmap", "margin_bytes", "device_margins", "fit_ctx",
+        "swa_full", "no_kv_offload", "split_mode", "main_gpu", "tensor_split", "layer_overflow",
+        "n_cpu_moe", "use_mmap", "margin_bytes", "device_margins", "fit_ctx",
     ]  # fmt: skip
     assert planned["settings"]["n_ctx_seq"] == 2048
     assert isinstance(planned["settings"]["flash_attn_resolved"], bool)

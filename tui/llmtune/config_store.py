@@ -33,6 +33,8 @@ MAX_MODELS = 500  # the least recently saved models are forgotten beyond this
 # byte counts are llmtune's own and only need to fit an int64.
 INT_RANGE = (-(2**31), 2**31 - 1)
 BYTES_RANGE = (-(2**63), 2**63 - 1)
+# Settings llama.cpp's fit chooses, not the user: made again from the saved ones.
+FIT_CHOSEN = frozenset({"layer_overflow"})
 
 
 def settings_path() -> Path:
@@ -126,7 +128,7 @@ def _settings_from_json(values: object) -> Settings | None:
         return None
     changes: dict[str, object] = {}
     for f in fields(Settings):
-        if f.name not in values:
+        if f.name not in values or f.name in FIT_CHOSEN:
             continue
         default = f.default if f.default is not MISSING else None
         whole_bytes = f.name.endswith("_bytes") or f.name == "device_margins"
@@ -178,6 +180,8 @@ def _coerce(value: object, default: object, is_bytes: bool = False) -> object:
 def _settings_to_json(settings: Settings) -> dict[str, object]:
     out: dict[str, object] = {}
     for f in fields(Settings):
+        if f.name in FIT_CHOSEN:
+            continue
         value = getattr(settings, f.name)
         out[f.name] = list(value) if isinstance(value, tuple) else value
     return out

@@ -12,14 +12,16 @@ names, by :meth:`RunConfig.model_params` and :meth:`RunConfig.context_params`
 ``tensor_split`` (a float array of ``llama_max_devices()``) and
 ``tensor_buft_overrides``, below.
 
-MoE expert placement (``--n-cpu-moe N`` / ``--cpu-moe``): the binding declares
-``tensor_buft_overrides`` as an untyped pointer ("unused"), so the worker
-builds the NULL-terminated ``llama_model_tensor_buft_override`` array itself
-with the CPU buffer type from ``ggml_backend_dev_buffer_type`` and the
-patterns of llama.cpp's ``common/common.h`` (``blk\\.N\\.ffn_(up|down|gate)_(ch|)exps``).
-If the ggml symbols cannot be found the worker loads without the override and
-says so in the log (``unsupported`` in :func:`moe_override_patterns`'s caller).
-Other ``--override-tensor`` rules are not exposed.
+Tensor placement (:func:`tensor_overrides`): the layer overflow llama.cpp's fit
+chooses (``-ot``, :mod:`llmtune.fit.overflow`), then ``--n-cpu-moe N`` /
+``--cpu-moe`` with the patterns of llama.cpp's ``common/common.h``
+(``blk\\.N\\.ffn_(up|down|gate)_(ch|)exps``). The binding declares
+``tensor_buft_overrides`` as an untyped pointer ("unused"), so the worker builds
+the NULL-terminated ``llama_model_tensor_buft_override`` array itself, each
+buffer type found by its name among the devices' (``engine.ggml_rpc.buffer_types``,
+as llama-server resolves ``-ot``). If the ggml symbols cannot be found the worker
+loads without the overrides and says so in the log. Other ``--override-tensor``
+rules are not exposed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from llmtune.fit.options import c_params
+from llmtune.fit.overflow import CPU_BUFT, override_list
 from llmtune.fit.settings import (
     CACHE_TYPE_IDS,
     FLASH_ATTN_IDS,
@@ -57,6 +60,13 @@ def moe_override_patterns(n_cpu_moe: int, n_layer: int | None = None) -> tuple[s
         return (FFN_EXPS_REGEX,)
     count = n_cpu_moe if n_layer is None else min(n_cpu_moe, n_layer)
     return tuple(rf"blk\.{i}{FFN_EXPS_REGEX}" for i in range(count))
+
+
+def tensor_overrides(s: Settings) -> tuple[tuple[str, str], ...]:
+    """(tensor pattern, buffer type name) in llama.cpp's order, the first match
+    winning (llama-model-loader.cpp): the fit's layer overflow, then --n-cpu-moe's."""
+    cpu = tuple((pattern, CPU_BUFT) for pattern in moe_override_patterns(s.n_cpu_moe))
+    return override_list(s.layer_overflow) + cpu
 
 
 @dataclass(frozen=True)

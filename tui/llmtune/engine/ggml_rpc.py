@@ -106,6 +106,8 @@ class _Ggml:
         self.dev_memory = bind(
             base, "ggml_backend_dev_memory", None, vp, ctypes.POINTER(size), ctypes.POINTER(size)
         )
+        self.dev_buffer_type = bind(base, "ggml_backend_dev_buffer_type", vp, vp)
+        self.buft_name = bind(base, "ggml_backend_buft_name", cp, vp)
 
 
 def _lib_dir() -> Path | None:
@@ -190,6 +192,21 @@ def register_servers(endpoints: Iterable[str], timeout_s: float = 3.0) -> tuple[
         for i in range(int(g.reg_dev_count(server_reg))):
             names.append(_text(g.dev_name(g.reg_dev_get(server_reg, i))))
     return tuple(names)
+
+
+def buffer_types() -> dict[str, int]:
+    """Every device's buffer type by its name (``CPU``, ``CUDA0``, ``RPC0[host:port]``),
+    as ``-ot`` resolves them (common/arg.cpp ``parse_tensor_buffer_overrides``);
+    empty when llama.cpp's libraries cannot be found."""
+    g = _ggml()
+    if g is None:
+        return {}
+    out: dict[str, int] = {}
+    for i in range(int(g.dev_count())):
+        buft = g.dev_buffer_type(g.dev_get(i))
+        if buft:
+            out[_text(g.buft_name(buft))] = int(buft)
+    return out
 
 
 def _memory(g: _Ggml, dev: object) -> tuple[int, int]:

@@ -45,7 +45,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from llmtune.engine.config import RunConfig, moe_override_patterns
+from llmtune.engine.config import RunConfig, tensor_overrides
+from llmtune.engine.ggml_rpc import buffer_types
 from llmtune.engine.logparse import QUANT_TENSOR_START_RE, parse_log, parse_quantize_log
 from llmtune.engine.protocol import (
     Command,
@@ -287,41 +288,39 @@ class Worker:
         tail = tuple(self.log_text().rstrip("\n").splitlines()[-lines:])
         self.send(Failed(reason, tail))
 
-    def _moe_overrides(self, c: RunConfig, notes: list[str]) -> int | None:
+    def _tensor_overrides(self, c: RunConfig, notes: list[str]) -> int | None:
         """The address of a NULL-terminated llama_model_tensor_buft_override array, or None."""
-        n_cpu_moe = c.settings.n_cpu_moe
-        patterns = moe_override_patterns(n_cpu_moe)
-        if not patterns:
+        wanted = tensor_overrides(c.settings)
+        if not wanted:
             return None
-        L = self.L
-        try:
-            lib_dir = os.path.join(os.path.dirname(L.__file__), "lib")
-            ggml = ctypes.CDLL(os.path.join(lib_dir, "libggml.so"))
-            base = ctypes.CDLL(os.path.join(lib_dir, "libggml-base.so"))
-            ggml.ggml_backend_dev_by_type.restype = ctypes.c_void_p
-            ggml.ggml_backend_dev_by_type.argtypes = [ctypes.c_int]
-            base.ggml_backend_dev_buffer_type.restype = ctypes.c_void_p
-            base.ggml_backend_dev_buffer_type.argtypes = [ctypes.c_void_p]
-            cpu_dev = ggml.ggml_backend_dev_by_type(0)  # GGML_BACKEND_DEVICE_TYPE_CPU
-            cpu_buft = base.ggml_backend_dev_buffer_type(cpu_dev) if cpu_dev else None
-        except (OSError, AttributeError):
-            cpu_buft = None
-        if not cpu_buft:
-            notes.append("MoE expert placement is not supported by this build; ignored")
+        bufts = buffer_types()
+        if not bufts:
+            notes.append("tensor placement is not supported by this build; ignored")
             return None
+        unknown = sorted({name for _pattern, name in wanted if name not in bufts})
+        if unknown:
+            # llama-server refuses -ot with an unknown buffer type (common/arg.cpp).
+            raise ValueError(
+                f"no buffer type {', '.join(unknown)} among this llama.cpp's devices "
+                f"({', '.join(sorted(bufts))})"
+            )
 
         class Override(ctypes.Structure):
             _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
-        encoded = [p.encode() for p in patterns]
+        encoded = [pattern.encode() for pattern, _name in wanted]
         overrides = (Override * (len(encoded) + 1))()
-        for i, pattern in enumerate(encoded):
+        for i, (pattern, (_p, name)) in enumerate(zip(encoded, wanted, strict=True)):
             overrides[i].pattern = pattern
-            overrides[i].buft = cpu_buft
+            overrides[i].buft = bufts[name]
         self._keep += [encoded, overrides]
-        notes.append(
-            f"experts of {'every layer' if n_cpu_moe < 0 else f'{n_cpu_moe} layers'} kept on the CPU"
-        )
+        n_cpu_moe = c.settings.n_cpu_moe
+        if n_cpu_moe:
+            what = "every layer" if n_cpu_moe < 0 else f"{n_cpu_moe} layers"
+            notes.append(f"experts of {what} kept on the CPU")
+        if c.settings.layer_overflow:
+            moved = len(c.settings.layer_overflow)
+            notes.append(f"FFN tensors of {moved} layers placed as llama.cpp's fit chose")
         return ctypes.addressof(overrides)
 
     def load(self, c: RunConfig) -> None:
@@ -350,7 +349,11 @@ class Worker:
             split = (ctypes.c_float * n)(*list(c.settings.tensor_split)[:n])
             self._keep.append(split)
             mp.tensor_split = split
-        overrides = self._moe_overrides(c, notes)
+        try:
+            overrides = self._tensor_overrides(c, notes)
+        except ValueError as exc:
+            self.send(Failed(str(exc)))
+            return
         if overrides is not None:
             mp.tensor_buft_overrides = overrides
         mp.progress_callback = self._progress_cb

@@ -16,21 +16,25 @@ memory by loading the model with ``no_alloc`` for each candidate; here
    between none and all the unassigned layers, each device's count the largest
    that keeps its margin; for a MoE model every layer but the output is
    "dense-only" (its expert tensors on the CPU), and when everything dense fits,
-4. dense-only layers are converted to full layers front to back the same way.
+4. dense-only layers are converted to full layers front to back, device by
+   device, taking them from the devices after it, and each device then tries
+   to hold part of one more layer: its first dense-only layer keeps its up
+   projection (and its gate), or only its attention, while the rest of that
+   layer's FFN goes to the next device (the CPU after the last one).
 
-Not reproduced here (and said in ``FitResult.notes`` when it would matter):
-step 4 over several devices, and its last refinement that overflows part of one
-more layer (``-ot`` with ``ffn_(gate|down)``): llmtune's planner places whole
-expert sets, not single tensors of a layer. ``fit_args`` is what
-``llama-fit-params`` prints for the choice: ``-c N -ngl N [-ts A,B] [-ot "..."]``.
+Where the tensors of the MoE layers go is a :data:`~llmtune.fit.overflow.LayerOverflow`
+per layer (``Settings.layer_overflow``), which the plan places and the worker
+loads as llama.cpp's tensor overrides. ``fit_args`` is what ``llama-fit-params``
+prints for the choice: ``-c N -ngl N [-ts A,B] [-ot "..."]``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from llmtune.fit.overflow import CPU_BUFT, LayerOverflow, override_arg, override_list
 from llmtune.fit.plan import FitPlan, plan
 from llmtune.fit.settings import NGL_AUTO, Settings
 from llmtune.hardware.device import Device
@@ -39,39 +43,26 @@ from llmtune.model import ModelSpec
 MIB = 1024 * 1024
 FIT_CTX_MIN = 4096  # common/arg.cpp --fit-ctx default (params.fit_params_min_ctx)
 FIT_TARGET_BYTES = 1024 * MIB  # --fit-target default, per device
-# ggml-backend.cpp: the CPU buffer type's name, as llama-fit-params prints it after '='.
-CPU_BUFT = "CPU"
+UINT32 = 1 << 32
 
 
-def moe_pattern(il: int) -> str:
-    """fit.cpp ``get_overflow_pattern`` for LAYER_FRACTION_MOE: layer ``il``'s experts."""
-    return f"blk\\.{il}\\.ffn_(up|down|gate_up|gate)_(ch|)exps"
-
-
-# fit.cpp ``get_overflow_pattern`` for the first dense-only layer of a device:
-# what of its FFN goes to the CPU when part of it stays (LAYER_FRACTION_*).
-FRACTION_PATTERNS = {
-    "ATTN": "ffn_(gate|up|gate_up|down).*",  # only attention stays
-    "UP": "ffn_(gate|gate_up|down).*",  # attention and the up projection stay
-    "GATE": "ffn_down.*",  # everything but the down projection stays
-}
-
-
-def fraction_pattern(il: int, fraction: str) -> str:
-    return f"blk\\.{il}\\." + FRACTION_PATTERNS[fraction]
-
-
-@dataclass
+@dataclass(frozen=True)
 class _Layers:
-    """fit.cpp ``ngl_t``: a device's layers, the first ``n_part`` of them dense-only."""
+    """fit.cpp ``ngl_t``: a device's layers, the last ``n_part`` of them dense-only."""
 
     n_layer: int = 0
     n_part: int = 0
-    overflow: str = "MOE"  # what of the first dense-only layer goes to the CPU
+    overflow: str = "MOE"  # what of the first dense-only layer stays (the rest overflows)
 
     @property
     def n_full(self) -> int:
         return self.n_layer - self.n_part
+
+    def plus(self, n_layer: int = 0, n_part: int = 0) -> _Layers:
+        return replace(self, n_layer=self.n_layer + n_layer, n_part=self.n_part + n_part)
+
+
+Measure = Callable[[Sequence[_Layers], Sequence[str]], list[int]]
 
 
 @dataclass(frozen=True)
@@ -82,10 +73,14 @@ class FitResult:
     n_ctx: int
     n_gpu_layers: int  # -1: llama.cpp's default, every layer (nothing needed changing)
     tensor_split: tuple[int, ...] = ()  # layers per offload device, with several
-    overrides: tuple[tuple[str, str], ...] = ()  # (tensor pattern, buffer type)
+    overflow: tuple[LayerOverflow, ...] = ()  # the MoE layers' tensor overrides
     reason: str = ""  # why it failed
     notes: tuple[str, ...] = field(default=())
-    experts_on_cpu: int = 0  # layers whose experts stay on the CPU (llmtune's --n-cpu-moe)
+
+    @property
+    def overrides(self) -> tuple[tuple[str, str], ...]:
+        """(tensor pattern, buffer type), as ``-ot`` takes them."""
+        return override_list(self.overflow)
 
     @property
     def fit_args(self) -> str:
@@ -93,8 +88,8 @@ class FitResult:
         out = f"-c {self.n_ctx} -ngl {self.n_gpu_layers}"
         if len(self.tensor_split) > 1:
             out += " -ts " + ",".join(str(n) for n in self.tensor_split)
-        if self.overrides:
-            out += ' -ot "' + ",".join(f"{p}={b}" for p, b in self.overrides) + '"'
+        if self.overflow:
+            out += f' -ot "{override_arg(self.overflow)}"'
         return out
 
     def settings(self, s: Settings) -> Settings:
@@ -104,11 +99,10 @@ class FitResult:
             changes["n_gpu_layers"] = self.n_gpu_layers
         if len(self.tensor_split) > 1:
             changes["tensor_split"] = tuple(float(n) for n in self.tensor_split)
-        if self.experts_on_cpu:
-            # The fit keeps the experts of each device's last dense-only layers
-            # on the CPU; --n-cpu-moe keeps the first ones'. Layers of one model
-            # are alike, so the memory and the speed are the same.
-            changes["n_cpu_moe"] = self.experts_on_cpu
+        if self.overflow:
+            # The fit measured its overrides alone: they replace --n-cpu-moe's.
+            changes["layer_overflow"] = self.overflow
+            changes["n_cpu_moe"] = 0
         return s.with_(**changes)
 
 
@@ -124,13 +118,27 @@ class _Oracle:
     def plan(self, s: Settings) -> FitPlan:
         return plan(self.spec, self.devices, s)
 
-    def for_layers(self, layers: Sequence[_Layers], n_ctx: int, hp_ngl: int) -> list[int]:
+    def for_layers(
+        self, layers: Sequence[_Layers], bufts: Sequence[str], n_ctx: int, hp_ngl: int
+    ) -> list[int]:
+        """fit.cpp ``get_memory_for_layers``."""
         ngl = sum(x.n_layer for x in layers)
         split = tuple(float(x.n_layer) for x in layers) if len(layers) > 1 else ()
-        n_cpu_moe = _experts_on_cpu(layers, hp_ngl)
-        s = self.s.with_(n_gpu_layers=ngl, n_ctx=n_ctx, tensor_split=split, n_cpu_moe=n_cpu_moe)
-        p = self.plan(s)
-        return [d.total_bytes for d in p.gpus]
+        s = self.s.with_(
+            n_gpu_layers=ngl,
+            n_ctx=n_ctx,
+            tensor_split=split,
+            layer_overflow=_overflow(layers, bufts, hp_ngl),
+        )
+        return [d.total_bytes for d in self.plan(s).gpus]
+
+
+def _step(delta: int, target: int, low: int, high: int) -> int:
+    """fit.cpp's false-position step: ``int64 * int64 / int64`` truncated toward
+    zero, stored in a uint32, then kept within [1, delta - 1]."""
+    num, den = delta * (target - low), (high - low) or 1
+    quotient = abs(num) // abs(den) * (1 if (num >= 0) == (den > 0) else -1)
+    return min(max(quotient % UINT32, 1), delta - 1)
 
 
 def fit_params(
@@ -167,14 +175,9 @@ def fit_params(
     notes: list[str] = []
 
     def done(
-        ngl: int = -1,
-        split: tuple[int, ...] = (),
-        ot: tuple[tuple[str, str], ...] = (),
-        experts: int = 0,
+        ngl: int = -1, split: tuple[int, ...] = (), overflow: tuple[LayerOverflow, ...] = ()
     ) -> FitResult:
-        return FitResult(
-            "success", n_ctx, ngl, split, ot, notes=tuple(notes), experts_on_cpu=experts
-        )
+        return FitResult("success", n_ctx, ngl, split, overflow, notes=tuple(notes))
 
     def fail(reason: str) -> FitResult:
         return FitResult("failure", n_ctx, -1, reason=reason, notes=tuple(notes))
@@ -222,8 +225,8 @@ def fit_params(
     targets = [f - m for f, m in zip(free, margin_of, strict=False)]
     moe = spec.n_expert > 0
 
-    def memory(layers: Sequence[_Layers]) -> list[int]:
-        return oracle.for_layers(layers, n_ctx, hp_ngl)
+    def memory(layers: Sequence[_Layers], bufts: Sequence[str]) -> list[int]:
+        return oracle.for_layers(layers, bufts, n_ctx, hp_ngl)
 
     # Step 3: dense (or dense-only) layers back to front, by false position.
     surplus_cpu_moe = 0
@@ -232,164 +235,164 @@ def fit_params(
         surplus_cpu_moe = sum(
             f - d.total_bytes - m for f, d, m in zip(free, all_cpu.gpus, margin_of, strict=False)
         )
+    # Which buffer type each device's first dense-only layer overflows to.
+    bufts = [CPU_BUFT] * nd
     layers = [_Layers() for _ in range(nd)]
-    mem = memory(layers)
+    mem = memory(layers, bufts)
     for i in range(nd - 1, -1, -1):
         unassigned = hp_ngl + 1 - sum(x.n_layer for x in layers[i + 1 :])
-        high = [_Layers(x.n_layer, x.n_part) for x in layers]
-        high[i].n_layer = unassigned
-        if moe:
-            high[i].n_part = high[i].n_layer if i < nd - 1 else high[i].n_layer - 1
+        high = list(layers)
+        n_part = (unassigned if i < nd - 1 else unassigned - 1) if moe else 0
+        high[i] = replace(high[i], n_layer=unassigned, n_part=n_part)
         if high[i].n_layer == 0:
             continue
-        mem_high = memory(high)
+        mem_high = memory(high, bufts)
         if mem_high[i] <= targets[i]:
             layers, mem = high, mem_high
             continue
         delta = high[i].n_layer - layers[i].n_layer
         while delta > 1:
-            step = delta * (targets[i] - mem[i]) // max(1, mem_high[i] - mem[i])
-            step = min(max(step, 1), delta - 1)
-            test = [_Layers(x.n_layer, x.n_part) for x in layers]
-            test[i].n_layer += step
-            if moe:
-                first_is_output = i == nd - 1 and test[i].n_part == 0
-                test[i].n_part += step - 1 if first_is_output else step
-            mem_test = memory(test)
+            step = _step(delta, targets[i], mem[i], mem_high[i])
+            test = list(layers)
+            # the last device's first layer is the output layer, which is always full
+            first_is_output = i == nd - 1 and test[i].n_part == 0
+            test[i] = test[i].plus(step, (step - 1 if first_is_output else step) if moe else 0)
+            mem_test = memory(test, bufts)
             if mem_test[i] <= targets[i]:
                 layers, mem = test, mem_test
             else:
                 high, mem_high = test, mem_test
             delta = high[i].n_layer - layers[i].n_layer
     if moe and surplus_cpu_moe > 0:
-        if nd == 1:
-            layers, mem = _convert_dense_only(layers, mem, targets, memory)
-            layers = _one_more_part(spec, layers, mem, targets, hp_ngl)
-        else:
-            notes.append(
-                "MoE over several devices: llama.cpp's fit would then bring some experts back "
-                "to the devices; llmtune keeps them all on the CPU"
-            )
+        next_bufts = [d.buffer_name for d in offload[1:]]
+        layers, bufts = _to_full_layers(layers, bufts, mem, targets, memory, next_bufts)
     elif moe:
         notes.append("MoE: the dense weights alone do not fit, so every expert stays on the CPU")
     ngl = sum(x.n_layer for x in layers)
     split = tuple(x.n_layer for x in layers) if nd > 1 else ()
-    experts = _experts_on_cpu(layers, hp_ngl) if moe else 0
-    return done(ngl, split, _overrides(layers, hp_ngl, ngl, moe), experts)
+    return done(ngl, split, _overflow(layers, bufts, hp_ngl))
 
 
-def _convert_dense_only(
+def _to_full_layers(
     layers: list[_Layers],
+    bufts: list[str],
     mem: list[int],
     targets: list[int],
-    memory: Callable[[Sequence[_Layers]], list[int]],
-) -> tuple[list[_Layers], list[int]]:
-    """Step 4 on one device: dense-only layers become full layers, as many as fit
-    (fit.cpp, "converting dense-only layers to full layers"), by false position."""
-    measure = memory
-    low = layers[0]
-    high = _Layers(low.n_layer, 0)
-    mem_high = measure([high])
-    if mem_high[0] <= targets[0]:
-        return [high], mem_high
-    delta = high.n_full - low.n_full
-    while delta > 1:
-        step = delta * (targets[0] - mem[0]) // max(1, mem_high[0] - mem[0])
-        step = min(max(step, 1), delta - 1)
-        test = _Layers(low.n_layer, low.n_part - min(step, low.n_part))
-        mem_test = measure([test])
-        if mem_test[0] <= targets[0]:
-            low, mem = test, mem_test
+    memory: Measure,
+    next_bufts: Sequence[str],
+) -> tuple[list[_Layers], list[str]]:
+    """fit.cpp step 4, "converting dense-only layers to full layers and filling
+    them front-to-back with overflow to next device/system memory": device by
+    device from the first, as many of the dense-only layers (taken from the first
+    device that has some, ``id_dense_start``, onward) as fit become its full
+    layers, by false position; then part of one more layer, its FFN's rest on the
+    next device (``next_bufts[id]``) or, for the last device, the CPU."""
+    nd = len(layers)
+    dense_start = nd
+    for i in range(nd - 1, -1, -1):
+        if layers[i].n_layer == 0:
+            break
+        dense_start = i
+    i = 0
+    while i <= dense_start < nd:
+        high = list(layers)
+        for j in range(dense_start, nd):
+            move = high[j].n_layer if j < nd - 1 else high[j].n_layer - 1
+            high[i] = high[i].plus(move)
+            high[j] = replace(high[j].plus(-move), n_part=0)
+        dense_start_high = nd - 1
+        mem_high = memory(high, bufts)
+        if mem_high[i] > targets[i]:
+            delta = high[i].n_full - layers[i].n_full
+            while delta > 1:
+                step = _step(delta, targets[i], mem[i], mem_high[i])
+                test, start_test = list(layers), dense_start
+                converted = 0
+                while start_test < nd:
+                    n = min(step - converted, test[start_test].n_part)
+                    test[start_test] = test[start_test].plus(-n, -n)
+                    test[i] = test[i].plus(n)
+                    converted += n
+                    if test[start_test].n_part > 0:
+                        break
+                    start_test += 1
+                mem_test = memory(test, bufts)
+                if mem_test[i] <= targets[i]:
+                    layers, mem, dense_start = test, mem_test, start_test
+                else:
+                    high, mem_high, dense_start_high = test, mem_test, start_test
+                delta = high[i].n_full - layers[i].n_full
         else:
-            high, mem_high = test, mem_test
-        delta = high.n_full - low.n_full
-    return [low], mem
+            layers, mem, dense_start = high, mem_high, dense_start_high
+        layers, bufts, mem, dense_start = _one_more_part(
+            i, layers, bufts, mem, targets, memory, dense_start, next_bufts
+        )
+        i += 1
+    return layers, bufts
 
 
 def _one_more_part(
-    spec: ModelSpec, layers: list[_Layers], mem: list[int], targets: list[int], hp_ngl: int
-) -> list[_Layers]:
-    """fit.cpp's last step on one device, "try to fit at least part of one more
-    layer": the first dense-only layer keeps its up projection (UP), then its gate
-    too (GATE), else only attention (ATTN), each when the device stays strictly
-    under its target. The plan places whole expert sets, so the difference is
-    counted from the layer's own tensors."""
-    x = layers[0]
-    if x.n_part == 0 or x.n_layer <= 1:
-        return layers
-    ngl = x.n_layer
-    il = hp_ngl + 1 - ngl + x.n_full
-    sizes: dict[str, int] = {}
-    prefix = f"blk.{il}."
-    for t in spec.tensors:
-        if t.name.startswith(prefix):
-            part = t.name[len(prefix) :].split(".")[0]
-            sizes[part] = sizes.get(part, 0) + t.nbytes
-    up = sizes.get("ffn_up_exps", 0) + sizes.get("ffn_up_chexps", 0)
-    gate = sizes.get("ffn_gate_exps", 0) + sizes.get("ffn_gate_chexps", 0)
-    # Dense FFN tensors of a MoE layer (the router, shared experts) stay with the
-    # MOE fraction; UP and ATTN send those named ffn_gate*/ffn_down* to the CPU too.
-    dense_gate_down = sum(
-        b
-        for name, b in sizes.items()
-        if name.startswith(("ffn_gate", "ffn_down")) and "exps" not in name
-    )
-    dense_up = sum(
-        b for name, b in sizes.items() if name.startswith("ffn_up") and "exps" not in name
-    )
-    with_up = mem[0] + up - dense_gate_down
-    if with_up < targets[0]:
-        chosen = "UP"
-        if mem[0] + up + gate < targets[0]:
-            chosen = "GATE"
+    i: int,
+    layers: list[_Layers],
+    bufts: list[str],
+    mem: list[int],
+    targets: list[int],
+    memory: Measure,
+    dense_start: int,
+    next_bufts: Sequence[str],
+) -> tuple[list[_Layers], list[str], list[int], int]:
+    """fit.cpp step 4, "try to fit at least part of one more layer": device ``i``
+    takes one more dense-only layer whose up projection stays (UP), then its gate
+    too (GATE), else only its attention (ATTN), the rest of its FFN going to the
+    next device; each while device ``i`` and that next device stay strictly under
+    their targets."""
+    nd = len(layers)
+    if dense_start >= nd or layers[dense_start].n_layer <= (0 if i < nd - 1 else 1):
+        return layers, bufts, mem, dense_start
+    if layers[dense_start].n_part == 0:
+        # fit.cpp moves a layer that is not dense-only (an unsigned count wraps):
+        # with one device that changes nothing, and with several it cannot happen.
+        return layers, bufts, mem, dense_start
+    test, start_test = list(layers), dense_start
+    test[start_test] = test[start_test].plus(-1, -1)
+    test[i] = test[i].plus(1, 1)
+    if test[start_test].n_part == 0:
+        start_test += 1
+    bufts_test = list(bufts)
+    if i < nd - 1:
+        bufts_test[i] = next_bufts[i]
+
+    def fits(m: list[int]) -> bool:
+        return m[i] < targets[i] and (i + 1 == nd or m[i + 1] < targets[i + 1])
+
+    test[i] = replace(test[i], overflow="UP")
+    mem_test = memory(test, bufts_test)
+    if fits(mem_test):
+        layers, bufts, mem, dense_start = list(test), bufts_test, mem_test, start_test
+        test[i] = replace(test[i], overflow="GATE")
+        mem_test = memory(test, bufts_test)
+        if fits(mem_test):
+            layers, mem = list(test), mem_test
     else:
-        chosen = "ATTN"
-        if mem[0] - dense_gate_down - dense_up >= targets[0]:
-            return layers
-    return [_Layers(x.n_layer, x.n_part, chosen)]
+        test[i] = replace(test[i], overflow="ATTN")
+        mem_test = memory(test, bufts_test)
+        if fits(mem_test):
+            layers, bufts, mem, dense_start = list(test), bufts_test, mem_test, start_test
+    return layers, bufts, mem, dense_start
 
 
-def _dense_only(layers: Sequence[_Layers], hp_ngl: int) -> list[int]:
-    """The layers whose experts the fit's overrides keep on the CPU: on each
-    device its full layers come first, then its dense-only ones
-    (``set_ngl_tensor_split_tbo``); the output's index matches no tensor."""
-    ngl = sum(x.n_layer for x in layers)
-    out: list[int] = []
-    il0 = hp_ngl + 1 - ngl
-    for x in layers:
-        il0 += x.n_full
-        out += [il for il in range(il0, il0 + x.n_part) if il < hp_ngl]
-        il0 += x.n_part
-    return out
-
-
-def _experts_on_cpu(layers: Sequence[_Layers], hp_ngl: int) -> int:
-    """How many layers keep their experts on the CPU (the CPU's own and the
-    dense-only ones), as llmtune's ``n_cpu_moe`` places them: a prefix of the
-    layers. Memory per device matches the fit's overrides while the layers whose
-    experts stay on a device are the last ones (one device, or the dense-only
-    fill of step 3); step 4 over several devices is not modelled."""
-    dense_only = _dense_only(layers, hp_ngl)
-    if not dense_only:
-        return 0
-    ngl = sum(x.n_layer for x in layers)
-    cpu_layers = max(0, hp_ngl + 1 - ngl)
-    return min(hp_ngl, cpu_layers + len(dense_only))
-
-
-def _overrides(
-    layers: Sequence[_Layers], hp_ngl: int, ngl: int, moe: bool
-) -> tuple[tuple[str, str], ...]:
-    """fit.cpp ``set_ngl_tensor_split_tbo``: each device's dense-only layers (its
-    first ``n_part``) keep their experts on the CPU."""
-    if not moe:
-        return ()
-    out: list[tuple[str, str]] = []
-    il0 = hp_ngl + 1 - ngl
-    for x in layers:
+def _overflow(
+    layers: Sequence[_Layers], bufts: Sequence[str], hp_ngl: int
+) -> tuple[LayerOverflow, ...]:
+    """fit.cpp ``set_ngl_tensor_split_tbo``: on each device its full layers come
+    first, then its dense-only ones, whose experts go to the CPU; of the first
+    dense-only layer, what its fraction does not keep goes to the device's
+    overflow buffer type. The output's index matches no tensor but is written."""
+    out: list[LayerOverflow] = []
+    il0 = hp_ngl + 1 - sum(x.n_layer for x in layers)
+    for x, buft in zip(layers, bufts, strict=True):
         il0 += x.n_full
         for il in range(il0, il0 + x.n_part):
-            first = il == il0 and x.overflow != "MOE"
-            out.append((fraction_pattern(il, x.overflow) if first else moe_pattern(il), CPU_BUFT))
+            out.append((il, x.overflow, buft) if il == il0 else (il, "MOE", CPU_BUFT))
         il0 += x.n_part
     return tuple(out)

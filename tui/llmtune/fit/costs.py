@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from llmtune.fit.overflow import moved_bytes
 from llmtune.fit.settings import CACHE_TYPES
 from llmtune.model import ModelSpec, TensorInfo
 
@@ -38,6 +39,10 @@ class LayerCost:
 
     weights_bytes: int
     expert_bytes: int  # the part --cpu-moe moves to the CPU
+    # Per fraction (fit.overflow.FRACTION_NAMES), what an overflow moves off the
+    # layer's device, and the experts among it.
+    overflow_bytes: tuple[int, ...]
+    overflow_expert_bytes: tuple[int, ...]
     repack_bytes: int  # the part the CPU backend would repack (AVX2)
     k_width: int  # K elements per cell (n_embd_k_gqa), 0: no KV
     v_width: int  # V elements per cell, 0: no V (MLA) or no KV
@@ -143,6 +148,9 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
         tensors = groups[il].tensors if il < len(groups) else ()
         weights = sum(_padded(t.nbytes) for t in tensors)
         experts = sum(_padded(t.nbytes) for t in tensors if _EXPS_RE.search(t.name))
+        sized = [(t.name, _padded(t.nbytes)) for t in tensors]
+        overflow = moved_bytes(il, sized)
+        overflow_experts = moved_bytes(il, [(n, b) for n, b in sized if _EXPS_RE.search(n)])
         repack = sum(
             _padded(t.nbytes)
             for t in tensors
@@ -162,6 +170,8 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
             LayerCost(
                 weights_bytes=weights,
                 expert_bytes=experts,
+                overflow_bytes=overflow,
+                overflow_expert_bytes=overflow_experts,
                 repack_bytes=repack,
                 k_width=k_width,
                 v_width=v_width,

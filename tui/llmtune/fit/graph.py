@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from llmtune.fit.costs import ModelCosts, row_bytes
+from llmtune.fit.overflow import CPU_BUFT, FRACTION_NAMES
 from llmtune.fit.settings import QUANTIZED_CACHE_TYPES, Settings
 from llmtune.hardware.device import Device
 
@@ -37,7 +38,9 @@ class GraphContext:
     n_ubatch: int
     flash_attn: bool
     weights_prefix: tuple[int, ...]  # sum of weights of layers [0, i)
-    pinned_prefix: tuple[int, ...]  # expert bytes kept on the CPU by --n-cpu-moe
+    pinned_prefix: tuple[int, ...]  # bytes kept on the CPU (--n-cpu-moe, layer overflow)
+    moved_prefix: tuple[int, ...]  # bytes a layer overflow sends to another device
+    moved: tuple[tuple[int, int, str], ...]  # those: (layer, bytes, buffer type)
     kv_prefix: tuple[int, ...]
     repack_prefix: tuple[int, ...]
     active_prefix: tuple[int, ...]  # bytes read per generated token
@@ -92,13 +95,30 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
 
     weights: list[int] = []
     pinned: list[int] = []
+    moved_off: list[int] = []
+    moved: list[tuple[int, int, str]] = []
+    overflow = {il: (FRACTION_NAMES.index(f), buft) for il, f, buft in reversed(s.layer_overflow)}
     kv: list[int] = []
     repack: list[int] = []
     active: list[int] = []
     cpu_moe_layers = n_layer if s.n_cpu_moe < 0 else min(s.n_cpu_moe, n_layer)
     for il, lc in enumerate(costs.layers):
         weights.append(lc.weights_bytes)
-        pinned.append(lc.expert_bytes if il < cpu_moe_layers else 0)
+        # llama-model-loader.cpp: a tensor goes where the first override matching it
+        # says; the fit's overflow comes before --n-cpu-moe's (engine.config).
+        to_cpu = lc.expert_bytes if il < cpu_moe_layers else 0
+        off = 0
+        if il in overflow:
+            fraction, buft = overflow[il]
+            if to_cpu:
+                to_cpu -= lc.overflow_expert_bytes[fraction]
+            if buft == CPU_BUFT:
+                to_cpu += lc.overflow_bytes[fraction]
+            else:
+                off = lc.overflow_bytes[fraction]
+                moved.append((il, off, buft))
+        pinned.append(to_cpu)
+        moved_off.append(off)
         cells = swa_cells if lc.is_swa else kv_cells
         v_width = lc.v_width if flash_attn or lc.v_width == 0 else v_width_max
         layer_kv = (
@@ -180,6 +200,8 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
         flash_attn=flash_attn,
         weights_prefix=prefix(weights),
         pinned_prefix=prefix(pinned),
+        moved_prefix=prefix(moved_off),
+        moved=tuple(moved),
         kv_prefix=prefix(kv),
         repack_prefix=prefix(repack),
         active_prefix=prefix(active),

@@ -159,6 +159,7 @@ def ollama_modelfile(
         )
     unsupported = [
         (s.n_cpu_moe != 0, f"MoE experts on the CPU ({cli_flag('n_cpu_moe')})"),
+        (bool(s.layer_overflow), "tensors placed off their layer's device (-ot)"),
         (bool(s.tensor_split), "a tensor split"),
         (s.split_mode != "layer", f"split mode {s.split_mode}"),
         (s.no_kv_offload, f"the KV cache kept on the host ({cli_flag('no_kv_offload')})"),

@@ -56,6 +56,7 @@ from llmtune.fit.argtypes import (
     size_parser,
     whole,
 )
+from llmtune.fit.overflow import override_arg
 from llmtune.fit.settings import (
     CACHE_TYPE_IDS,
     FLASH_ATTN_IDS,
@@ -358,6 +359,17 @@ OPTIONS: tuple[Option, ...] = (
         # The worker sets it: a float array of llama_max_devices() it must keep alive.
         json="tensor_split",
         json_value=list,
+    ),
+    Option(
+        "layer_overflow",
+        # llama.cpp's fit chooses it (fit.autofit): no llmtune flag. Before
+        # --n-cpu-moe on the line: an override that comes first wins a tensor.
+        server=(Flag("-ot", override_arg),),
+        python_note="llama-cpp-python: Llama() cannot place tensors (tensor_buft_overrides "
+        "is not exposed); use llama-server's -ot",
+        # The worker sets it: tensor_buft_overrides it builds (engine.config).
+        json="layer_overflow",
+        json_value=lambda overflow: [list(entry) for entry in overflow],
     ),
     Option(
         "n_cpu_moe",

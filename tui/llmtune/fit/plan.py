@@ -241,17 +241,23 @@ def _evaluate(
     network = 0.0
     overhead = 0.0
     active_cpu = float(c.active_prefix[cpu_layers_end])
+    # What a token reads of the FFN tensors that leave their layer's device.
+    sparse = costs.n_expert_used / costs.n_expert if costs.n_expert else 1.0
+    host_weights -= c.moved_prefix[cpu_layers_end]
     for device_number, (gpu, (first, end, has_output)) in enumerate(zip(gpus, ranges, strict=True)):
         w = c.weights_prefix[end] - c.weights_prefix[first]
         pinned = c.pinned_prefix[end] - c.pinned_prefix[first]
+        moved_out = c.moved_prefix[end] - c.moved_prefix[first]
+        moved_in = sum(b for _il, b, buft in c.moved if buft == gpu.buffer_name)
         kv = c.kv_prefix[end] - c.kv_prefix[first]
         if s.no_kv_offload:
             host_kv += kv
             kv = 0
-        w -= pinned
+        w += moved_in - moved_out - pinned
         host_weights += pinned
         active = c.active_prefix[end] - c.active_prefix[first] - pinned
-        active_cpu += pinned * (costs.n_expert_used / costs.n_expert if costs.n_expert else 1.0)
+        active += int((moved_in - moved_out) * sparse)
+        active_cpu += pinned * sparse
         if has_output:
             w += costs.output_bytes
             active += costs.output_bytes
@@ -407,6 +413,7 @@ def pipeline_copies(gpus: Sequence[Device], s: Settings, n_layer: int, ngl: int)
         and s.split_mode == "layer"
         and not s.no_kv_offload
         and s.n_cpu_moe == 0
+        and not s.layer_overflow
     )
     return 4 if on else 1
 

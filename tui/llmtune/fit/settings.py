@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from llmtune.errors import FitError
+from llmtune.fit.overflow import FRACTIONS, LayerOverflow
 from llmtune.model.ggml_types import GGML_TYPE_BY_NAME
 from llmtune.units import MIB
 
@@ -74,6 +75,9 @@ class Settings:
     split_mode: SplitMode = "layer"
     main_gpu: int = 0
     tensor_split: tuple[float, ...] = ()
+    # What of some layers' FFN leaves their device, for which buffer type: the
+    # tensor overrides (-ot) llama.cpp's fit chooses (fit.overflow); ahead of n_cpu_moe's.
+    layer_overflow: tuple[LayerOverflow, ...] = ()
     n_cpu_moe: int = 0  # experts of the first N layers on the CPU; -1: all (--cpu-moe)
     use_mmap: bool = True
     threads: int = 0  # 0: llama.cpp's default (physical cores)
@@ -153,6 +157,13 @@ class Settings:
             raise FitError("tensor split proportions must be finite numbers", flag("tensor_split"))
         if any(f < 0 for f in self.tensor_split):
             raise FitError("tensor split proportions must not be negative", flag("tensor_split"))
+        for il, fraction, buft in self.layer_overflow:
+            if il < 0 or fraction not in FRACTIONS or not buft:
+                raise FitError(
+                    f"a layer overflow is (layer, one of {', '.join(FRACTIONS)}, buffer type), "
+                    f"not {(il, fraction, buft)!r}",
+                    "layer_overflow",
+                )
         if self.fit_ctx < 1:
             raise FitError(f"--fit-ctx must be at least 1, not {self.fit_ctx}", "--fit-ctx")
         if self.margin_bytes < 0 or any(m < 0 for m in self.device_margins):
