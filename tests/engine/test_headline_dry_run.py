@@ -27,9 +27,9 @@ from synth_quant import DryRun, QuantJob, parse_dry_run, run_quantize
 MIB = 1024 * 1024
 # (model, file type, layers on an RTX 3060 12GB as the README's table says)
 CASES = [
-    ("llama-2-70b", "Q4_K_M", 22),
-    ("llama-2-70b", "Q3_K_M", 27),
-    ("llama-2-70b", "Q2_K", 35),
+    ("llama-2-70b", "Q4_K_M", 21),
+    ("llama-2-70b", "Q3_K_M", 26),
+    ("llama-2-70b", "Q2_K", 33),
     ("llama-2-13b", "Q4_K_M", 41),
 ]
 SHAPES = {  # Llama-2: layers, n_embd, heads, KV heads, n_ff
