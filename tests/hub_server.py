@@ -113,7 +113,8 @@ class FakeHub:
     def reset(self) -> None:
         with self._lock:
             self.counters = Counters()
-        self.faults = Faults()
+        old = self.faults
+        self.faults = Faults(gated=old.gated, private=old.private, token=old.token)
 
     def count(self, method: str, path: str, rng: str) -> None:
         with self._lock:
@@ -356,3 +357,65 @@ def hub_env(hub: FakeHub, cache: Path, hf_home: Path) -> dict[str, str]:
         "no_proxy": "127.0.0.1",
         "PATH": os.environ.get("PATH", ""),
     }
+
+
+def big_sparse_model(folder: Path) -> Path:
+    """A llama-shaped F16 model of about 1.6 GB whose data is a sparse hole."""
+    from synth import llama_like
+
+    (path,) = llama_like(
+        folder / "big-F16.gguf",
+        n_layer=16,
+        n_embd=2048,
+        n_head=16,
+        n_head_kv=4,
+        n_ff=5504,
+        n_vocab=32000,
+        name="big sparse",
+    )
+    return path
+
+
+def split_models(folder: Path) -> list[Path]:
+    """A small llama-shaped model split in three shards, as gguf-split names them."""
+    from gguf import GGMLQuantizationType
+
+    from synth import llama_like
+
+    return llama_like(
+        folder / "tiny-Q8_0.gguf",
+        n_layer=4,
+        n_vocab=2000,
+        weight_type=GGMLQuantizationType.Q8_0,
+        file_type=7,
+        split_max_tensors=16,
+    )
+
+
+def standard_hub(folder: Path, demo: Path) -> FakeHub:
+    """Repos the tests share: the demo model; a 1.6 GB sparse model; a split set with a
+    second quant and an mmproj file; gated and private copies of the demo."""
+    from gguf import GGMLQuantizationType
+
+    from synth import llama_like
+
+    hub = FakeHub()
+    big = big_sparse_model(folder)
+    shards = split_models(folder)
+    (q4,) = llama_like(
+        folder / "tiny-Q4_0.gguf",
+        n_layer=4,
+        n_vocab=2000,
+        weight_type=GGMLQuantizationType.Q4_0,
+        file_type=2,
+    )
+    (mmproj,) = llama_like(folder / "mmproj-tiny-f16.gguf", n_layer=1, n_vocab=100)
+    hub.add_repo("test/smol", {demo.name: demo, "README.md": folder / "tiny-Q4_0.gguf"}, 500)
+    hub.add_repo("test/big", {big.name: big}, 100)
+    split = {f"Q8_0/{p.name}": p for p in shards}
+    hub.add_repo("test/split", {**split, q4.name: q4, mmproj.name: mmproj}, 50)
+    hub.add_repo("test/gated", {demo.name: demo})
+    hub.add_repo("test/private", {demo.name: demo})
+    hub.faults.gated.add("test/gated")
+    hub.faults.private.add("test/private")
+    return hub

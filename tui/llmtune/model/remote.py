@@ -27,7 +27,7 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -117,6 +117,58 @@ class HttpClient:
     def get_range(self, url: str, start: int, end: int) -> RangeReply:
         """Bytes ``start`` to ``end`` (exclusive) of the file at ``url``."""
         headers = {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+        response, key, current, linked_etag = self._follow(url, headers)
+        try:
+            data, total, etag = self._range_body(response, current, start, end)
+        except BaseException:
+            self._drop(key)
+            raise
+        self._resolved[url] = current
+        return RangeReply(data, total, linked_etag or etag, current)
+
+    def stream(self, url: str, start: int, on_total: Callable[[int], None]) -> Iterator[bytes]:
+        """The file from byte ``start`` to its end, in pieces (a download)."""
+        headers = {"Range": f"bytes={start}-", "Accept-Encoding": "identity"}
+        response, key, current, _ = self._follow(url, headers)
+        where = short_url(current)
+        try:
+            if response.status == 206:
+                first, last, total = _content_range(response.getheader("Content-Range"), where)
+                if first != start:
+                    raise RemoteError(f"the server resumed at byte {first}, not {start}", where)
+            elif response.status == 200 and start == 0:
+                length = response.getheader("Content-Length") or ""
+                total = last = int(length) - 1 if length.isdigit() else -1
+                if total < 0:
+                    raise RemoteError("the server does not say how long the file is", where)
+                total += 1
+            else:
+                raise RemoteError(_status_sentence(response.status, response), where)
+            on_total(total)
+            left = last - start + 1
+            while left > 0:
+                try:
+                    chunk = response.read1(min(1 << 20, left))
+                except TimeoutError:
+                    raise RemoteError(
+                        f"the server stopped sending (no data for {self.timeout:g} s)", where
+                    ) from None
+                except (OSError, http.client.HTTPException) as exc:
+                    raise RemoteError(
+                        f"the connection failed ({type(exc).__name__})", where
+                    ) from None
+                if not chunk:
+                    raise RemoteError(f"the connection closed with {left:,} bytes to go", where)
+                left -= len(chunk)
+                self.traffic.bytes_read += len(chunk)
+                yield chunk
+        finally:
+            self._drop(key)
+
+    def _follow(
+        self, url: str, headers: Mapping[str, str]
+    ) -> tuple[http.client.HTTPResponse, tuple[str, str], str, str | None]:
+        """Send, following redirects: the final response, its connection, URL, linked ETag."""
         seen: set[str] = set()
         current = self._resolved.get(url, url)
         linked_etag: str | None = None
@@ -124,23 +176,15 @@ class HttpClient:
             if current in seen:
                 raise RemoteError("the server redirects in a loop", short_url(url))
             seen.add(current)
-            response, conn_key = self._send(current, headers)
-            status = response.status
-            if status in _REDIRECTS:
-                location = response.getheader("Location")
-                linked_etag = linked_etag or _etag(response.getheader("X-Linked-Etag"))
-                self._drain(response, conn_key)
-                if not location:
-                    raise RemoteError(f"HTTP {status} without a Location", short_url(current))
-                current = urljoin(current, location)
-                continue
-            try:
-                reply = self._range_body(response, current, start, end)
-            except BaseException:
-                self._drop(conn_key)
-                raise
-            self._resolved[url] = current
-            return RangeReply(reply[0], reply[1], linked_etag or reply[2], current)
+            response, key = self._send(current, headers)
+            if response.status not in _REDIRECTS:
+                return response, key, current, linked_etag
+            location = response.getheader("Location")
+            linked_etag = linked_etag or _etag(response.getheader("X-Linked-Etag"))
+            self._drain(response, key)
+            if not location:
+                raise RemoteError(f"HTTP {response.status} without a Location", short_url(current))
+            current = urljoin(current, location)
         raise RemoteError(f"more than {MAX_REDIRECTS} redirects", short_url(url))
 
     def _range_body(
@@ -265,6 +309,8 @@ class HttpClient:
                 parts.append(chunk)
                 got += len(chunk)
                 self.traffic.bytes_read += len(chunk)
+            # read1 leaves a finished reply open; read() closes it so the connection is reused.
+            response.read()
         except TimeoutError:
             raise RemoteError(
                 f"the server stopped sending after {got:,} of {n:,} bytes "
