@@ -207,13 +207,18 @@ def api() -> HfApi:
 
     from llmtune.model.remote import timeout_s
 
-    limit = timeout_s()
-    # huggingface_hub's default client waits forever; a slow Hub must end in a sentence.
+    limit = httpx2.Timeout(timeout_s())
+
+    def bounded(request: httpx2.Request) -> None:
+        # huggingface_hub passes timeout=None (wait forever) on most calls; a slow Hub
+        # must end in a sentence, so every request gets the limit back.
+        request.extensions["timeout"] = limit.as_dict()
+
     set_client_factory(
         lambda: httpx2.Client(
-            event_hooks={"request": [hf_request_event_hook]},
+            event_hooks={"request": [hf_request_event_hook, bounded]},
             follow_redirects=True,
-            timeout=httpx2.Timeout(limit),
+            timeout=limit,
             max_redirects=10,
         )
     )
