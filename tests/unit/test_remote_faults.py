@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_server import FakeHub, hub_env, standard_hub
 
+from hub_server import FakeHub, hub_env, standard_hub
 from llmtune.cli import main
 
 TIMEOUT_S = "1"
@@ -27,7 +27,10 @@ def hub(tmp_path_factory: pytest.TempPathFactory, demo_model: Path) -> Iterator[
         (folder / "corrupt.gguf").write_bytes(data[:16] + b"\xff" * 64 + data[80:3_000_000])
         served.add_repo(
             "test/broken",
-            {"truncated-Q4_0.gguf": folder / "truncated.gguf", "corrupt-Q8_0.gguf": folder / "corrupt.gguf"},
+            {
+                "truncated-Q4_0.gguf": folder / "truncated.gguf",
+                "corrupt-Q8_0.gguf": folder / "corrupt.gguf",
+            },
         )
         yield served
 
@@ -131,12 +134,16 @@ def test_server_faults(
     assert_cache_clean(cache)
 
 
-def test_a_url_that_is_missing(cache: Path, hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_url_that_is_missing(
+    cache: Path, hub: FakeHub, capsys: pytest.CaptureFixture[str]
+) -> None:
     line = one_line_exit_2(capsys, "fit", f"{hub.endpoint}/files/missing.gguf")
     assert "no such file (HTTP 404)" in line
 
 
-def test_the_hub_not_answering(cache: Path, hub: FakeHub, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_hub_not_answering(
+    cache: Path, hub: FakeHub, capsys: pytest.CaptureFixture[str]
+) -> None:
     hub.faults.delay_s = 3.0
     line = one_line_exit_2(capsys, "fit", "--hf", "test/smol")
     assert "did not answer in time" in line

@@ -77,7 +77,7 @@ class ProgressLine:
 def traffic_note(opened: Opened) -> None:
     """What reading a remote header cost, on stderr (``LLMTUNE_QUIET`` hides it)."""
     t = opened.traffic
-    if not t.requests or os.environ.get("LLMTUNE_QUIET"):
+    if t is None or not t.requests or os.environ.get("LLMTUNE_QUIET"):
         return
     share = t.bytes_read * 100 / opened.spec.file_bytes if opened.spec.file_bytes else 0.0
     print(

@@ -20,7 +20,7 @@ from llmtune.fit.settings import Settings
 from llmtune.hardware.machine import Machine, MachineOptions, machine
 from llmtune.model.hub import Repo, choose, list_repo, search
 from llmtune.model.remote import HttpClient
-from llmtune.model.source import open_entry
+from llmtune.model.source import hub_client, open_entry
 from llmtune.textsafe import inert
 from llmtune.units import format_bytes
 
@@ -49,12 +49,7 @@ def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -
     m = machine(options)
     warn_calibration(m)
     results: list[dict[str, Any]] = []
-    with HttpClient() as client:
-        from urllib.parse import urlsplit
-
-        from llmtune.model.hub import auth_headers, endpoint
-
-        client.auth, client.auth_host = auth_headers(), urlsplit(endpoint()).hostname
+    with hub_client() as client:
         for hit in search(args.text, args.limit):
             row: RepoRow | None = None
             error = None

@@ -35,8 +35,11 @@ from urllib.parse import urljoin, urlsplit
 from llmtune.errors import GGUFError, RemoteError
 from llmtune.model.gguf_file import GGUFFile, HeaderIncomplete, parse_header
 
-# Most headers (vocabularies up to ~100k tokens) end within the first 2 MiB.
-FIRST_READ_BYTES = 2 << 20
+# A file's first read: most headers end within it (llama 3's 128k-token vocabulary
+# and its merges reach ~9 MB: the second read then knows the merges' size).
+FIRST_READ_BYTES = 4 << 20
+# A split model's later shards hold no vocabulary: their header is the tensor table.
+LATER_SHARD_READ_BYTES = 256 << 10
 # A header larger than this is not a real model's (llama 3's is ~9 MB).
 MAX_HEADER_BYTES = 256 << 20
 MAX_REDIRECTS = 10
@@ -449,6 +452,7 @@ def read_remote_gguf(
     etag: str | None = None,
     size: int | None = None,
     cache: HeaderCache | None = None,
+    first_read: int = FIRST_READ_BYTES,
 ) -> RemoteHeader:
     """The header of the GGUF file at ``url``, fetched only as far as it goes.
 
@@ -470,7 +474,7 @@ def read_remote_gguf(
                 if hit is not None:
                     gf = _parse(hit.data, hit.total_bytes, shown, shard, hit.store)
                     return RemoteHeader(gf, url, probe.etag, True)
-    want = FIRST_READ_BYTES
+    want = first_read
     buf = b""
     total: int | None = None
     seen_etag: str | None = None

@@ -11,20 +11,15 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING
 
 from llmtune.errors import ConfigError, GGUFError
 from llmtune.model.gguf_file import GGUFFile
-from llmtune.model.hub import Entry, Repo, choose, list_repo, local_paths, parse_ref
-from llmtune.model.remote import (
-    HeaderCache,
-    HttpClient,
-    Traffic,
-    default_cache,
-    is_url,
-    read_remote_gguf,
-)
 from llmtune.model.spec import ModelSpec, check_shard, read_spec, spec_from_files
+
+if TYPE_CHECKING:
+    from llmtune.model.hub import Entry, Repo
+    from llmtune.model.remote import HeaderCache, HttpClient, Traffic
 
 _SPLIT_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 
@@ -34,7 +29,7 @@ class Opened:
     """A model's spec and what reading it cost on the network."""
 
     spec: ModelSpec
-    traffic: Traffic
+    traffic: Traffic | None  # None: read from disk, no network
     cached: bool  # every header came from the header cache or the local HF cache
     source: str  # what the user named: a path, a URL or OWNER/REPO:QUANT
 
@@ -42,18 +37,23 @@ class Opened:
 def open_spec(
     model: str | None, hf: str | None = None, *, cache: HeaderCache | None = None
 ) -> Opened:
-    """The model ``model`` (a path or URL) or ``hf`` (``OWNER/REPO[:QUANT]``) names."""
+    """The model ``model`` (a path or URL) or ``hf`` (``OWNER/REPO[:QUANT]``) names.
+
+    A local file imports nothing of the network code.
+    """
     if hf and model:
         raise ConfigError("give a model file or --hf, not both", "--hf")
     if hf:
+        from llmtune.model.hub import choose, list_repo, parse_ref
+
         ref = parse_ref(hf)
         repo = list_repo(ref.repo_id)
         return open_entry(repo, choose(repo, ref.quant), cache=cache, source=str(ref))
     if model is None:
         raise ConfigError("name a model: a .gguf file, an https URL or --hf OWNER/REPO", "model")
-    if is_url(model):
+    if model.startswith(("https://", "http://")):
         return open_url(model, cache=cache)
-    return Opened(read_spec(model), Traffic(), True, model)
+    return Opened(read_spec(model), None, True, model)
 
 
 def open_entry(
@@ -65,16 +65,20 @@ def open_entry(
     source: str | None = None,
 ) -> Opened:
     """One entry of a Hub repo: from the local HF cache when it is there, else its headers."""
+    from llmtune.model.hub import local_paths
+    from llmtune.model.remote import (
+        FIRST_READ_BYTES,
+        LATER_SHARD_READ_BYTES,
+        default_cache,
+        read_remote_gguf,
+    )
+
     shown = source or f"{repo.repo_id}:{entry.label}"
     local = local_paths(repo, entry)
     if local is not None:
-        return Opened(read_spec(local[0]), Traffic(), True, shown)
-    from urllib.parse import urlsplit as _split
-
-    from llmtune.model.hub import auth_headers, endpoint
-
+        return Opened(read_spec(local[0]), None, True, shown)
     own = client is None
-    http = client or HttpClient(auth_headers(), _split(endpoint()).hostname)
+    http = client or hub_client()
     cache = default_cache() if cache is None else cache
     try:
         urls = [repo.url(f.name) for f in entry.files]
@@ -82,7 +86,14 @@ def open_entry(
         all_cached = True
         for i, (f, url) in enumerate(zip(entry.files, urls, strict=True)):
             header = read_remote_gguf(
-                http, url, i, display=url, etag=f.etag, size=f.size or None, cache=cache
+                http,
+                url,
+                i,
+                display=url,
+                etag=f.etag,
+                size=f.size or None,
+                cache=cache,
+                first_read=FIRST_READ_BYTES if i == 0 else LATER_SHARD_READ_BYTES,
             )
             all_cached = all_cached and header.cached
             files.append(header.gguf)
@@ -95,6 +106,13 @@ def open_entry(
 
 def open_url(url: str, *, cache: HeaderCache | None = None) -> Opened:
     """A GGUF file at a URL, and its sibling shards when it is one of a split set."""
+    from llmtune.model.remote import (
+        LATER_SHARD_READ_BYTES,
+        HttpClient,
+        default_cache,
+        read_remote_gguf,
+    )
+
     cache = default_cache() if cache is None else cache
     with HttpClient() as http:
         first = read_remote_gguf(http, url, 0, cache=cache)
@@ -111,7 +129,9 @@ def open_url(url: str, *, cache: HeaderCache | None = None) -> Opened:
                         tensors=tuple(dataclasses.replace(t, shard=i) for t in first.gguf.tensors),
                     )
                 else:
-                    gf = read_remote_gguf(http, shard_url, i, cache=cache).gguf
+                    gf = read_remote_gguf(
+                        http, shard_url, i, cache=cache, first_read=LATER_SHARD_READ_BYTES
+                    ).gguf
                 files.append(gf)
         spec = _assemble(files, urls)
         return Opened(spec, http.traffic, first.cached, url)
@@ -119,6 +139,8 @@ def open_url(url: str, *, cache: HeaderCache | None = None) -> Opened:
 
 def shard_urls(url: str, count: int) -> tuple[str, ...]:
     """Every shard's URL, named like llama.cpp's ``llama_split_path``."""
+    from urllib.parse import urlsplit, urlunsplit
+
     parts = urlsplit(url)
     folder, _, base = parts.path.rpartition("/")
     m = _SPLIT_RE.match(base)
@@ -153,14 +175,22 @@ def open_many(
     on_each: Callable[[Entry, Opened | Exception], None],
 ) -> None:
     """Read many entries' headers on one connection, reporting each as it arrives."""
-    from urllib.parse import urlsplit as _split
-
-    from llmtune.model.hub import auth_headers, endpoint
+    from llmtune.model.remote import default_cache
 
     cache = default_cache()
-    with HttpClient(auth_headers(), _split(endpoint()).hostname) as http:
+    with hub_client() as http:
         for entry in entries:
             try:
                 on_each(entry, open_entry(repo, entry, cache=cache, client=http))
             except (GGUFError, ConfigError) as exc:
                 on_each(entry, exc)
+
+
+def hub_client() -> HttpClient:
+    """A client that sends the Hub's token to the Hub's host only."""
+    from urllib.parse import urlsplit
+
+    from llmtune.model.hub import auth_headers, endpoint
+    from llmtune.model.remote import HttpClient
+
+    return HttpClient(auth_headers(), urlsplit(endpoint()).hostname)
