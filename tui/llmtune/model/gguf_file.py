@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from llmtune.errors import GGUFError
+from llmtune.model.foreign import describe_foreign as _describe_foreign
 from llmtune.model.ggml_types import GGML_TYPES, VALUE_TYPE_NAMES
 from llmtune.model.mapped import MappedFile
 
@@ -445,28 +446,6 @@ def read_gguf(path: str | os.PathLike[str], shard: int = 0) -> GGUFFile:
 
 # A tensor's entry in the header: its name (~30 bytes), dims, type and offset.
 TENSOR_INFO_GUESS_BYTES = 64
-
-
-def _describe_foreign(head: bytes) -> str:
-    """Name what a non-GGUF file looks like, to say more than 'wrong magic'."""
-    if head[:4] == b"PK\x03\x04":
-        return "a zip archive (PyTorch .bin/.pt checkpoints are zip files), not GGUF"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "a Python pickle (an old PyTorch checkpoint), not GGUF"
-    if len(head) >= 10 and head[8:10] == b'{"':
-        return "a safetensors file, not GGUF: convert it with llama.cpp's convert_hf_to_gguf.py"
-    if head[:4] == b"FUGG":
-        return "a big-endian GGUF file, which llama.cpp cannot load on this machine"
-    if head[:4] in (b"ggjt", b"ggml", b"ggmf", b"tjgg", b"lmgg", b"fmgg"):
-        return "a pre-GGUF GGML file, which current llama.cpp no longer loads"
-    if head[:1] in (b"{", b"["):
-        return "a JSON file, not GGUF"
-    if head[:5] == b"<!DOC" or head[:5].lower() == b"<html":
-        return "an HTML page (a failed download?), not GGUF"
-    if head.startswith(b"version https://git-lfs"):
-        return "a Git LFS pointer, not the model itself: run git lfs pull"
-    shown = head[:4].hex(" ")
-    return f"not a GGUF file: it starts with bytes {shown}, not 'GGUF'"
 
 
 def parse_header(
