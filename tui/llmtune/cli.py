@@ -44,8 +44,11 @@ def _app_parser() -> argparse.ArgumentParser:
         epilog=f"Sub-commands: {', '.join(COMMANDS)} (llmtune COMMAND --help).",
     )
     parser.add_argument(
-        "model", nargs="?", help="a .gguf file (default: a picker over the models found here)"
+        "model",
+        nargs="?",
+        help="a .gguf file or https URL (default: a picker over the models found here)",
     )
+    _add_hf_option(parser)
     _add_machine_options(parser)
     parser.add_argument(
         "--interval",
@@ -63,10 +66,59 @@ def _app_parser() -> argparse.ArgumentParser:
 
 
 def _inspect_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="llmtune inspect", description="Show what a GGUF file holds.")
-    parser.add_argument("model", help="a .gguf file (the first shard of a split model)")
+    parser = _Parser(
+        prog="llmtune inspect",
+        description="Show what a GGUF file holds; a remote one by reading only its header.",
+    )
+    parser.add_argument(
+        "model", nargs="?", help="a .gguf file (any shard of a split model) or an https URL"
+    )
+    _add_hf_option(parser)
+    parser.add_argument(
+        "--tensors", action="store_true", help="list every tensor: type, shape, bytes, offset"
+    )
+    parser.add_argument(
+        "--key", metavar="NAME", help="print one metadata value (arrays as JSON) and nothing else"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
+
+
+def _search_parser() -> argparse.ArgumentParser:
+    from llmtune.fit.argtypes import whole
+
+    parser = _Parser(
+        prog="llmtune search",
+        description="Ask the Hugging Face Hub for GGUF repos matching TEXT (most downloaded "
+        "first) and say which file of each runs here, reading only headers.",
+    )
+    parser.add_argument("text", help="what to search for, e.g. 'qwen 7b instruct'")
+    parser.add_argument(
+        "--limit", type=whole, default=10, metavar="N", help="repos to show (default 10)"
+    )
+    _add_settings_options(parser, model=False)
+    return parser
+
+
+def _download_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="llmtune download",
+        description="Download a GGUF model from the Hub into the Hugging Face cache: resumable, "
+        "verified by size and SHA-256, the free disk space checked first.",
+    )
+    _add_hf_option(parser, required=True)
+    parser.add_argument("--json", action="store_true", help="print one JSON object when done")
+    return parser
+
+
+def _add_hf_option(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument(
+        "--hf",
+        metavar="OWNER/REPO[:QUANT]",
+        required=required,
+        help="a model on the Hugging Face Hub, as llama.cpp's -hf (QUANT picks the file; "
+        "Q4_K_M by default); honours HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE",
+    )
 
 
 def _fit_parser() -> argparse.ArgumentParser:
@@ -186,7 +238,9 @@ def _rpc_server_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True) -> None:
+def _add_settings_options(
+    parser: argparse.ArgumentParser, what_if: bool = True, model: bool = True
+) -> None:
     """The plan's settings. ``what_if=False`` (bench, tune: they run on this
     machine) hides the other-hardware options from the help; they still parse,
     so the command can refuse them in one line."""
@@ -195,7 +249,14 @@ def _add_settings_options(parser: argparse.ArgumentParser, what_if: bool = True)
         return text if what_if else argparse.SUPPRESS
 
     # fit --list-gpus needs no model; fit without one says so like argparse would.
-    parser.add_argument("model", nargs="?" if what_if else None, help="a .gguf file")
+    if model:
+        parser.add_argument(
+            "model",
+            nargs="?" if what_if else None,
+            help="a .gguf file" + (" or an https URL" if what_if else ""),
+        )
+        if what_if:
+            _add_hf_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     _add_machine_options(parser, shown)
     parser.add_argument(
@@ -284,8 +345,8 @@ def cmd_fit(argv: Sequence[str]) -> int:
 
     if args.list_gpus:
         return fit.list_gpus()
-    if args.model is None:
-        _fit_parser().error("the following arguments are required: model")
+    if args.model is None and args.hf is None:
+        _fit_parser().error("the following arguments are required: model (or --hf)")
     return fit.run(args, _settings_from_args(args), _machine_options(args))
 
 
@@ -319,6 +380,19 @@ def cmd_rpc_server(argv: Sequence[str]) -> int:
     return rpc_server.run(_rpc_server_parser().parse_args(argv))
 
 
+def cmd_search(argv: Sequence[str]) -> int:
+    args = _search_parser().parse_args(argv)
+    from llmtune.commands import search
+
+    return search.run(args, _settings_from_args(args), _machine_options(args))
+
+
+def cmd_download(argv: Sequence[str]) -> int:
+    from llmtune.commands import download
+
+    return download.run(_download_parser().parse_args(argv))
+
+
 def cmd_app(argv: Sequence[str]) -> int:
     from llmtune.commands import app
 
@@ -332,6 +406,8 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "quantize": cmd_quantize,
     "tune": cmd_tune,
     "rpc-server": cmd_rpc_server,
+    "search": cmd_search,
+    "download": cmd_download,
 }
 
 

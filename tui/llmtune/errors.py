@@ -37,3 +37,7 @@ class WorkerError(LlmtuneError):
 
 class ConfigError(LlmtuneError):
     """A setting or option given by the user is invalid."""
+
+
+class RemoteError(LlmtuneError):
+    """A model on the Hugging Face Hub or at a URL that cannot be reached or read."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 
 from llmtune.errors import ConfigError
 
@@ -14,10 +13,14 @@ def run(args: argparse.Namespace) -> int:
         what = f"the interval must be a positive number of seconds, not {args.interval}"
         raise ConfigError(what, "--interval")
     from llmtune.hardware.machine import MachineOptions, machine, parse_network_speed
-    from llmtune.model import read_spec
+    from llmtune.model.source import open_spec
+    from llmtune.model.spec import location
     from llmtune.ui.app import AppOptions, LlmtuneApp, default_sampler_factory
 
-    spec = read_spec(args.model) if args.model else None
+    spec = None
+    if args.hf or args.model:
+        # A URL or --hf plans from the header alone (a file in the HF cache is read from disk).
+        spec = open_spec(args.model, args.hf).spec
     theme = args.theme
     if theme is not None:
         from textual.theme import BUILTIN_THEMES
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     network = parse_network_speed(args.network) if args.network is not None else None
     app = LlmtuneApp(
         spec,
-        os.path.abspath(args.model) if args.model else None,
+        location(spec.path) if spec is not None else None,
         hardware,
         options=AppOptions(
             interval_s=max(0.2, args.interval),

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmtune.errors import ConfigError
 from llmtune.hardware.machine import Machine, MachineOptions
 from llmtune.textsafe import inert
+from llmtune.units import format_bytes
+
+if TYPE_CHECKING:
+    from llmtune.model.source import Opened
 
 
 def print_json(obj: dict[str, Any]) -> None:
@@ -67,3 +72,16 @@ class ProgressLine:
         if self.interactive:
             sys.stderr.write("\r\x1b[2K")
             sys.stderr.flush()
+
+
+def traffic_note(opened: Opened) -> None:
+    """What reading a remote header cost, on stderr (``LLMTUNE_QUIET`` hides it)."""
+    t = opened.traffic
+    if t is None or not t.requests or os.environ.get("LLMTUNE_QUIET"):
+        return
+    share = t.bytes_read * 100 / opened.spec.file_bytes if opened.spec.file_bytes else 0.0
+    print(
+        f"llmtune: read {format_bytes(t.bytes_read)} of {format_bytes(opened.spec.file_bytes)} "
+        f"({share:.2f}%) in {t.requests} request{'s' if t.requests != 1 else ''}",
+        file=sys.stderr,
+    )

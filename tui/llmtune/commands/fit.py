@@ -6,7 +6,13 @@ import argparse
 import dataclasses
 import sys
 
-from llmtune.commands.common import print_json, text_width, warn, warn_calibration
+from llmtune.commands.common import (
+    print_json,
+    text_width,
+    traffic_note,
+    warn,
+    warn_calibration,
+)
 from llmtune.errors import ConfigError
 from llmtune.fit.plan import FitPlan, plan, with_max_context
 from llmtune.fit.quant import requantize
@@ -14,7 +20,8 @@ from llmtune.fit.report import plan_dict, plan_text, quant_json, quant_text
 from llmtune.fit.settings import NGL_AUTO, Settings
 from llmtune.fit.whatif import quant_rows
 from llmtune.hardware.machine import Machine, MachineOptions, machine
-from llmtune.model import ModelSpec, read_spec
+from llmtune.model import ModelSpec
+from llmtune.model.source import open_spec
 from llmtune.units import format_bytes
 
 
@@ -31,7 +38,11 @@ def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -
         return list_gpus()
     m = machine(options)
     warn_calibration(m)
-    spec = read_spec(args.model)
+    if args.hf is not None and args.model is None and ":" not in args.hf:
+        return _whole_repo(args, m, settings)
+    opened = open_spec(args.model, args.hf)
+    spec = opened.spec
+    traffic_note(opened)
     if args.quant and args.quant.lower() == "all":
         return _every_file_type(args, spec, m, settings)
     if args.quant:
@@ -85,4 +96,20 @@ def _every_file_type(
         print_json(quant_json(spec, rows))
     else:
         sys.stdout.write(quant_text(spec, rows, width=text_width()))
+    return 0
+
+
+def _whole_repo(args: argparse.Namespace, m: Machine, settings: Settings) -> int:
+    """``--hf OWNER/REPO`` without a quant: every GGUF in the repo, the best that fits first."""
+    from llmtune.commands.repo_fit import print_repo, repo_dict, repo_rows
+    from llmtune.model.hub import list_repo, parse_ref
+
+    if args.quant:
+        raise ConfigError("--quant plans one file: name it, as --hf OWNER/REPO:QUANT", "--quant")
+    repo = list_repo(parse_ref(args.hf).repo_id)
+    rows = repo_rows(repo, m, settings)
+    if args.json:
+        print_json(repo_dict(repo, rows))
+    else:
+        print_repo(repo, rows)
     return 0

@@ -34,7 +34,9 @@ def llama_args(
 ) -> list[str]:
     """The arguments after the program name, for ``program``."""
     resolved = s.with_(n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
-    return ["-m", model_path, *server_args(resolved, extras, program), "--fit", "off"]
+    # A model read over HTTP is handed over as llama.cpp's --model-url (it downloads it).
+    flag = "-mu" if model_path.startswith(("https://", "http://")) else "-m"
+    return [flag, model_path, *server_args(resolved, extras, program), "--fit", "off"]
 
 
 def llama_server_args(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import textwrap
 from typing import Any
 
@@ -11,6 +10,7 @@ from llmtune.fit.options import settings_json
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.whatif import QuantRow
 from llmtune.model import ModelSpec
+from llmtune.model.spec import location
 from llmtune.textsafe import inert
 from llmtune.units import format_bytes
 
@@ -20,7 +20,7 @@ _VERDICT_WORDS = {"fits": "fits", "tight": "tight", "over": "DOES NOT FIT"}
 def plan_dict(spec: ModelSpec, p: FitPlan) -> dict[str, Any]:
     s = p.settings
     return {
-        "model": os.path.abspath(spec.path),
+        "model": location(spec.path),
         # The settings as planned: layers and context resolved, the plan's own keys beside them.
         "settings": settings_json(
             s.with_(n_gpu_layers=p.n_gpu_layers, n_ctx=p.n_ctx),
@@ -218,7 +218,7 @@ def plan_text(spec: ModelSpec, p: FitPlan, width: int = 80) -> str:
 
 def quant_json(spec: ModelSpec, rows: list[QuantRow]) -> dict[str, Any]:
     return {
-        "model": os.path.abspath(spec.path),
+        "model": location(spec.path),
         "file_type": spec.file_type_name,
         "parameters": spec.parameters,
         "rows": [

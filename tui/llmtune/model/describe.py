@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 import os
 import unicodedata
+from dataclasses import dataclass
 from typing import Any
 
-from llmtune.errors import GGUFError
+from llmtune.errors import ConfigError, GGUFError
 from llmtune.model.gguf_file import GGUFArray, GGUFString, Value, value_type_name
-from llmtune.model.spec import ModelSpec
+from llmtune.model.spec import ModelSpec, location
 from llmtune.textsafe import inert
 from llmtune.units import format_bytes, format_count
 
@@ -62,8 +63,8 @@ def inspect_dict(spec: ModelSpec) -> dict[str, Any]:
     for key, value in spec.metadata.items():
         metadata[key] = _json_value(value)
     return {
-        "path": os.path.abspath(spec.path),
-        "shards": [os.path.abspath(p) for p in spec.shard_paths],
+        "path": location(spec.path),
+        "shards": [location(p) for p in spec.shard_paths],
         "file_bytes": spec.file_bytes,
         "gguf_version": spec.gguf_version,
         "architecture": spec.architecture,
@@ -98,6 +99,7 @@ def inspect_dict(spec: ModelSpec) -> dict[str, Any]:
         "input_bytes": sum(t.nbytes for t in spec.input_tensors),
         "output_bytes": sum(t.nbytes for t in spec.output_tensors),
         "metadata": metadata,
+        "layout": layout_dict(byte_layout(spec)),
         "warnings": list(spec.warnings),
     }
 
@@ -129,7 +131,7 @@ def inspect_lines(spec: ModelSpec, width: int = 80) -> list[str]:
     lines: list[str] = []
     name = inert(spec.name, max_chars=w - 2)
     lines.append(name)
-    lines.append("  " + _shorten_path(inert(os.path.abspath(spec.path), max_chars=None), w - 2))
+    lines.append("  " + _shorten_path(inert(location(spec.path), max_chars=None), w - 2))
     shards = f" in {len(spec.shard_paths)} shards" if len(spec.shard_paths) > 1 else ""
     identity = [
         inert(spec.architecture, max_chars=24),
@@ -259,6 +261,8 @@ def inspect_lines(spec: ModelSpec, width: int = 80) -> list[str]:
         )
     else:
         lines.append("Chat template  none")
+    lines.append("")
+    lines.extend(layout_lines(byte_layout(spec)))
     for warning in spec.warnings:
         lines.append(_fit("warning: " + inert(warning, max_chars=w * 2), w))
     # Escapes make model strings longer than they were cut to; nothing may overflow.
@@ -351,3 +355,136 @@ def metadata_rows(spec: ModelSpec, max_value_chars: int = 200) -> list[tuple[str
             shown = str(value)
         rows.append((inert(key, max_chars=80), type_name, inert(shown, max_chars=max_value_chars)))
     return rows
+
+
+@dataclass(frozen=True)
+class ByteLayout:
+    """Where a file's bytes go, and whether the tensor table accounts for all of them."""
+
+    file_bytes: int
+    header_bytes: int  # metadata and the tensor table
+    tensor_bytes: int
+    padding_bytes: int  # alignment after the header and between tensors
+    trailing_bytes: int  # after the last tensor's data (negative: missing)
+    problems: tuple[str, ...]
+
+    @property
+    def reconciles(self) -> bool:
+        return not self.problems
+
+
+def byte_layout(spec: ModelSpec) -> ByteLayout:
+    """Sum each shard's header, tensor data and the gaps between them (gguf.cpp
+    aligns every tensor to ``general.alignment``); gaps past an alignment, overlaps
+    and bytes after the last tensor are problems."""
+    raw = spec.metadata.get("general.alignment")
+    alignment = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw > 0 else 32
+    padding = 0
+    data_end_total = 0
+    problems: list[str] = []
+    for shard in range(len(spec.shard_paths)):
+        ordered = sorted((t for t in spec.tensors if t.shard == shard), key=lambda t: t.offset)
+        if not ordered:
+            continue
+        end = ordered[0].offset
+        padding += ordered[0].offset  # less this shard's header, below
+        for t in ordered:
+            gap = t.offset - end
+            if gap < 0 and len(problems) < 3:
+                problems.append(f"tensor '{t.name}' overlaps the one before by {-gap:,} bytes")
+            elif gap >= alignment and len(problems) < 3:
+                problems.append(f"{gap:,} unaccounted bytes before tensor '{t.name}'")
+            padding += max(gap, 0)
+            end = max(end, t.offset + t.nbytes)
+        data_end_total += end
+    padding -= spec.header_bytes if data_end_total else 0
+    trailing = spec.file_bytes - (data_end_total or spec.header_bytes)
+    if trailing < 0:
+        problems.append(f"{-trailing:,} bytes of tensor data are missing from the file")
+    elif trailing >= alignment:
+        problems.append(f"{trailing:,} bytes after the last tensor are not in the tensor table")
+    return ByteLayout(
+        spec.file_bytes, spec.header_bytes, spec.tensor_bytes, padding, trailing, tuple(problems)
+    )
+
+
+def layout_lines(layout: ByteLayout) -> list[str]:
+    total = layout.file_bytes or 1
+    rows = [
+        ("header", layout.header_bytes),
+        ("tensor data", layout.tensor_bytes),
+        ("padding", layout.padding_bytes),
+    ]
+    if layout.trailing_bytes:
+        rows.append(("after data", layout.trailing_bytes))
+    lines = [f"Bytes  {format_bytes(layout.file_bytes)} in the file"]
+    for label, n in rows:
+        lines.append(f"  {label:<12}{format_bytes(n):>11}{n * 100 / total:>7.2f}%  {n:,} B")
+    if layout.reconciles:
+        lines.append("  offsets and sizes reconcile: every byte is accounted for")
+    else:
+        lines.append("  offsets and sizes do not reconcile:")
+        lines.extend(f"    {p}" for p in layout.problems)
+    return lines
+
+
+def layout_dict(layout: ByteLayout) -> dict[str, Any]:
+    return {
+        "file_bytes": layout.file_bytes,
+        "header_bytes": layout.header_bytes,
+        "tensor_bytes": layout.tensor_bytes,
+        "padding_bytes": layout.padding_bytes,
+        "trailing_bytes": layout.trailing_bytes,
+        "reconciles": layout.reconciles,
+        "problems": list(layout.problems),
+    }
+
+
+def tensor_dicts(spec: ModelSpec) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": t.name,
+            "type": t.type_name,
+            "shape": list(t.shape),
+            "bytes": t.nbytes,
+            "offset": t.offset,
+            "shard": t.shard,
+        }
+        for t in spec.tensors
+    ]
+
+
+def tensor_lines(spec: ModelSpec, width: int = 80) -> list[str]:
+    """One line per tensor: name, type, shape (ggml order), bytes, offset."""
+    shards = len(spec.shard_paths) > 1
+    lines = [
+        f"{'name':<34} {'type':<7} {'shape':<22} {'bytes':>14} {'offset':>14}"
+        + ("  shard" if shards else "")
+    ]
+    for t in spec.tensors:
+        shape = "×".join(str(d) for d in t.shape) or "scalar"
+        name = inert(t.name, max_chars=None)
+        line = f"{name:<34} {t.type_name:<7} {shape:<22} {t.nbytes:>14,} {t.offset:>14,}"
+        lines.append(line + (f"  {t.shard + 1}" if shards else ""))
+    return lines
+
+
+def key_value(spec: ModelSpec, key: str) -> tuple[str, Any]:
+    """One metadata value as (type name, JSON value): lazy arrays and strings decoded."""
+    if key not in spec.metadata:
+        raise ConfigError(f"no metadata key {key!r} in this file", "--key")
+    value = spec.metadata[key]
+    type_name = value_type_name(spec.metadata_types.get(key, -1))
+    return type_name, _full_value(value)
+
+
+def _full_value(value: Value) -> Any:
+    if isinstance(value, GGUFArray):
+        return [_full_value(v) for v in value.values()]
+    if isinstance(value, GGUFString):
+        return value.text()
+    if isinstance(value, list):
+        return [_full_value(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from llmtune.errors import GGUFError
+from llmtune.model.foreign import describe_foreign as _describe_foreign
 from llmtune.model.ggml_types import GGML_TYPES, VALUE_TYPE_NAMES
 from llmtune.model.mapped import MappedFile
 
@@ -87,6 +88,16 @@ MAX_UTF8_WARNINGS = 5
 
 Scalar: TypeAlias = "int | float | bool | str"
 Value: TypeAlias = "Scalar | list[Value] | GGUFArray | GGUFString"
+
+
+class HeaderIncomplete(Exception):
+    """The bytes given end before the header does, in a file that is longer: the
+    reader of a remote file fetches up to ``end`` (an estimate of where the header
+    ends, at least the next byte it needs) and parses again."""
+
+    def __init__(self, end: int) -> None:
+        super().__init__(f"the header needs the file's first {end:,} bytes")
+        self.end = end
 
 
 def value_type_name(type_id: int) -> str:
@@ -192,16 +203,23 @@ class GGUFFile:
 class _Cursor:
     """Reads GGUF values at a position, checking each against the file's end."""
 
-    def __init__(self, buf: bytes | mmap.mmap, pos: int, size: int, path: str) -> None:
+    def __init__(
+        self, buf: bytes | mmap.mmap, pos: int, size: int, path: str, store: str | None = None
+    ) -> None:
         self.buf = buf
         self.pos = pos
-        self.size = min(size, len(buf))
+        self.size = size
+        # A remote file's header arrives as a prefix of the file: past it is "need more", not "truncated".
+        self.avail = min(size, len(buf))
         self.path = path
+        self.store = path if store is None else store
         self.walked = 0
         self.eager_items = 0
         self.text_bytes = 0
         self.warnings: list[str] = []
         self.bad_utf8 = 0
+        # Tensor entries not read yet, once the count is known (a remote read's estimate).
+        self.tensors_left: int | None = None
 
     def where(self, what: str = "", at: int | None = None) -> str:
         offset = self.pos if at is None else at
@@ -215,6 +233,12 @@ class _Cursor:
                 f"file ends inside the header: {what} needs {n:,} bytes, {max(left, 0):,} left",
                 self.where(what),
             )
+        self.have(n)
+
+    def have(self, n: int) -> None:
+        """The next ``n`` bytes are in the file; ask for them when not yet at hand."""
+        if self.pos + n > self.avail:
+            raise HeaderIncomplete(self.pos + n)
 
     def scalar(self, type_id: int, what: str) -> int | float | bool:
         fmt = _SCALARS[type_id]
@@ -247,6 +271,7 @@ class _Cursor:
             raise GGUFError(
                 f"{what} is {n:,} bytes long (at most {limit:,})", self.where(what, start)
             )
+        self.have(n)
         # Decoded from a view of the map: a long string is not also copied as bytes.
         with memoryview(self.buf) as whole, whole[self.pos : self.pos + n] as raw:
             self.pos += n
@@ -269,7 +294,7 @@ class _Cursor:
                 f"{what} length {n:,} runs past the end of the file", self.where(what, start)
             )
         if n > MAX_EAGER_STRING_BYTES or self.text_bytes + n > MAX_EAGER_TEXT_BYTES:
-            lazy = GGUFString(self.path, self.pos, n)
+            lazy = GGUFString(self.store, self.pos, n)
             self.pos += n
             return lazy
         self.text_bytes += n
@@ -317,12 +342,13 @@ class _Cursor:
                 self.pos += nbytes
                 return None
             if length <= EAGER_NUMERIC_ITEMS and self._eager(length):
+                self.have(nbytes)
                 fmt = struct.Struct(f"<{length}{_SCALAR_FORMATS[item_type][1]}")
                 items: list[Value] = list(fmt.unpack_from(self.buf, self.pos))
                 self.pos += nbytes
                 return items
             self.pos += nbytes
-            return GGUFArray(self.path, item_type, length, first, nbytes)
+            return GGUFArray(self.store, item_type, length, first, nbytes)
         if item_type not in (T_STRING, T_ARRAY):
             raise GGUFError(
                 f"unknown item type {item_type} in array {what}", self.where(what, start)
@@ -354,20 +380,29 @@ class _Cursor:
                 self.array(f"{what}[{i}]", depth + 1, decode=False)
         if not decode:
             return None
-        return GGUFArray(self.path, item_type, length, first, self.pos - first)
+        return GGUFArray(self.store, item_type, length, first, self.pos - first)
 
     def skip_strings(self, count: int, what: str) -> None:
         """Step over ``count`` strings without decoding them (the hot loop)."""
         unpack = _U64.unpack_from
         buf = self.buf
-        pos = self.pos
+        start = pos = self.pos
         end = self.size
+        walked = 0
         try:
-            for _ in range(count):
+            for walked in range(count):  # noqa: B007 (read after the loop)
                 pos += unpack(buf, pos)[0] + 8
+            walked = count
         except (struct.error, OverflowError):
+            if pos < end and self.avail < end:
+                # Past the bytes at hand but not the file's: the strings walked so far
+                # estimate where the rest end.
+                rest = (pos - start) // max(walked, 1) * (count - walked)
+                raise HeaderIncomplete(min(end, max(pos + 8, pos + rest))) from None
             # Read past the end, or a length so large the offset overflows.
             pos = end + 1
+        if pos > self.avail and pos <= end:
+            raise HeaderIncomplete(pos)
         if pos > end:
             raise GGUFError(
                 f"{what}: its {count:,} strings run past the end of the file",
@@ -402,35 +437,39 @@ def read_gguf(path: str | os.PathLike[str], shard: int = 0) -> GGUFFile:
     """Read one GGUF file's header. Raises :class:`GGUFError` on anything wrong."""
     path = os.fspath(path)
     with MappedFile(path) as mf:
-        return _parse(mf, path, shard)
+        try:
+            return parse_header(mf.buf, mf.size, path, shard)
+        except HeaderIncomplete:
+            # Only a file system that cannot map and a header past the first GiB get here.
+            raise GGUFError("the header is larger than llmtune reads (1 GiB)", path) from None
 
 
-def _describe_foreign(head: bytes) -> str:
-    """Name what a non-GGUF file looks like, to say more than 'wrong magic'."""
-    if head[:4] == b"PK\x03\x04":
-        return "a zip archive (PyTorch .bin/.pt checkpoints are zip files), not GGUF"
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "a Python pickle (an old PyTorch checkpoint), not GGUF"
-    if len(head) >= 10 and head[8:10] == b'{"':
-        return "a safetensors file, not GGUF: convert it with llama.cpp's convert_hf_to_gguf.py"
-    if head[:4] == b"FUGG":
-        return "a big-endian GGUF file, which llama.cpp cannot load on this machine"
-    if head[:4] in (b"ggjt", b"ggml", b"ggmf", b"tjgg", b"lmgg", b"fmgg"):
-        return "a pre-GGUF GGML file, which current llama.cpp no longer loads"
-    if head[:1] in (b"{", b"["):
-        return "a JSON file, not GGUF"
-    if head[:5] == b"<!DOC" or head[:5].lower() == b"<html":
-        return "an HTML page (a failed download?), not GGUF"
-    if head.startswith(b"version https://git-lfs"):
-        return "a Git LFS pointer, not the model itself: run git lfs pull"
-    shown = head[:4].hex(" ")
-    return f"not a GGUF file: it starts with bytes {shown}, not 'GGUF'"
+# A tensor's entry in the header: its name (~30 bytes), dims, type and offset.
+TENSOR_INFO_GUESS_BYTES = 64
 
 
-def _parse(mf: MappedFile, path: str, shard: int) -> GGUFFile:
-    buf = mf.buf
-    size = mf.size
-    cur = _Cursor(buf, 0, size, path)
+def parse_header(
+    buf: bytes | mmap.mmap, size: int, path: str, shard: int = 0, store: str | None = None
+) -> GGUFFile:
+    """Parse a header from ``buf``, the whole file of ``size`` bytes or a prefix of it.
+
+    A prefix that ends before the header does raises :class:`HeaderIncomplete` with
+    an estimate of where the header ends. Lazy values (long arrays and strings) read
+    from ``store`` later, a local copy of at least the header (default: ``path``).
+    """
+    cur = _Cursor(buf, 0, size, path, store)
+    try:
+        return _parse(cur, buf, size, path, shard)
+    except HeaderIncomplete as more:
+        if cur.tensors_left is None:
+            raise
+        # The tensor table is still ahead: its entries are roughly known in size.
+        raise HeaderIncomplete(
+            min(size, more.end + cur.tensors_left * TENSOR_INFO_GUESS_BYTES)
+        ) from None
+
+
+def _parse(cur: _Cursor, buf: bytes | mmap.mmap, size: int, path: str, shard: int) -> GGUFFile:
     if size < 4 or bytes(buf[:4]) != GGUF_MAGIC:
         head = bytes(buf[:64])
         if size < 4 and GGUF_MAGIC.startswith(head):
@@ -477,6 +516,7 @@ def _parse(mf: MappedFile, path: str, shard: int) -> GGUFFile:
 
     metadata: dict[str, Value] = {}
     metadata_types: dict[str, int] = {}
+    cur.tensors_left = tensor_count
     for i in range(kv_count):
         key_at = cur.pos
         key = cur.string(f"key of metadata entry {i}", limit=MAX_KEY_BYTES)
@@ -518,6 +558,7 @@ def _parse(mf: MappedFile, path: str, shard: int) -> GGUFFile:
     # data ends; after a tensor of unknown type that end is unknown.
     expected_offset: int | None = 0
     for i in range(tensor_count):
+        cur.tensors_left = tensor_count - i
         info_at = cur.pos
         name = cur.string(f"name of tensor {i}", limit=MAX_KEY_BYTES)
         n_dims = cur.u32(f"dimension count of tensor '{name}'")
@@ -559,6 +600,7 @@ def _parse(mf: MappedFile, path: str, shard: int) -> GGUFFile:
             expected_offset += (nbytes + alignment - 1) // alignment * alignment
         infos.append((name, shape, type_id, rel_offset, n_elements, nbytes, info_at))
 
+    cur.tensors_left = None
     header_end = cur.pos
     data_offset = (header_end + alignment - 1) // alignment * alignment
     warnings = list(cur.warnings)

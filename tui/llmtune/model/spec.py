@@ -56,6 +56,11 @@ SWA_PATTERNS: dict[str, tuple[int, bool, int]] = {
 _SWA_NEEDS_WINDOW = frozenset({"gemma3", "olmo2", "smallthinker", "plamo3", "llama4"})
 
 
+def location(path: str) -> str:
+    """A path made absolute, or a URL as it is (a model read over HTTP)."""
+    return path if path.startswith(("https://", "http://")) else os.path.abspath(path)
+
+
 def _as_int(value: Value | None) -> int | None:
     """A metadata number as an int; None for NaN, infinities, non-numbers and
     floats beyond 64-bit integers (1e308 as a layer width would overflow the
@@ -120,7 +125,7 @@ class ModelSpec:
         name = self._str("general.name")
         if name:
             return name
-        base = os.path.basename(self.path)
+        base = os.path.basename(self.path.split("?", 1)[0])
         return _SPLIT_RE.sub(r"\g<prefix>", base).removesuffix(".gguf")
 
     @property
@@ -449,7 +454,6 @@ def read_spec(path: str | os.PathLike[str], allow_partial: bool = False) -> Mode
     """
     path = os.fspath(path)
     opened = read_gguf(path)
-    first = opened
     shard_paths: tuple[str, ...] = (path,)
     files = [opened]
     split_count = _meta_int(opened, "split.count")
@@ -483,10 +487,19 @@ def read_spec(path: str | os.PathLike[str], allow_partial: bool = False) -> Mode
                 if not os.path.exists(shard_path):
                     raise GGUFError(f"shard {i + 1} of {split_count} is missing", shard_path)
                 gf = read_gguf(shard_path, shard=i)
-            _check_shard(gf, i, split_count, tensors_count)
+            check_shard(gf, i, split_count, tensors_count)
             files.append(gf)
-        first = files[0]
         shard_paths = derived
+    return spec_from_files(files, shard_paths, allow_partial)
+
+
+def spec_from_files(
+    files: Sequence[GGUFFile], shard_paths: tuple[str, ...], allow_partial: bool = False
+) -> ModelSpec:
+    """One ModelSpec from the headers of a model's files (its shards, in order),
+    read from disk or over HTTP: the same checks whichever way they came."""
+    first = files[0]
+    split_count = _meta_int(first, "split.count")
     tensors = tuple(t for gf in files for t in gf.tensors)
     expected = _meta_int(first, "split.tensors.count")
     if expected is not None and split_count and split_count > 1 and expected != len(tensors):
@@ -527,7 +540,7 @@ def _shard_number(path: str) -> int:
     return int(m.group("no")) if m else 0
 
 
-def _check_shard(gf: GGUFFile, index: int, split_count: int, tensors_count: int | None) -> None:
+def check_shard(gf: GGUFFile, index: int, split_count: int, tensors_count: int | None) -> None:
     """Refuse a shard whose split keys say it belongs elsewhere."""
     count = _meta_int(gf, "split.count")
     if count != split_count:
