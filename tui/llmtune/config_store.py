@@ -43,8 +43,14 @@ def settings_path() -> Path:
 
 def model_key(model_path: str | os.PathLike[str]) -> str:
     """Models are keyed by absolute path (symlinks kept: a Hugging Face snapshot
-    path names the model, the blob it points to does not)."""
-    return os.path.abspath(os.fspath(model_path))
+    path names the model, the blob it points to does not), or by URL (a model
+    planned from its header on the Hub)."""
+    path = os.fspath(model_path)
+    return path if _is_url(path) else os.path.abspath(path)
+
+
+def _is_url(key: str) -> bool:
+    return key.startswith(("https://", "http://"))
 
 
 @dataclass(frozen=True)
@@ -101,13 +107,13 @@ def _from_json(data: dict[str, Any], path: Path) -> tuple[Store, str | None]:
     for key, values in saved.items():
         if before_auto and isinstance(values, dict) and values.get("n_gpu_layers") == -1:
             values = {k: v for k, v in values.items() if k != "n_gpu_layers"}
-        settings = _settings_from_json(values) if os.path.isabs(key) else None
+        settings = _settings_from_json(values) if os.path.isabs(key) or _is_url(key) else None
         if settings is None:
             dropped += 1
         else:
             models[key] = settings
     last = data.get("last_model")
-    if last is not None and not (isinstance(last, str) and os.path.isabs(last)):
+    if last is not None and not (isinstance(last, str) and (os.path.isabs(last) or _is_url(last))):
         last = None
         dropped += 1
     notice = None

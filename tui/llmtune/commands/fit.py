@@ -101,7 +101,8 @@ def _every_file_type(
 
 def _whole_repo(args: argparse.Namespace, m: Machine, settings: Settings) -> int:
     """``--hf OWNER/REPO`` without a quant: every GGUF in the repo, the best that fits first."""
-    from llmtune.commands.repo_fit import print_repo, repo_dict, repo_rows
+    from llmtune.commands.repo_fit import print_repo, repo_dict
+    from llmtune.fit.repo import repo_rows
     from llmtune.model.hub import list_repo, parse_ref
 
     if args.quant:

@@ -13,9 +13,9 @@ import sys
 from typing import Any
 
 from llmtune.commands.common import print_json, text_width, warn_calibration
-from llmtune.commands.repo_fit import RepoRow, plan_entry, verdict
 from llmtune.errors import LlmtuneError, RemoteError
 from llmtune.fit.quant import requantize
+from llmtune.fit.repo import RepoRow, plan_entry, verdict
 from llmtune.fit.settings import Settings
 from llmtune.hardware.machine import Machine, MachineOptions, machine
 from llmtune.model.hub import Repo, choose, list_repo, search

@@ -52,6 +52,7 @@ from llmtune.fit.settings import NGL_AUTO, Settings
 from llmtune.hardware.device import Device
 from llmtune.hardware.machine import Machine
 from llmtune.model import ModelSpec, read_spec
+from llmtune.model.spec import location
 from llmtune.telemetry.sampler import SampleCallback, Sampler
 from llmtune.telemetry.store import TelemetryStore
 from llmtune.textsafe import inert
@@ -61,6 +62,7 @@ from llmtune.ui.hosts import HostEntry, combine
 from llmtune.ui.layout import PANES, TITLES, Layout, PaneLayout, PaneTabs
 from llmtune.ui.messages import (
     DemoFetched,
+    ModelReady,
     PromptRendered,
     QuantRowsReady,
     QuantWarmed,
@@ -275,6 +277,13 @@ class LlmtuneApp(SessionAttributes, App[None]):
         if self.spec is None:
             dialogs.picker(self, False)
 
+    @on(ModelReady)
+    def _model_ready(self, message: ModelReady) -> None:
+        """A model read from the network (the picker's URL or Hub repo table)."""
+        if self.session.holds_model:
+            self.session.unload()
+        self._open_spec(message.spec, location(message.spec.path))
+
     def action_open_model(self) -> None:
         dialogs.picker(self, self.spec is not None)
 
@@ -488,16 +497,8 @@ class LlmtuneApp(SessionAttributes, App[None]):
         self.notify("Copied the llama-server command line (OSC 52).", markup=False, timeout=3)
 
     def copy_to_clipboard(self, text: str) -> None:
-        """OSC 52, plain and, inside tmux, also wrapped for tmux's passthrough: the
-        first works with `set-clipboard on`, the second with `allow-passthrough on`."""
-        from llmtune.clipboard import osc52
-
         self._clipboard = text
-        if self._driver is None:
-            return
-        self._driver.write(osc52(text, tmux=False))
-        if os.environ.get("TMUX"):
-            self._driver.write(osc52(text, tmux=True))
+        dialogs.osc52_copy(self._driver, text)
 
     def action_handoff(self) -> None:
         dialogs.handoff(self)

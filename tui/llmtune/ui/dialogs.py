@@ -15,14 +15,19 @@ from typing import TYPE_CHECKING
 from llmtune.errors import LlmtuneError
 from llmtune.fit.settings import Settings
 from llmtune.textsafe import inert
-from llmtune.ui.messages import DemoFetched
+from llmtune.ui.messages import DemoFetched, ModelReady
 
 if TYPE_CHECKING:
     from llmtune.ui.app import LlmtuneApp
+    from llmtune.ui.screens.hub_repo import HubChoice
 
 __all__ = [
     "choose_gpu",
+    "download",
     "fetch_demo",
+    "hub_repo",
+    "open_remote",
+    "osc52_copy",
     "handoff",
     "help_screen",
     "picker",
@@ -34,11 +39,15 @@ __all__ = [
 
 def picker(app: LlmtuneApp, can_go_back: bool = True) -> None:
     """Choose a model; with none open yet, the picker cannot be left without one."""
-    from llmtune.ui.screens.picker import DEMO_DOWNLOAD, ModelPicker
+    from llmtune.ui.screens.picker import DEMO_DOWNLOAD, HUB_PREFIX, ModelPicker
 
     def chosen(path: str | None) -> None:
         if path == DEMO_DOWNLOAD:
             fetch_demo(app)
+        elif path and path.startswith(HUB_PREFIX):
+            hub_repo(app, path.removeprefix(HUB_PREFIX))
+        elif path and path.startswith(("https://", "http://")):
+            open_remote(app, path)
         elif path:
             app.open_model(path)
 
@@ -176,3 +185,67 @@ def quantize(app: LlmtuneApp) -> None:
 
 def _fields(settings: Settings) -> dict[str, object]:
     return {f.name: getattr(settings, f.name) for f in fields(settings)}
+
+
+def open_remote(app: LlmtuneApp, url: str, hf: str | None = None) -> None:
+    """Read a model's header over the network in a thread (a URL, or ``hf``'s
+    ``OWNER/REPO:QUANT``); ``ModelReady`` opens it, a failure is one line."""
+    from llmtune.model.source import open_spec
+
+    def fetch() -> None:
+        try:
+            spec = open_spec(url or None, hf).spec
+        except LlmtuneError as exc:
+            app.call_from_thread(app.notify, exc.one_line(), severity="error", markup=False)
+            return
+        app.post_message(ModelReady(spec))
+
+    app.notify(f"Reading the header of {inert(hf or url, max_chars=100)}…", markup=False)
+    app.run_worker(fetch, name="remote", group="remote", exclusive=True, thread=True,
+                   exit_on_error=False)  # fmt: skip
+
+
+def hub_repo(app: LlmtuneApp, ref: str) -> None:
+    """A Hub repo's files planned for this machine; plan one, or download it.
+    ``OWNER/REPO:QUANT`` names one file: it is planned at once."""
+    from llmtune.ui.screens.hub_repo import HubRepoScreen
+
+    if ":" in ref:
+        open_remote(app, "", hf=ref)
+        return
+
+    def chosen(choice: HubChoice | None) -> None:
+        if choice is None:
+            return
+        if choice.action == "download":
+            download(app, choice)
+        elif choice.row.spec is not None:
+            app.post_message(ModelReady(choice.row.spec))
+
+    app.push_screen(HubRepoScreen(ref, app.hardware, app.settings), chosen)
+
+
+def download(app: LlmtuneApp, choice: HubChoice) -> None:
+    """Download the chosen file into the Hugging Face cache, then open it."""
+    from llmtune.ui.screens.download import DownloadScreen
+
+    def done(path: str | None) -> None:
+        if path is not None:
+            app.open_model(path)
+
+    app.push_screen(DownloadScreen(choice.repo, choice.row.entry), done)
+
+
+def osc52_copy(driver: object, text: str) -> None:
+    """OSC 52, plain and, inside tmux, also wrapped for tmux's passthrough: the
+    first works with `set-clipboard on`, the second with `allow-passthrough on`."""
+    import os
+
+    from llmtune.clipboard import osc52
+
+    write = getattr(driver, "write", None)
+    if write is None:
+        return
+    write(osc52(text, tmux=False))
+    if os.environ.get("TMUX"):
+        write(osc52(text, tmux=True))

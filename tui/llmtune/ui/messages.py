@@ -16,6 +16,7 @@ from textual.message import Message
 
 from llmtune.engine.protocol import Event
 from llmtune.fit.whatif import QuantRow
+from llmtune.model.spec import ModelSpec
 from llmtune.telemetry.sample import Sample
 from llmtune.ui.planner import Planner
 
@@ -80,3 +81,10 @@ class DemoFetched(Message):
 
     path: str | None
     error: str | None = None
+
+
+@dataclass
+class ModelReady(Message):
+    """A model's spec read in a thread (a URL or a Hub file, from its header)."""
+
+    spec: ModelSpec

@@ -134,6 +134,16 @@ class WorkerControl:
         settings = self.run_settings()
         if settings is None or self.app.model_path is None:
             return None
+        if self.app.model_path.startswith(("https://", "http://")):
+            # Planned from its header alone: llama.cpp needs the file.
+            self.app.notify(
+                "This model is planned from its header on the network: download it first "
+                "(d in the repo table, or llmtune download --hf OWNER/REPO:QUANT).",
+                severity="warning",
+                markup=False,
+                timeout=8,
+            )
+            return None
         # The worker registers the RPC hosts the plan uses before it loads.
         extras = Extras(rpc_servers=self.app.hardware.endpoints)
         return RunConfig.from_settings(self.app.model_path, settings, extras)

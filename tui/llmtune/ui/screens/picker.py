@@ -10,6 +10,7 @@ the highlighted model; Escape goes back (or, with no model open yet, stays).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -39,6 +40,9 @@ SOURCE_LABEL = {
 }
 COLUMNS = (("size", "size"), ("quant", "quant"), ("where", "src"), ("model", "name"))
 DEMO_DOWNLOAD = "\0demo"  # the row that fetches the demo model when it is not here yet
+HUB_PREFIX = "\0hf:"  # a Hub repo typed in the filter: the app shows its files
+# llama.cpp's -hf OWNER/REPO[:QUANT] (common/arg.cpp); a path that exists wins.
+HUB_REF_RE = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
 
 
 class ModelPicker(ModalScreen[str | None]):
@@ -63,7 +67,10 @@ class ModelPicker(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="picker"):
             yield Static("Open a model", id="picker-title", markup=False)
-            yield Input(placeholder="filter, or a path to a .gguf file", id="picker-filter")
+            yield Input(
+                placeholder="filter, a .gguf path, an https URL or OWNER/REPO on the Hub",
+                id="picker-filter",
+            )
             yield Static("searching…", id="picker-status", markup=False)
             table: DataTable[Text] = DataTable(id="picker-list", cursor_type="row")
             yield table
@@ -148,6 +155,12 @@ class ModelPicker(ModalScreen[str | None]):
         typed = os.path.expanduser(event.value.strip())
         if typed and os.path.isfile(typed):
             self.dismiss(os.path.abspath(typed))
+            return
+        if typed.startswith(("https://", "http://")):
+            self.dismiss(typed)
+            return
+        if HUB_REF_RE.match(typed) and not os.path.exists(typed):
+            self.dismiss(HUB_PREFIX + typed)
             return
         table: DataTable[Text] = self.query_one("#picker-list", DataTable)
         if table.row_count:
