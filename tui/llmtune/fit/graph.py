@@ -48,6 +48,13 @@ class GraphContext:
     mask_bytes: int  # every mask (one per distinct cache size)
     ffn_peak: int
     ffn_residual: int  # residual-sized tensors beside the FFN on an offload device
+    # MoE only (0 otherwise; :func:`moe_peaks` has the rule): what an offload
+    # device holds below any op's tensors, its peak while its own experts run
+    # (masks aside), and the host's while it runs the experts of offloaded layers
+    # (--n-cpu-moe, -ot ...=CPU).
+    moe_device_base: int
+    moe_device_peak: int
+    moe_host_peak: int
     base_peak: int  # the residual stream's tensors alive beside any op
     mask_by_cells: tuple[tuple[int, int, int], ...]  # (cells, mask bytes, attention peak)
     # Per cache size: what CUDA's flash attention adds to the attention peak for
@@ -190,6 +197,10 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
     slot_bytes = t * 8 * (1 + v_idx_per_token)
     index_bytes = t * 4 + len(caches) * slot_bytes
 
+    moe_device_base, moe_device_peak, moe_host_peak = (
+        moe_peaks(costs, t, mask_bytes, index_bytes) if costs.n_expert else (0, 0, 0)
+    )
+
     return GraphContext(
         n_ctx=n_ctx,
         n_ctx_seq=n_ctx_seq,
@@ -209,9 +220,11 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
         mask_bytes=mask_bytes,
         ffn_peak=ffn_peak,
         # A dense FFN runs beside the whole residual stream on a GPU too (measured
-        # on a 70B shape), a MoE FFN beside one residual (its experts' products are
-        # many small tensors the allocator fits in freed space; measured through RPC).
-        ffn_residual=costs.n_embd * t * 4 if costs.n_expert else base_peak,
+        # on a 70B shape); a MoE FFN there follows moe_device_peak.
+        ffn_residual=base_peak,
+        moe_device_base=moe_device_base,
+        moe_device_peak=moe_device_peak,
+        moe_host_peak=moe_host_peak,
         base_peak=base_peak,
         mask_by_cells=tuple((cells, m, a) for cells, (m, a) in sorted(by_cells.items())),
         fa_scratch_by_cells=tuple(sorted(scratch_by_cells.items())),
@@ -223,6 +236,58 @@ def graph_context(costs: ModelCosts, s: Settings, n_ctx_train: int) -> GraphCont
         slot_bytes=slot_bytes,
         token_bytes=t * 4,
     )
+
+
+def _expert_stack(pre: int, ffn: int, down: int, swiglu_hole: int) -> int:
+    """The top of ggml-alloc.c's best-fit layout of a MoE FFN from where its first
+    expert tensor goes: ``pre`` bytes still held there, gate and up (``ffn`` each),
+    the SwiGLU (``ffn``; in a freed hole of ``swiglu_hole`` bytes below when it
+    fits), then the down product, which takes the freed gate and up when they
+    reach the end of the buffer or hold it (``ggml_dyn_tallocr_alloc``)."""
+    if ffn <= swiglu_hole:
+        return pre + max(2 * ffn, down)
+    return pre + 3 * ffn + (down if down > pre + 2 * ffn else 0)
+
+
+def moe_peaks(
+    costs: ModelCosts, n_tokens: int, mask_bytes: int, index_bytes: int
+) -> tuple[int, int, int]:
+    """The compute peaks of a MoE FFN (llama-graph.cpp ``build_moe_ffn``): gate,
+    up and SwiGLU ``[n_ff_exp, n_expert_used, T]`` and the down product
+    ``[n_embd, n_expert_used, T]``, all F32, placed by ggml-alloc.c's best fit.
+
+    On an offload device (masks aside) the base: the graph's index inputs, two
+    residual-sized tensors (the layer's input slot and ``ffn_inp``) and one
+    attention-output-sized one (``ffn_norm`` sits where Q was); the attention
+    and the experts' stack run above it, the router's small tensors in holes.
+
+    On the host, when it runs the experts of an offloaded layer (the scheduler
+    splits there, ggml-backend.cpp ``ggml_backend_sched_split_graph``): the graph
+    inputs it keeps (the unused ``inp_embd``, token and output ids), the hole
+    that the masks, positions and cache slots leave once copied to the device,
+    where the copies of ``ffn_norm`` and of the top-k view go when they fit, and
+    the experts' stack from the end of the inputs. Measured with
+    ``llama-fit-params -fitp on`` through a loopback RPC server: docs section 4.2."""
+    t = n_tokens
+    hidden = costs.n_embd * t * 4
+    attn_out = costs.n_head * costs.n_head_v_dim * t * 4
+    ffn = costs.n_ff_exp * costs.n_expert_used * t * 4
+    down = costs.n_embd * costs.n_expert_used * t * 4
+    base = index_bytes + 2 * hidden + attn_out
+    device = base + _expert_stack(0, ffn, down, 0)
+    # The copy of the top-k view keeps the strides of the [n_expert, T] argsort.
+    topk = ((t - 1) * costs.n_expert + costs.n_expert_used) * 4
+    kept = hidden + 2 * t * 4  # inp_embd, token ids, output ids
+    hole = mask_bytes + index_bytes
+    if hidden <= hole:
+        left = hole - hidden
+        topk_at_end = topk if topk > left else 0
+        freed = hidden + (left if topk_at_end else left - topk)
+        host = kept + hole + topk_at_end + _expert_stack(0, ffn, down, freed)
+    else:
+        topk_at_end = topk if topk > hole else 0
+        host = kept + hole + topk_at_end + _expert_stack(hidden, ffn, down, hidden)
+    return base, device, host
 
 
 def _fa_f16_scratch(costs: ModelCosts, s: Settings, cells: int, n_tokens: int) -> int:
@@ -269,6 +334,8 @@ def layers_peak(
         default=0,
     )
     caches = len(cells_used)
+    if offload and c.moe_device_peak:
+        return mask + max(attn + c.moe_device_base, c.moe_device_peak), mask, caches
     if offload:
         return mask + max(attn + c.hidden_bytes, c.ffn_peak + c.ffn_residual), mask, caches
     return mask + max(attn, c.ffn_peak) + c.base_peak, mask, caches
@@ -276,8 +343,10 @@ def layers_peak(
 
 def output_peak(c: GraphContext, offload: bool = False) -> int:
     """The compute peak while the output layer runs: the logits beside the
-    residual stream (three tensors on the CPU, one on an offload device: measured
-    as for :func:`layers_peak`)."""
+    residual stream. Three residual-sized tensors on the CPU and beside a dense
+    model's layers on an offload device; one beside a MoE model's, whose freed
+    expert tensors leave the logits a hole just above the last layer's output
+    (measured through RPC as for :func:`layers_peak`)."""
     return c.out_peak - c.base_peak + c.hidden_bytes if offload else c.out_peak
 
 

@@ -268,7 +268,7 @@ def _evaluate(
             if n_layers
             else (0, 0, 0)
         )
-        out = output_peak(c) if has_output else 0
+        out = output_peak(c, offload=bool(c.moe_device_peak)) if has_output else 0
         if copies > 1:
             # Each split's inputs (the residual stream, its masks, positions and
             # cache slots, the output ids where the logits are) are kept
@@ -364,6 +364,10 @@ def _evaluate(
         # which it holds twice (measured through RPC devices and on an H200:
         # token_embd's rows, then the copy the first device's split reads).
         host_compute = inputs_only
+    if c.pinned_prefix[n_layer] > c.pinned_prefix[cpu_layers_end] and not local_gpus:
+        # Experts of offloaded layers kept on the CPU run there (no op offload
+        # without a local GPU: ggml-backend.cpp ggml_backend_sched_backend_id_from_cur).
+        host_compute = max(host_compute, c.moe_host_peak)
     plans.append(
         DevicePlan(
             name=host.name,
