@@ -108,7 +108,7 @@ def _whole_repo(args: argparse.Namespace, m: Machine, settings: Settings) -> int
     if args.quant:
         raise ConfigError("--quant plans one file: name it, as --hf OWNER/REPO:QUANT", "--quant")
     repo = list_repo(parse_ref(args.hf).repo_id)
-    rows = repo_rows(repo, m, settings)
+    rows = repo_rows(repo, m.devices, m.plan_speed, settings)
     if args.json:
         print_json(repo_dict(repo, rows))
     else:

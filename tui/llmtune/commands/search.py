@@ -35,7 +35,7 @@ def best_row(repo: Repo, m: Machine, settings: Settings, client: HttpClient) -> 
             continue
         try:
             spec = base if entry is base_entry else requantize(base, entry.label)
-            rows.append(RepoRow(entry, spec, plan_entry(spec, m, settings)))
+            rows.append(RepoRow(entry, spec, plan_entry(spec, m.devices, m.plan_speed, settings)))
         except LlmtuneError:
             continue  # a quant the what-if does not know (UD-..., MXFP4): left out
     rows.sort(key=lambda r: r.rank)

@@ -8,12 +8,14 @@ by size. A row whose header cannot be read says why instead of a plan.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmtune.errors import LlmtuneError
 from llmtune.fit.plan import FitPlan, plan, with_max_context
 from llmtune.fit.settings import Settings
-from llmtune.hardware.machine import Machine
+from llmtune.fit.speed import SpeedModel
+from llmtune.hardware.device import Device
 from llmtune.model.hub import Entry, Repo
 from llmtune.model.source import Opened, open_many
 from llmtune.model.spec import ModelSpec
@@ -38,13 +40,18 @@ class RepoRow:
         return tier, -self.entry.size
 
 
-def plan_entry(spec: ModelSpec, m: Machine, settings: Settings) -> FitPlan:
+def plan_entry(
+    spec: ModelSpec, devices: Sequence[Device], speed: SpeedModel, settings: Settings
+) -> FitPlan:
+    """The plan of one file on ``devices`` (a machine's, ``Machine.devices``)."""
     if settings.n_ctx == -1:
-        settings = with_max_context(spec, m.devices, settings)
-    return plan(spec, m.devices, settings, m.plan_speed)
+        settings = with_max_context(spec, devices, settings)
+    return plan(spec, devices, settings, speed)
 
 
-def repo_rows(repo: Repo, m: Machine, settings: Settings) -> list[RepoRow]:
+def repo_rows(
+    repo: Repo, devices: Sequence[Device], speed: SpeedModel, settings: Settings
+) -> list[RepoRow]:
     """Every model entry of ``repo`` (mmproj files aside), planned and ranked."""
     rows: list[RepoRow] = []
 
@@ -54,7 +61,7 @@ def repo_rows(repo: Repo, m: Machine, settings: Settings) -> list[RepoRow]:
             rows.append(RepoRow(entry, None, None, what))
             return
         try:
-            rows.append(RepoRow(entry, got.spec, plan_entry(got.spec, m, settings)))
+            rows.append(RepoRow(entry, got.spec, plan_entry(got.spec, devices, speed, settings)))
         except LlmtuneError as exc:
             rows.append(RepoRow(entry, got.spec, None, exc.one_line()))
 

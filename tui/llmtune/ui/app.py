@@ -78,6 +78,7 @@ from llmtune.ui.panes.quant import QuantPane
 from llmtune.ui.panes.run import RunPane
 from llmtune.ui.planner import Planner
 from llmtune.ui.quant_table import QuantTable
+from llmtune.ui.status import status_line
 from llmtune.ui.widgets.slider import LayerSlider
 from llmtune.ui.widgets.stepper import Stepper
 from llmtune.ui.widgets.summary import ModelSummary
@@ -280,6 +281,9 @@ class LlmtuneApp(SessionAttributes, App[None]):
     @on(ModelReady)
     def _model_ready(self, message: ModelReady) -> None:
         """A model read from the network (the picker's URL or Hub repo table)."""
+        if message.spec is None:
+            self.notify(message.error or "", severity="error", markup=False, timeout=10)
+            return
         if self.session.holds_model:
             self.session.unload()
         self._open_spec(message.spec, location(message.spec.path))
@@ -573,23 +577,9 @@ class LlmtuneApp(SessionAttributes, App[None]):
 
     # -- status and persistence -----------------------------------------------------------
     def show_status(self) -> None:
-        # Most urgent first: the line is cut at the terminal's width.
-        parts: list[str] = []
-        dead = self.session.state == "dead"
-        if dead:
-            parts.append(self.session.line())
-        if self.error:
-            parts.append(self.error)
-        hardware = self.hardware
-        if hardware.rpc:
-            # The hosts the plan leans on come before this machine's own notices.
-            parts.append(hardware.describe())
-        if hardware.notice:
-            parts.append(hardware.notice)
-        if not hardware.rpc and (hardware.is_what_if or not parts):
-            parts.append(hardware.describe())
-        self.status.update(Text(" · ".join(parts)))
-        self.status.set_class(dead or self.error is not None, "-error")
+        line, alarming = status_line(self.session, self.error, self.hardware)
+        self.status.update(Text(line))
+        self.status.set_class(alarming, "-error")
 
     def _schedule_save(self) -> None:
         if not self.options.persist:

@@ -196,7 +196,7 @@ def open_remote(app: LlmtuneApp, url: str, hf: str | None = None) -> None:
         try:
             spec = open_spec(url or None, hf).spec
         except LlmtuneError as exc:
-            app.call_from_thread(app.notify, exc.one_line(), severity="error", markup=False)
+            app.post_message(ModelReady(None, exc.one_line()))
             return
         app.post_message(ModelReady(spec))
 

@@ -85,6 +85,8 @@ class DemoFetched(Message):
 
 @dataclass
 class ModelReady(Message):
-    """A model's spec read in a thread (a URL or a Hub file, from its header)."""
+    """A model's spec read in a thread (a URL or a Hub file, from its header), or
+    why it could not be read (``error``)."""
 
-    spec: ModelSpec
+    spec: ModelSpec | None
+    error: str | None = None

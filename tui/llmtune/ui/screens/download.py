@@ -17,7 +17,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
-from textual.css.query import NoMatches
 from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Footer, ProgressBar, Static
@@ -60,6 +59,7 @@ class DownloadScreen(ModalScreen[str | None]):
     @dataclass
     class Moved(Message):
         progress: Progress
+        done_bytes: int  # over every file of the entry, for one bar over a split set
 
     @dataclass
     class Ended(Message):
@@ -99,8 +99,7 @@ class DownloadScreen(ModalScreen[str | None]):
                 done_before += file_done
                 last_file = p.name
             file_done = p.done_bytes
-            self.post_message(self.Moved(p))
-            self.app.call_from_thread(self._advance, done_before + p.done_bytes)
+            self.post_message(self.Moved(p, done_before + p.done_bytes))
 
         try:
             paths = download(self.repo, self.entry, moved)
@@ -111,14 +110,9 @@ class DownloadScreen(ModalScreen[str | None]):
             return
         self.post_message(self.Ended(str(paths[0])))
 
-    def _advance(self, done: int) -> None:
-        try:
-            self.query_one("#download-bar", ProgressBar).update(progress=done)
-        except NoMatches:
-            pass  # cancelled and closed while this block was in flight
-
     @on(Moved)
     def _moved(self, message: Moved) -> None:
+        self.query_one("#download-bar", ProgressBar).update(progress=message.done_bytes)
         self.query_one("#download-status", Static).update(progress_line(message.progress))
 
     @on(Ended)

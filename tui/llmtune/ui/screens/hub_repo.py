@@ -110,7 +110,7 @@ class HubRepoScreen(ModalScreen["HubChoice | None"]):
 
         try:
             repo = list_repo(parse_ref(self.ref).repo_id)
-            rows = repo_rows(repo, self.hardware, self.settings)
+            rows = repo_rows(repo, self.hardware.devices, self.hardware.plan_speed, self.settings)
         except LlmtuneError as exc:
             self.post_message(self.Failed(exc.one_line()))
             return
