@@ -72,6 +72,8 @@ class ProcessReading:
     rss_bytes: int | None = None
     vram_bytes: tuple[int | None, ...] = ()  # per GPU in NVML order; None: not on that GPU
     alive: bool = True
+    gpu_total_bytes: tuple[int | None, ...] = ()  # each GPU's memory, for gauges
+    ram_total_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,9 @@ class ServerSample:
         out = asdict(self)
         process = out.pop("process")
         out.update(pid=process["pid"], rss_bytes=process["rss_bytes"],
-                   vram_bytes=list(process["vram_bytes"]))  # fmt: skip
+                   vram_bytes=list(process["vram_bytes"]),
+                   gpu_total_bytes=list(process["gpu_total_bytes"]),
+                   ram_total_bytes=process["ram_total_bytes"])  # fmt: skip
         out["busy_slots"] = self.busy_slots
         for slot, shown in zip(self.slots, out["slots"], strict=True):
             shown["kv_fill"] = slot.kv_fill

@@ -166,11 +166,18 @@ class LocalProcess:
         except (psutil.Error, OSError):
             pass
         vram: list[int | None] = []
+        totals: list[int | None] = []
+        ram_total = None
+        try:
+            ram_total = int(psutil.virtual_memory().total)
+        except (psutil.Error, OSError):
+            pass
         if alive:
             try:
                 for gpu in self._snapshot():
+                    totals.append(getattr(gpu, "memory_total_bytes", None))
                     mine = [p for p in (getattr(gpu, "processes", None) or ()) if p.pid == self.pid]
                     vram.append(sum(p.used_bytes or 0 for p in mine) if mine else None)
             except Exception:
-                vram = []
-        return ProcessReading(pid=self.pid, rss_bytes=rss, vram_bytes=tuple(vram), alive=alive)
+                vram, totals = [], []
+        return ProcessReading(self.pid, rss, tuple(vram), alive, tuple(totals), ram_total)

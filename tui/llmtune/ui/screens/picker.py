@@ -39,12 +39,14 @@ SOURCE_LABEL = {
 }
 COLUMNS = (("size", "size"), ("quant", "quant"), ("where", "src"), ("model", "name"))
 DEMO_DOWNLOAD = "\0demo"  # the row that fetches the demo model when it is not here yet
+ATTACH = "\0attach"  # watch a running llama-server instead (ui.screens.attach)
 
 
 class ModelPicker(ModalScreen[str | None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("down", "focus_list", "List", show=False),
+        Binding("ctrl+l", "attach", "Attach to llama-server", key_display="^l"),
     ]
 
     @dataclass
@@ -174,3 +176,6 @@ class ModelPicker(ModalScreen[str | None]):
             self.dismiss(None)
         else:
             self.app.notify("Choose a model, or press q to quit.", markup=False)
+
+    def action_attach(self) -> None:
+        self.dismiss(ATTACH)
