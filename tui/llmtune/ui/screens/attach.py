@@ -160,6 +160,8 @@ class AttachScreen(Screen[None]):
         listing.clear_options()
         listing.add_options(Option(inert(s.label, max_chars=120)) for s in servers)
         listing.display = bool(servers)
+        if servers:
+            listing.highlighted = 0
         found = f"{len(servers)} llama-server process{'es' if len(servers) != 1 else ''} here"
         self.query_one("#attach-found", Static).update(
             found if servers else "no llama-server runs on this machine: type its URL"
