@@ -111,6 +111,37 @@ def _download_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _attach_parser() -> argparse.ArgumentParser:
+    from llmtune.fit.argtypes import whole
+    from llmtune.fit.options import add_arguments
+
+    parser = _Parser(
+        prog="llmtune attach",
+        description="Watch a llama-server that already runs, here or elsewhere, beside "
+        "llmtune's plan for it. Only reads its /health, /props, /slots and /metrics.",
+    )
+    parser.add_argument(
+        "url", nargs="?", help="its address, e.g. http://127.0.0.1:8080 (default: choose one "
+        "of the llama-server processes on this machine)",
+    )  # fmt: skip
+    parser.add_argument("--pid", type=whole, help="the local llama-server process to watch")
+    parser.add_argument(
+        "--api-key", metavar="KEY", help="the server's --api-key (default: $LLAMA_API_KEY)"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=1.0, metavar="SECONDS", help="default 1, at least 0.2"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per interval")
+    parser.add_argument("--samples", type=whole, metavar="N", help="stop after N samples")
+    parser.add_argument(
+        "--model", metavar="PATH|URL", help="the server's GGUF, where llmtune cannot read "
+        "the path it reports (a remote server)",
+    )  # fmt: skip
+    _add_machine_options(parser)
+    add_arguments(parser)  # what /props does not say of a remote server: --ngl, ...
+    return parser
+
+
 def _add_hf_option(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument(
         "--hf",
@@ -393,6 +424,16 @@ def cmd_download(argv: Sequence[str]) -> int:
     return download.run(_download_parser().parse_args(argv))
 
 
+def cmd_attach(argv: Sequence[str]) -> int:
+    args = _attach_parser().parse_args(argv)
+    from llmtune.commands import attach
+    from llmtune.fit.options import OPTION, given_fields
+
+    settings = _settings_from_args(args)
+    given = {f: getattr(settings, f) for f in given_fields(args) if f in OPTION}
+    return attach.run(args, given, _machine_options(args))
+
+
 def cmd_app(argv: Sequence[str]) -> int:
     from llmtune.commands import app
 
@@ -408,6 +449,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "rpc-server": cmd_rpc_server,
     "search": cmd_search,
     "download": cmd_download,
+    "attach": cmd_attach,
 }
 
 

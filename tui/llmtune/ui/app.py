@@ -513,6 +513,9 @@ class LlmtuneApp(SessionAttributes, App[None]):
     def action_quantize(self) -> None:
         dialogs.quantize(self)
 
+    def action_attach(self) -> None:
+        dialogs.attach(self)
+
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield from keys.commands(self)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from llmtune.ui.screens.hub_repo import HubChoice
 
 __all__ = [
+    "attach",
     "choose_gpu",
     "download",
     "fetch_demo",
@@ -39,11 +40,13 @@ __all__ = [
 
 def picker(app: LlmtuneApp, can_go_back: bool = True) -> None:
     """Choose a model; with none open yet, the picker cannot be left without one."""
-    from llmtune.ui.screens.picker import DEMO_DOWNLOAD, HUB_PREFIX, ModelPicker
+    from llmtune.ui.screens.picker import ATTACH, DEMO_DOWNLOAD, HUB_PREFIX, ModelPicker
 
     def chosen(path: str | None) -> None:
         if path == DEMO_DOWNLOAD:
             fetch_demo(app)
+        elif path == ATTACH:
+            attach(app)
         elif path and path.startswith(HUB_PREFIX):
             hub_repo(app, path.removeprefix(HUB_PREFIX))
         elif path and path.startswith(("https://", "http://")):
@@ -52,6 +55,18 @@ def picker(app: LlmtuneApp, can_go_back: bool = True) -> None:
             app.open_model(path)
 
     app.push_screen(ModelPicker(can_go_back=can_go_back, last_model=app.store.last_model), chosen)
+
+
+def attach(app: LlmtuneApp) -> None:
+    """Watch a running llama-server (chosen on the screen) beside its plan; with no
+    model open yet, the picker comes back when the screen closes."""
+    from llmtune.ui.screens.attach import AttachScreen, AttachTarget
+
+    def closed(_result: None) -> None:
+        if app.spec is None:
+            picker(app, False)
+
+    app.push_screen(AttachScreen(AttachTarget(interval_s=app.options.interval_s)), closed)
 
 
 def fetch_demo(app: LlmtuneApp) -> None:

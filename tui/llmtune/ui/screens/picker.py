@@ -43,12 +43,14 @@ DEMO_DOWNLOAD = "\0demo"  # the row that fetches the demo model when it is not h
 HUB_PREFIX = "\0hf:"  # a Hub repo typed in the filter: the app shows its files
 # llama.cpp's -hf OWNER/REPO[:QUANT] (common/arg.cpp); a path that exists wins.
 HUB_REF_RE = re.compile(r"^[\w.-]+/[\w.-]+(:[\w.-]+)?$")
+ATTACH = "\0attach"  # watch a running llama-server instead (ui.screens.attach)
 
 
 class ModelPicker(ModalScreen[str | None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "back", "Back"),
         Binding("down", "focus_list", "List", show=False),
+        Binding("ctrl+l", "attach", "Attach to llama-server", key_display="^l"),
     ]
 
     @dataclass
@@ -187,3 +189,6 @@ class ModelPicker(ModalScreen[str | None]):
             self.dismiss(None)
         else:
             self.app.notify("Choose a model, or press q to quit.", markup=False)
+
+    def action_attach(self) -> None:
+        self.dismiss(ATTACH)
