@@ -181,3 +181,48 @@ def test_a_download_that_does_not_fit_on_disk_is_refused_before_any_byte(
     with pytest.raises(RemoteError, match="free"):
         download(repo, choose(repo, "Q4_1"))
     assert hub.counters.requests == 0
+
+
+def test_bytes_that_do_not_match_the_hubs_sha256_are_deleted_not_kept(
+    env: Path, hub: FakeHub, demo_model: Path
+) -> None:
+    from dataclasses import replace
+
+    from llmtune.errors import RemoteError
+    from llmtune.model.download import download, repo_folder
+    from llmtune.model.hub import choose, list_repo
+
+    repo = list_repo("test/smol")
+    entry = choose(repo, "Q4_1")
+    # The listing promises other bytes than the server sends (a corrupted mirror).
+    wrong = replace(entry.files[0], sha256="0" * 64)
+    with pytest.raises(RemoteError, match="SHA-256"):
+        download(repo, replace(entry, files=(wrong,)))
+    folder = repo_folder("test/smol")
+    assert not list(folder.rglob("*.partial"))  # nothing to resume from wrong bytes
+    assert not (folder / "blobs" / wrong.sha256).exists()
+    assert not (folder / "snapshots").exists() or not list((folder / "snapshots").rglob("*.gguf"))
+
+
+def test_a_second_download_of_the_same_file_is_refused_while_one_runs(
+    env: Path, hub: FakeHub
+) -> None:
+    import fcntl
+
+    from llmtune.errors import RemoteError
+    from llmtune.model.download import download, repo_folder
+    from llmtune.model.hub import choose, list_repo
+
+    repo = list_repo("test/smol")
+    entry = choose(repo, "Q4_1")
+    blobs = repo_folder("test/smol") / "blobs"
+    blobs.mkdir(parents=True)
+    # Another process holds the file's lock (flock is per open file description).
+    with open(blobs / f"{entry.files[0].sha256}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        hub.reset()
+        with pytest.raises(RemoteError, match="another download"):
+            download(repo, entry)
+        assert hub.counters.requests == 0 and not list(blobs.glob("*.partial"))
+    (path,) = download(repo, entry)  # once it is released, the download runs
+    assert path.stat().st_size == entry.size

@@ -16,7 +16,7 @@ from llmtune.fit.plan import FitPlan, plan, with_max_context
 from llmtune.fit.settings import Settings
 from llmtune.fit.speed import SpeedModel
 from llmtune.hardware.device import Device
-from llmtune.model.hub import Entry, Repo
+from llmtune.model.hub import Entry, Repo, is_model
 from llmtune.model.source import Opened, open_many
 from llmtune.model.spec import ModelSpec
 
@@ -65,7 +65,7 @@ def repo_rows(
         except LlmtuneError as exc:
             rows.append(RepoRow(entry, got.spec, None, exc.one_line()))
 
-    open_many(repo, [e for e in repo.entries if not e.mmproj], add)
+    open_many(repo, [e for e in repo.entries if is_model(e)], add)
     rows.sort(key=lambda r: r.rank)
     return rows
 

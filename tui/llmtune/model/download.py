@@ -10,11 +10,13 @@ first byte.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -93,6 +95,39 @@ def _fetch(
     on_progress: Callable[[Progress], None] | None,
 ) -> None:
     partial = blob.with_name(blob.name + ".partial")
+    with _only_download(blob, f.name):
+        _fetch_locked(http, url, f, blob, partial, on_progress)
+
+
+@contextmanager
+def _only_download(blob: Path, name: str) -> Iterator[None]:
+    """One download of a file at a time: a second process appending to the same
+    ``.partial`` would corrupt it (the lock goes with the process that holds it)."""
+    lock = blob.with_name(blob.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    except OSError as exc:
+        raise RemoteError(f"cannot lock the download: {exc.strerror}", str(lock)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)  # the holder's lock file stays: it removes it when done
+        raise RemoteError("another download of this file is running", name) from None
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
+
+
+def _fetch_locked(
+    http: HttpClient,
+    url: str,
+    f: RepoFile,
+    blob: Path,
+    partial: Path,
+    on_progress: Callable[[Progress], None] | None,
+) -> None:
     digest = hashlib.sha256()
     start = 0
     if partial.exists():

@@ -176,23 +176,34 @@ def group_entries(files: Sequence[RepoFile]) -> tuple[Entry, ...]:
     return tuple(entries)
 
 
+# common/download.cpp ``gguf_filename_is_model``: sidecar files that are not models.
+_NOT_MODELS = ("mmproj", "imatrix", "mtp-", "eagle3-", "dflash-", "dspark-")
+# common/download.cpp ``find_best_model``: the tags tried when none is given.
+DEFAULT_TAGS = (DEFAULT_QUANT, "Q8_0")
+
+
+def is_model(entry: Entry) -> bool:
+    """A file llama.cpp's -hf would load as the model (not an mmproj, imatrix, ...)."""
+    base = entry.name.rsplit("/", 1)[-1]
+    return not entry.mmproj and not any(k in base for k in _NOT_MODELS)
+
+
 def choose(repo: Repo, quant: str | None) -> Entry:
-    """The entry ``quant`` names, as llama.cpp's -hf picks it (Q4_K_M by default)."""
-    models = [e for e in repo.entries if not e.mmproj]
+    """The entry ``quant`` names, as llama.cpp's -hf resolves it (common/download.cpp
+    ``find_best_model``): the first model file, in the listing's path order, whose
+    path matches the tag followed by ``.`` or ``-`` (case-insensitive; a split set
+    by its first shard); with no tag Q4_K_M, then Q8_0, then the first model."""
+    models = sorted((e for e in repo.entries if is_model(e)), key=lambda e: e.name)
     if not models:
         raise RemoteError("the repo holds no GGUF model files", repo.repo_id)
-    if quant is None:
-        default = [e for e in models if e.label.upper() == DEFAULT_QUANT]
-        return default[0] if default else models[0]
-    want = quant.upper()
-    exact = [e for e in models if e.label.upper() == want]
-    loose = exact or [e for e in models if want in e.name.upper()]
-    if len(loose) == 1 or (loose and exact):
-        return loose[0]
+    for tag in (quant,) if quant else DEFAULT_TAGS:
+        pattern = re.compile(re.escape(tag) + "[.-]", re.IGNORECASE)
+        for entry in models:
+            if pattern.search(entry.name):
+                return entry
+    if not quant:
+        return models[0]
     labels = ", ".join(sorted({e.label for e in models}))
-    if loose:
-        names = ", ".join(e.name for e in loose[:4])
-        raise ConfigError(f"{quant!r} matches several files ({names}); name one exactly", "--hf")
     raise ConfigError(f"no {quant} file in {repo.repo_id}; it has {labels}", "--hf")
 
 
