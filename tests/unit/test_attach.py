@@ -158,3 +158,38 @@ def test_nothing_listening_is_down(http_server: tuple[str, Script]) -> None:
         port = s.getsockname()[1]
     sample = Attacher(f"http://127.0.0.1:{port}").tick()
     assert sample.state == "down" and "connection refused" in sample.message
+
+
+def test_a_keep_alive_connection_the_server_dropped_is_not_a_server_down() -> None:
+    """llama-server closes idle kept-alive connections (its keep-alive timeout): the
+    next tick retries on a new connection instead of reporting the server down
+    and losing the speed counters' baseline."""
+    script = Script()
+    _llama(script, "/a.gguf")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive by default
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            status, body = script.answers.get(self.path, (404, "not found"))
+            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            self.close_connection = True  # dropped after the answer, unannounced
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        attacher = Attacher(f"http://127.0.0.1:{server.server_address[1]}")
+        states = [attacher.tick().state for _ in range(3)]
+        attacher.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert states == ["ok", "ok", "ok"]

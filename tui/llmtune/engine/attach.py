@@ -160,7 +160,20 @@ class ServerHttp:
             self._conn = None
 
     def get(self, path: str) -> Answer:
-        """``GET path``; raises OSError or http.client.HTTPException when it fails."""
+        """``GET path``; raises OSError or http.client.HTTPException when it fails.
+
+        A kept-alive connection the server closed while idle (its keep-alive
+        timeout, or a restart) is retried once on a new one: only a fresh
+        connection's failure means the server is not answering."""
+        reused = self._conn is not None
+        try:
+            return self._get_once(path)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
+                raise
+            return self._get_once(path)
+
+    def _get_once(self, path: str) -> Answer:
         headers = {"Accept": "application/json, text/plain"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"

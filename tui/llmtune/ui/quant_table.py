@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from textual.css.query import NoMatches
 from textual.timer import Timer
 from textual.worker import get_current_worker
 
@@ -75,7 +76,10 @@ class QuantTable:
         p = app.plan
         ctx = f"context {p.n_ctx:,}, " if p is not None else ""
         caption = f"{ctx}as many layers on the GPU as fit; {app.hardware.describe()}"
-        app.quant_pane.show(self.rows, app.quant, self.siblings, caption)
+        try:
+            app.quant_pane.show(self.rows, app.quant, self.siblings, caption)
+        except NoMatches:
+            pass  # rows that land while the app closes and its widgets are gone
 
     # -- the threads ----------------------------------------------------------------------
     def _plan_rows(self) -> None:

@@ -35,7 +35,7 @@ class LayerSlider(Widget, can_focus=True):
         Binding("pageup", "step(5)", "+5 layers", show=False),
         Binding("home", "to(0)", "No layers", show=False),
         Binding("end", "to_end", "All layers", show=False),
-        Binding("equals_sign", "auto", "auto (llama.cpp's fit)", show=False),
+        Binding("equals_sign", "auto", "auto", key_display="="),
     ]
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {
