@@ -56,13 +56,15 @@ class ClassSpeed:
 # tests/bench/published_llama_bench.csv (XiongjieDai/GPU-Benchmarks-on-LLM-Inference,
 # May 2024): three figures per class, never one per row.
 CLASS_SPEEDS: dict[str, ClassSpeed] = {
-    "nvidia-consumer": ClassSpeed(0.90, 55e-6, 0.42, "27 rows: 13 cards, 8B/70B Q4_K_M and F16"),
-    "nvidia-datacenter": ClassSpeed(0.55, 80e-6, 0.30, "9 rows: A100 PCIe/SXM, H100 PCIe"),
-    "apple": ClassSpeed(0.75, 110e-6, 0.70, "10 rows: M1, M1 Max, M2 Ultra, M3 Max"),
+    "nvidia-consumer": ClassSpeed(0.90, 80e-6, 0.44, "26 rows: 13 cards, 8B/70B Q4_K_M and F16"),
+    "nvidia-datacenter": ClassSpeed(0.60, 100e-6, 0.32, "9 rows: A100 PCIe/SXM, H100 PCIe"),
+    "apple": ClassSpeed(0.80, 200e-6, 0.64, "11 rows: M1, M1 Max, M2 Ultra, M3 Max"),
     # No full-offload rows were found for these; they take the nearest measured
     # class's figures (RDNA3 desktop cards like GDDR NVIDIA cards, CDNA like HBM).
-    "amd-consumer": ClassSpeed(0.80, 70e-6, 0.30, "none: the NVIDIA consumer figures, lowered"),
-    "amd-datacenter": ClassSpeed(0.55, 80e-6, 0.20, "none: the NVIDIA datacenter figures"),
+    "amd-consumer": ClassSpeed(0.80, 80e-6, 0.30, "none: the NVIDIA consumer figures, lowered"),
+    "amd-datacenter": ClassSpeed(
+        0.60, 100e-6, 0.20, "none: the NVIDIA datacenter figures, lowered"
+    ),
 }
 DEFAULT_CLASS = "nvidia-consumer"
 
