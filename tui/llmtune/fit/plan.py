@@ -361,7 +361,9 @@ def _evaluate(
             kind="cpu",
             index=0,
             capacity_bytes=host.capacity_bytes,
-            free_bytes=host.free_bytes,
+            # Apple Silicon: the GPU's buffers are the host's RAM, so one pool holds both.
+            free_bytes=host.free_bytes
+            - sum(p.total_bytes for p, g in zip(plans, gpus, strict=True) if g.unified),
             weights_bytes=host_weights,
             kv_bytes=host_kv,
             compute_bytes=host_compute,
