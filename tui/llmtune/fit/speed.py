@@ -68,7 +68,7 @@ CLASS_SPEEDS: dict[str, ClassSpeed] = {
 }
 DEFAULT_CLASS = "nvidia-consumer"
 
-# The two classes' layer costs llmtune knows without a GPU class: CPU threads.
+# The CPU's fixed time per layer per token: barriers between its threads.
 CPU_LAYER_OVERHEAD_S = 100e-6
 
 # Prompt processing is predicted for llama-bench's pp512: a 512-token prompt
@@ -91,6 +91,8 @@ class SpeedModel:
     # Fixed time per layer (and for the output) per generated token. CPU: about
     # 100 us with two threads on this project's 2-core machine (SmolLM2-135M,
     # 30 layers, spends 6.6 of its 10.2 ms per token beyond reading its weights).
+    # GPU: the consumer class's fitted figure; on 8B/70B rows it also absorbs the
+    # quantized kernels' arithmetic, so it may overstate a tiny model's cost.
     cpu_layer_overhead_s: float = CPU_LAYER_OVERHEAD_S
     gpu_layer_overhead_s: float = CLASS_SPEEDS[DEFAULT_CLASS].layer_overhead_s
 
