@@ -159,7 +159,8 @@ def test_detection_that_must_not_wait_never_probes(monkeypatch, probes):
         ("NVIDIA A100-SXM4-80GB", 81920, "a100-80g"),  # a100, not a10
         ("NVIDIA A100-PCIE-40GB", 40960, "a100-40g"),
         ("Tesla T4", 15360, "t4"),
-        ("NVIDIA RTX A6000", 49140, None),
+        ("NVIDIA RTX A6000", 49140, "rtxa6000"),
+        ("NVIDIA RTX A2000 12GB", 12288, None),  # no profile
     ],
 )
 def test_match_gpu_profile(nvml_name, memory_mib, profile):

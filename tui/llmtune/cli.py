@@ -315,8 +315,9 @@ def _add_machine_options(
         default=[],
         metavar="SPEC",
         help=shown(
-            "plan for this GPU instead of this machine's: a profile (rtx3060-12g) or a size "
-            "(12GiB, 24GB:1008GB/s); repeat for more GPUs; see 'llmtune fit --list-gpus'"
+            "plan for this GPU instead of this machine's: a profile (rtx3060-12g, m2-ultra-192g) "
+            "or a size (12GiB, 24GB:1008GB/s, 24GB:936GB/s:71TF); repeat for more GPUs; "
+            "see 'llmtune fit --list-gpus'"
         ),
     )
     parser.add_argument(

@@ -29,7 +29,10 @@ def list_gpus() -> int:
     from llmtune.hardware.profiles import GPU_PROFILES
 
     for p in GPU_PROFILES:
-        print(f"{p.key:<15} {p.memory_mib / 1024:6.1f} GiB {p.bandwidth_gbps:7.0f} GB/s  {p.name}")
+        print(
+            f"{p.key:<17} {p.memory_mib / 1024:6.1f} GiB {p.bandwidth_gbps:7.0f} GB/s "
+            f"{p.fp16_tflops:7.1f} TF  {p.device_class:<17} {p.name}"
+        )
     return 0
 
 

@@ -49,7 +49,16 @@ from llmtune.fit.graph import (
     output_peak,
 )
 from llmtune.fit.settings import NGL_AUTO, QUANTIZED_CACHE_TYPES, Settings
-from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
+from llmtune.fit.speed import (
+    DEFAULT_SPEED_MODEL,
+    PromptShape,
+    Speed,
+    SpeedModel,
+    SpeedSum,
+    cpu_rates,
+    gpu_rates,
+    predicted_speed,
+)
 from llmtune.hardware.device import Device
 from llmtune.model import ModelSpec
 
@@ -117,18 +126,6 @@ class DevicePlan:
         if self.total_bytes > self.free_bytes - self.margin_bytes:
             return "tight"
         return "fits"
-
-
-@dataclass(frozen=True)
-class Speed:
-    tg_tokens_per_s: float
-    pp_tokens_per_s: float
-    tg_overhead_s: float = 0.0  # of a token's time, the fixed per-layer part (not reading)
-    tg_network_s: float = 0.0  # of a token's time, what crosses the network to RPC devices
-
-    @property
-    def tg_token_s(self) -> float:
-        return 1.0 / self.tg_tokens_per_s if self.tg_tokens_per_s > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -217,9 +214,8 @@ def _evaluate(
     ngl: int,
     n_vocab_outputs: int,
     speed: SpeedModel = DEFAULT_SPEED_MODEL,
-) -> tuple[list[DevicePlan], float, float, float, float]:
-    """Per-device plans, generation and prompt tokens/s, and the per-layer
-    overhead and network parts of a generated token's time."""
+) -> tuple[list[DevicePlan], SpeedSum]:
+    """Per-device plans and the parts of a token's time on them."""
     n_layer = len(costs.layers)
     ranges = _gpu_ranges(gpus, s, n_layer, ngl)
     copies = pipeline_copies(gpus, s, n_layer, ngl)
@@ -236,10 +232,10 @@ def _evaluate(
     output_on_cpu = cpu_end > n_layer
     host_weights = costs.input_bytes + costs.other_bytes + c.weights_prefix[cpu_layers_end]
     host_kv = c.kv_prefix[cpu_layers_end]
-    tg_time = 0.0
-    pp_time = 0.0
-    network = 0.0
-    overhead = 0.0
+    times = SpeedSum()
+    shape = PromptShape(
+        c.n_ubatch, c.flash_attn, costs.n_embd, costs.n_head, costs.bytes_per_param, s.n_parallel
+    )
     active_cpu = float(c.active_prefix[cpu_layers_end])
     # What a token reads of the FFN tensors that leave their layer's device.
     sparse = costs.n_expert_used / costs.n_expert if costs.n_expert else 1.0
@@ -310,22 +306,13 @@ def _evaluate(
         )
         # An RPC host with no GPU named behind it runs like a CPU (llmtune rpc-server).
         cpu_like = gpu.is_rpc and gpu.profile == "cpu"
-        if cpu_like:
-            bw = gpu.bandwidth_gbps * 1e9 * host_bandwidth_efficiency(gpu, speed)
-            layer_s, efficiency = speed.cpu_layer_overhead_s, speed.cpu_compute_efficiency
-        else:
-            bw = gpu.bandwidth_gbps * 1e9 * speed.gpu_bandwidth_efficiency
-            layer_s, efficiency = speed.gpu_layer_overhead_s, speed.gpu_compute_efficiency
-        if bw:
-            tg_time += (active + kv * c.kv_read_fraction) / bw
-        overhead += (n_layers + has_output) * layer_s
-        flops = gpu.fp16_tflops * 1e12 * efficiency
-        if flops:
-            pp_time += 2.0 * active / costs.bytes_per_param / flops
+        rates = cpu_rates(gpu, speed) if cpu_like else gpu_rates(gpu, speed)
+        attending = _attention_layers(c, first, end)
+        times.add(rates, shape, active, kv * c.kv_read_fraction, n_layers + has_output, attending)
         if gpu.is_rpc and (n_layers or has_output):
             token_s, ubatch_s = network_s(costs, c, gpu, has_output)
-            network += token_s
-            pp_time += ubatch_s / c.n_ubatch
+            times.network_s += token_s
+            times.prompt_s += ubatch_s / c.n_ubatch
     if output_on_cpu:
         # A tied output on the host is token_embd itself (TENSOR_DUPLICATED reuses it).
         host_weights += costs.output_own_bytes
@@ -374,7 +361,9 @@ def _evaluate(
             kind="cpu",
             index=0,
             capacity_bytes=host.capacity_bytes,
-            free_bytes=host.free_bytes,
+            # Apple Silicon: the GPU's buffers are the host's RAM, so one pool holds both.
+            free_bytes=host.free_bytes
+            - sum(p.total_bytes for p, g in zip(plans, gpus, strict=True) if g.unified),
             weights_bytes=host_weights,
             kv_bytes=host_kv,
             compute_bytes=host_compute,
@@ -387,20 +376,19 @@ def _evaluate(
             mapped_bytes=(costs.cpu_mapped_span if not gpus else host_weights) if s.use_mmap else 0,
         )
     )
-    host_bw = host.bandwidth_gbps * 1e9 * host_bandwidth_efficiency(host, speed)
-    if host_bw:
-        tg_time += (active_cpu + host_kv * c.kv_read_fraction) / host_bw
-    overhead += (cpu_layers_end + output_on_cpu) * speed.cpu_layer_overhead_s
-    tg_time += overhead + network
-    host_flops = host.fp16_tflops * 1e12 * speed.cpu_compute_efficiency
+    host_layers = cpu_layers_end + output_on_cpu
+    host_kv_read = host_kv * c.kv_read_fraction
+    attending = _attention_layers(c, 0, cpu_layers_end)
+    rates = cpu_rates(host, speed)
+    times.add(rates, shape, active_cpu, host_kv_read, host_layers, attending, offload_to is None)
     if offload_to is not None:
         # op offload: CPU-resident weights cross PCIe once per ubatch
-        pp_time += c.weights_prefix[cpu_layers_end] / (speed.pcie_gbps * 1e9) / c.n_ubatch
-    elif host_flops:
-        pp_time += 2.0 * active_cpu / costs.bytes_per_param / host_flops
-    tg = 1.0 / tg_time if tg_time > 0 else 0.0
-    pp = 1.0 / pp_time if pp_time > 0 else 0.0
-    return plans, tg, pp, overhead, network
+        times.prompt_s += c.weights_prefix[cpu_layers_end] / (speed.pcie_gbps * 1e9) / c.n_ubatch
+    return plans, times
+
+
+def _attention_layers(c: GraphContext, first: int, end: int) -> int:
+    return c.full_prefix[end] - c.full_prefix[first] + c.swa_prefix[end] - c.swa_prefix[first]
 
 
 def pipeline_copies(gpus: Sequence[Device], s: Settings, n_layer: int, ngl: int) -> int:
@@ -420,14 +408,6 @@ def pipeline_copies(gpus: Sequence[Device], s: Settings, n_layer: int, ngl: int)
         and not s.layer_overflow
     )
     return 4 if on else 1
-
-
-def host_bandwidth_efficiency(host: Device, speed: SpeedModel) -> float:
-    """The fraction of ``host``'s bandwidth llama.cpp reads at: a measured
-    bandwidth is already what programs get; a peak figure is not."""
-    if host.bandwidth_measured:
-        return speed.cpu_measured_bandwidth_efficiency
-    return speed.cpu_bandwidth_efficiency
 
 
 def _resolve_ngl(s: Settings, n_layer: int, has_gpu: bool) -> int:
@@ -496,7 +476,7 @@ def plan(
     c = graph_context(costs, s, spec.n_ctx_train)
     outputs = costs.n_vocab * max(1, s.n_parallel) * 4
     ngl = _resolve_ngl(s, n_layer, bool(gpus))
-    plans, tg, pp, overhead, network = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
+    plans, times = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
     max_ngl = _max_gpu_layers(costs, gpus, host, s, c, outputs)
     notes: list[str] = []
     if s.cache_type_v in QUANTIZED_CACHE_TYPES and s.flash_attn == "auto":
@@ -530,7 +510,7 @@ def plan(
         flash_attn=c.flash_attn,
         devices=tuple(plans),
         max_gpu_layers=max_ngl,
-        predicted=Speed(tg, pp, overhead, network),
+        predicted=predicted_speed(times, s.n_parallel),
         notes=tuple(notes),
     )
 
@@ -584,9 +564,8 @@ def offload_curve(
     points: list[CurvePoint] = []
     top = len(costs.layers) + 1 if gpus else 0
     for ngl in range(top + 1):
-        plans, tg, _pp, _overhead, _network = _evaluate(
-            costs, gpus, host, s, c, ngl, outputs, speed
-        )
+        plans, times = _evaluate(costs, gpus, host, s, c, ngl, outputs, speed)
+        tg = 1.0 / times.step_s() if times.step_s() > 0 else 0.0
         points.append(
             CurvePoint(
                 n_gpu_layers=ngl,

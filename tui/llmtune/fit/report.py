@@ -61,6 +61,14 @@ def plan_dict(spec: ModelSpec, p: FitPlan) -> dict[str, Any]:
             "tg_tokens_per_s": round(p.predicted.tg_tokens_per_s, 3) if p.fits else None,
             "pp_tokens_per_s": round(p.predicted.pp_tokens_per_s, 3) if p.fits else None,
             "tg_network_s": round(p.predicted.tg_network_s, 6) if p.fits else None,
+            # With --parallel N: each stream's speed while all N generate, and their sum.
+            "n_parallel": p.predicted.n_parallel,
+            "tg_stream_tokens_per_s": (
+                round(p.predicted.tg_stream_tokens_per_s, 3) if p.fits else None
+            ),
+            "tg_aggregate_tokens_per_s": (
+                round(p.predicted.tg_aggregate_tokens_per_s, 3) if p.fits else None
+            ),
         },
         "short_bytes": p.short_bytes,
         "command": plan_server_command(spec.path, p),
@@ -162,6 +170,12 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
             f"Predicted: {p.predicted.tg_tokens_per_s:,.1f} tokens/s generating, "
             f"{p.predicted.pp_tokens_per_s:,.0f} tokens/s on prompts"
         )
+        if p.predicted.n_parallel > 1:
+            lines.append(
+                f"  {p.predicted.n_parallel} streams at once: "
+                f"{p.predicted.tg_stream_tokens_per_s:,.1f} tokens/s each, "
+                f"{p.predicted.tg_aggregate_tokens_per_s:,.1f} in all"
+            )
     else:
         lines.append(f"Predicted: no speed, it does not run: {format_bytes(p.short_bytes)} short")
     if p.fit is not None and p.fit.status == "success":

@@ -1,48 +1,261 @@
-"""The speed model's inputs, in one place so measurements can calibrate them.
+"""The speed model: what a plan predicts for generation and prompt processing.
 
-Generation is memory-bound: per token every device reads its share of the
-weights (for MoE only the experts used) and of the KV cache at its bandwidth,
-and the devices run one after another, so their times add. On top of the
-reading, every layer costs a fixed time per token whatever its size: llama.cpp
-walks a graph of about thirty operations per layer, and each is a kernel launch
-on a GPU or a barrier between the threads on the CPU. For a 7B model that is a
-few percent; for a 135M model it is most of the time (measured here by
-``tests/bench/speed_accuracy.py``: SmolLM2-135M generates at 0.3x what its 0.1 GB
-of weights would allow, synthetic 3B-7B Llama shapes at 0.9x).
+docs/speed-model.md explains the model, its sources and how its per-class
+figures were fitted; in short:
 
-Prompt processing is compute-bound: 2 FLOPs per weight per token at each
-device's throughput; with partial offload llama.cpp copies the CPU's weights to
-the GPU once per ubatch (op offload), so PCIe bandwidth bounds it instead.
+* **Generation** is memory-bound. Per step every device reads its share of the
+  weights (for MoE only the experts used) and, per stream, of the KV cache at
+  the bench depth, at its bandwidth times its class's efficiency; every layer
+  also costs a fixed time per step whatever its size (llama.cpp walks about
+  thirty operations per layer: a kernel launch each on a GPU, a barrier between
+  threads on the CPU). Devices run one after another, so their times add.
+  With ``--parallel N`` one step decodes a token for each of N streams: the
+  weights are read once, and each stream beyond the first adds its own cache
+  read and its arithmetic (two FLOPs per weight at the prompt efficiency).
+* **Prompt processing** is compute-bound: two FLOPs per weight per token at the
+  device's dense FP16 throughput times its class's efficiency, plus the
+  attention's own FLOPs at the prompt's depth; without flash attention the
+  attention matrix (heads x depth floats per token) also crosses memory a few
+  times. Each ubatch of ``n_ubatch`` tokens reads the weights once more and
+  pays the per-layer cost once, so small ubatches are slower. With a partial
+  offload llama.cpp copies the CPU's weights to the GPU once per ubatch (op
+  offload), so PCIe bounds it instead.
 
 The efficiencies are the fractions of a bandwidth or throughput that llama.cpp
-reaches. A bandwidth from a data sheet or profile is a peak (DDR4-3200 dual
-channel: 51.2 GB/s) that nothing reads at; the host bandwidth llmtune measures
-on this machine (``hardware.bandwidth``, a STREAM-style copy) is what a program
-gets, and llama.cpp's reading matches it (1.07x on the machine of the README's
-Performance section), so it has an efficiency of its own. ``llmtune bench``
-calibrates all of them per machine (``engine.calibration``).
+reaches, per device class (:data:`CLASS_SPEEDS`): an HBM datacenter card reads
+a small model at well under its bandwidth where a GDDR desktop card nearly
+reaches it, and an Apple GPU has its own. A bandwidth from a data sheet or a
+profile is a peak (DDR4-3200 dual channel: 51.2 GB/s) that nothing reads at;
+the host bandwidth llmtune measures on this machine (``hardware.bandwidth``) is
+what a program gets, so it has an efficiency of its own. ``llmtune bench``
+calibrates the GPU figures per machine (``engine.calibration``): the
+``gpu_*`` fields of :class:`SpeedModel` are the consumer NVIDIA class's
+figures, and a calibrated value scales every class's by the same ratio.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llmtune.hardware.device import Device
+
+
+@dataclass(frozen=True)
+class ClassSpeed:
+    """What llama.cpp reaches on one device class: the share of the bandwidth a
+    generated token reads at, the fixed time per layer per step, and the share of
+    the dense FP16 throughput a prompt computes at."""
+
+    bandwidth_efficiency: float
+    layer_overhead_s: float
+    compute_efficiency: float
+    rows: str  # the published results fitted (tests/bench/published_llama_bench.csv)
+
+
+# Fitted by tests/bench/gpu_speed.py --fit on the published llama-bench rows of
+# tests/bench/published_llama_bench.csv (XiongjieDai/GPU-Benchmarks-on-LLM-Inference,
+# May 2024): three figures per class, never one per row.
+CLASS_SPEEDS: dict[str, ClassSpeed] = {
+    "nvidia-consumer": ClassSpeed(0.90, 80e-6, 0.44, "26 rows: 13 cards, 8B/70B Q4_K_M and F16"),
+    "nvidia-datacenter": ClassSpeed(0.60, 100e-6, 0.32, "9 rows: A100 PCIe/SXM, H100 PCIe"),
+    "apple": ClassSpeed(0.80, 200e-6, 0.64, "11 rows: M1, M1 Max, M2 Ultra, M3 Max"),
+    # No full-offload rows were found for these; they take the nearest measured
+    # class's figures (RDNA3 desktop cards like GDDR NVIDIA cards, CDNA like HBM).
+    "amd-consumer": ClassSpeed(0.80, 80e-6, 0.30, "none: the NVIDIA consumer figures, lowered"),
+    "amd-datacenter": ClassSpeed(
+        0.60, 100e-6, 0.20, "none: the NVIDIA datacenter figures, lowered"
+    ),
+}
+DEFAULT_CLASS = "nvidia-consumer"
+
+# The CPU's fixed time per layer per token: barriers between its threads.
+CPU_LAYER_OVERHEAD_S = 100e-6
+
+# Prompt processing is predicted for llama-bench's pp512: a 512-token prompt
+# from an empty cache, whose tokens attend to 256 cells on average.
+PROMPT_TOKENS = 512
+# Without flash attention the attention matrix (F32, heads x cells per token) is
+# written by the KQ product, read and written by the softmax, read by the KQV
+# product (llama-graph.cpp build_attn_mha): four passes of four bytes.
+KQ_BYTES_PER_CELL = 16
+
 
 @dataclass(frozen=True)
 class SpeedModel:
-    gpu_bandwidth_efficiency: float = 0.80
+    gpu_bandwidth_efficiency: float = CLASS_SPEEDS[DEFAULT_CLASS].bandwidth_efficiency
     cpu_bandwidth_efficiency: float = 0.65  # of a peak figure (a host profile, --ram)
     cpu_measured_bandwidth_efficiency: float = 1.0  # of this machine's measured bandwidth
-    gpu_compute_efficiency: float = 0.45
+    gpu_compute_efficiency: float = CLASS_SPEEDS[DEFAULT_CLASS].compute_efficiency
     cpu_compute_efficiency: float = 0.35
     pcie_gbps: float = 16.0  # PCIe 4.0 x16 as measured in practice
     # Fixed time per layer (and for the output) per generated token. CPU: about
     # 100 us with two threads on this project's 2-core machine (SmolLM2-135M,
     # 30 layers, spends 6.6 of its 10.2 ms per token beyond reading its weights).
-    # GPU: llama.cpp's published RTX 4090 figures for 7B Q4_0 (about 155 tokens/s
-    # for 3.6 GB at 1008 GB/s) leave about 40 us per layer beyond the reading.
-    cpu_layer_overhead_s: float = 100e-6
-    gpu_layer_overhead_s: float = 40e-6
+    # GPU: the consumer class's fitted figure; on 8B/70B rows it also absorbs the
+    # quantized kernels' arithmetic, so it may overstate a tiny model's cost.
+    cpu_layer_overhead_s: float = CPU_LAYER_OVERHEAD_S
+    gpu_layer_overhead_s: float = CLASS_SPEEDS[DEFAULT_CLASS].layer_overhead_s
 
 
 DEFAULT_SPEED_MODEL = SpeedModel()
+
+
+@dataclass(frozen=True)
+class Rates:
+    """One device's figures under a speed model: bytes/s a token reads at, FLOP/s
+    a prompt computes at, and the fixed time per layer per step."""
+
+    read_bytes_per_s: float
+    flops: float
+    layer_s: float
+
+
+def device_class(device: Device) -> str:
+    """The device's speed class: its own, its profile's, or by its backend."""
+    if device.device_class:
+        return device.device_class
+    if device.profile:
+        from llmtune.hardware.profiles import GPU_PROFILE_BY_KEY
+
+        profile = GPU_PROFILE_BY_KEY.get(device.profile)
+        if profile is not None:
+            return profile.device_class
+    return {"MTL": "apple", "Metal": "apple", "ROCm": "amd-consumer"}.get(
+        device.backend, DEFAULT_CLASS
+    )
+
+
+def host_bandwidth_efficiency(host: Device, speed: SpeedModel) -> float:
+    """The fraction of ``host``'s bandwidth llama.cpp reads at: a measured
+    bandwidth is already what programs get; a peak figure is not."""
+    if host.bandwidth_measured:
+        return speed.cpu_measured_bandwidth_efficiency
+    return speed.cpu_bandwidth_efficiency
+
+
+def cpu_rates(device: Device, speed: SpeedModel) -> Rates:
+    return Rates(
+        device.bandwidth_gbps * 1e9 * host_bandwidth_efficiency(device, speed),
+        device.fp16_tflops * 1e12 * speed.cpu_compute_efficiency,
+        speed.cpu_layer_overhead_s,
+    )
+
+
+def gpu_rates(device: Device, speed: SpeedModel) -> Rates:
+    """A GPU's rates: its class's figures, scaled by this machine's calibration
+    (the ratio of the calibrated consumer figures to the defaults)."""
+    cls = CLASS_SPEEDS.get(device_class(device), CLASS_SPEEDS[DEFAULT_CLASS])
+    base = DEFAULT_SPEED_MODEL
+    bandwidth = cls.bandwidth_efficiency * (
+        speed.gpu_bandwidth_efficiency / base.gpu_bandwidth_efficiency
+    )
+    compute = cls.compute_efficiency * (speed.gpu_compute_efficiency / base.gpu_compute_efficiency)
+    layer = cls.layer_overhead_s * (speed.gpu_layer_overhead_s / base.gpu_layer_overhead_s)
+    return Rates(
+        device.bandwidth_gbps * 1e9 * min(bandwidth, 1.0),
+        device.fp16_tflops * 1e12 * min(compute, 1.0),
+        layer,
+    )
+
+
+@dataclass(frozen=True)
+class PromptShape:
+    """What the prompt terms need of the model and the settings."""
+
+    n_ubatch: int
+    flash_attn: bool
+    n_embd: int  # the attention's width (query heads x head size)
+    n_head: int
+    bytes_per_param: float
+    n_parallel: int = 1
+
+
+@dataclass
+class SpeedSum:
+    """A token's time, summed over the devices a plan runs on in turn."""
+
+    read_s: float = 0.0  # weights, once per step
+    kv_s: float = 0.0  # one stream's cache read per step
+    overhead_s: float = 0.0  # the fixed per-layer part of a step
+    stream_compute_s: float = 0.0  # each further stream's arithmetic per step
+    prompt_s: float = 0.0  # per prompt token
+    network_s: float = 0.0  # per step, RPC devices
+
+    def add(
+        self,
+        rates: Rates,
+        shape: PromptShape,
+        active_bytes: float,
+        kv_read_bytes: float,
+        layers: int,
+        attention_layers: int,
+        prompt: bool = True,
+    ) -> None:
+        """One device: ``active_bytes`` of weights read per token, one stream's
+        ``kv_read_bytes`` of cache, ``layers`` layers (the output counts one) of
+        which ``attention_layers`` attend; ``prompt``: it computes its own
+        layers' prompt (not under op offload)."""
+        if rates.read_bytes_per_s:
+            self.read_s += active_bytes / rates.read_bytes_per_s
+            self.kv_s += kv_read_bytes / rates.read_bytes_per_s
+        self.overhead_s += layers * rates.layer_s
+        if not rates.flops or not prompt:
+            return
+        params = active_bytes / shape.bytes_per_param
+        token_flops = 2.0 * params
+        self.stream_compute_s += token_flops / rates.flops
+        depth = PROMPT_TOKENS / 2
+        # QK^T and KQ.V: two FLOPs per query element per cell, twice.
+        attention_flops = 4.0 * shape.n_embd * depth * attention_layers
+        token_s = (token_flops + attention_flops) / rates.flops
+        if not shape.flash_attn and rates.read_bytes_per_s:
+            kq_bytes = shape.n_head * depth * KQ_BYTES_PER_CELL * attention_layers
+            token_s += kq_bytes / rates.read_bytes_per_s
+        # Each ubatch reads the weights once and walks every layer once.
+        per_ubatch = layers * rates.layer_s
+        if rates.read_bytes_per_s:
+            per_ubatch += active_bytes / rates.read_bytes_per_s
+        self.prompt_s += token_s + per_ubatch / max(1, shape.n_ubatch)
+
+    def step_s(self, n_streams: int = 1) -> float:
+        """One decoding step for ``n_streams`` streams (one token each)."""
+        extra = max(0, n_streams - 1)
+        return (
+            self.read_s
+            + self.overhead_s
+            + self.network_s
+            + n_streams * self.kv_s
+            + extra * self.stream_compute_s
+        )
+
+
+@dataclass(frozen=True)
+class Speed:
+    tg_tokens_per_s: float  # one stream's generation
+    pp_tokens_per_s: float
+    tg_overhead_s: float = 0.0  # of a token's time, the fixed per-layer part (not reading)
+    tg_network_s: float = 0.0  # of a token's time, what crosses the network to RPC devices
+    n_parallel: int = 1  # streams decoded together (--parallel)
+    # Each stream's speed when all n_parallel generate at once, and their sum:
+    # batched decoding reads the weights once per step for every stream.
+    tg_stream_tokens_per_s: float = 0.0
+    tg_aggregate_tokens_per_s: float = 0.0
+
+    @property
+    def tg_token_s(self) -> float:
+        return 1.0 / self.tg_tokens_per_s if self.tg_tokens_per_s > 0 else 0.0
+
+
+def predicted_speed(times: SpeedSum, n_parallel: int) -> Speed:
+    """A plan's speeds from its token's parts: one stream alone, and each of
+    ``n_parallel`` streams decoding together with their sum."""
+    one, together = times.step_s(), times.step_s(n_parallel)
+    return Speed(
+        tg_tokens_per_s=1.0 / one if one > 0 else 0.0,
+        pp_tokens_per_s=1.0 / times.prompt_s if times.prompt_s > 0 else 0.0,
+        tg_overhead_s=times.overhead_s,
+        tg_network_s=times.network_s,
+        n_parallel=n_parallel,
+        tg_stream_tokens_per_s=1.0 / together if together > 0 else 0.0,
+        tg_aggregate_tokens_per_s=n_parallel / together if together > 0 else 0.0,
+    )

@@ -39,6 +39,11 @@ class Device:
     # Memory the GPU runtime holds before llama.cpp's fit reads the free memory
     # (a CUDA context): None for the backend's default (fit.backends).
     runtime_bytes: int | None = None
+    # The speed model's device class (hardware.profiles.DEVICE_CLASSES); empty:
+    # unknown, planned as a consumer NVIDIA card.
+    device_class: str = ""
+    # Apple Silicon: the GPU's memory is the host's RAM, one pool for both.
+    unified: bool = False
 
     @property
     def is_gpu(self) -> bool:

@@ -211,6 +211,9 @@ def machine(
             raise ConfigError("host RAM must be more than 0", "--ram")
         bandwidth = host_profile(options.host).bandwidth_gbps if options.host else None
         what_if_host = host_device(ram_bytes=ram, bandwidth_gbps=bandwidth)
+    unified = next((d for d in what_if if d.unified), None)
+    if unified is not None and what_if_host is None:
+        what_if_host = _unified_host(unified)
     local: tuple[Device, ...] = ()
     notices: list[Notice] = []
     speed = DEFAULT_SPEED_MODEL
@@ -247,6 +250,17 @@ def machine(
         devices, notes = rpc_devices(items, result.host, network)
         result = result.with_rpc(devices, notes)
     return result
+
+
+def _unified_host(gpu: Device) -> Device:
+    """The host of a Mac planned by its profile: its CPU shares the GPU's pool,
+    the whole RAM (the plan takes the GPU's buffers off the host's free memory)."""
+    from llmtune.hardware.host import host_device
+    from llmtune.hardware.profiles import GPU_PROFILE_BY_KEY
+
+    profile = GPU_PROFILE_BY_KEY.get(gpu.profile)
+    ram = profile.memory_bytes if profile is not None else gpu.capacity_bytes
+    return host_device(ram_bytes=ram, bandwidth_gbps=gpu.bandwidth_gbps, name="CPU (unified RAM)")
 
 
 def _require_rpc_build() -> None:
