@@ -570,3 +570,13 @@ def test_shard_that_is_a_directory(tmp_path: Path) -> None:
     assert stat.S_ISDIR(paths[2].stat().st_mode)
     message = error_of(inspect(paths[0]))
     assert "is a directory" in message and "m-00003-of-00003.gguf" in message
+
+
+def test_every_invisible_format_character_is_escaped_not_only_bidi() -> None:
+    # Found by the fuzzer: U+070F (SYRIAC ABBREVIATION MARK) in a key name reached
+    # an error message as is. Soft hyphens and tag characters are as invisible.
+    from llmtune.textsafe import inert
+
+    shown = inert("key\u070f\u00ad\U000e0041end")
+    assert shown == "key\\u070f\\xad\\U000e0041end"
+    assert not [ch for ch in shown if _is_hidden(ch)]

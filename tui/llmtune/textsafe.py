@@ -40,8 +40,10 @@ def _needs_escape(ch: str) -> bool:
     if ch in _FORMAT_CONTROLS:
         return True
     category = unicodedata.category(ch)
-    # Cc: C0/C1 controls and DEL; Cs: lone surrogates; Co: private use is shown.
-    return category in ("Cc", "Cs", "Zl", "Zp")
+    # Cc: C0/C1 controls and DEL; Cf: every invisible format character, not only
+    # the bidirectional ones above (U+070F, U+00AD, tag characters...); Cs: lone
+    # surrogates; Co: private use is shown.
+    return category in ("Cc", "Cf", "Cs", "Zl", "Zp")
 
 
 def inert(text: str, max_chars: int | None = 400, keep_newlines: bool = False) -> str:
