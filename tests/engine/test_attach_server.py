@@ -182,12 +182,16 @@ def test_a_server_killed_mid_request_is_reported_within_2_s(demo_model: Path) ->
 
 def test_without_metrics_the_slots_give_the_speed(demo_model: Path) -> None:
     s = Server(demo_model, metrics=False)
-    attacher = Attacher(s.url, interval_s=0.5)
-    asker = threading.Thread(target=s.complete, args=(64,), daemon=True)
+    # Slot counters give a speed between two ticks of one generation: a long
+    # enough answer and short ticks make sure two ticks fall inside it.
+    attacher = Attacher(s.url, interval_s=0.25)
+    asker = threading.Thread(target=s.complete, args=(320,), daemon=True)
     try:
         assert attacher.tick().state == "ok"
         asker.start()
-        samples = _ticks(attacher, lambda x: x.tg_tokens_per_s is not None, limit=60)
+        samples = _ticks(
+            attacher, lambda x: x.tg_tokens_per_s is not None, limit=120, interval_s=0.25
+        )
         last = samples[-1]
         assert not last.metrics
         assert last.speed_from == "slots", [x.message for x in samples]
