@@ -39,6 +39,10 @@ class Device:
     # Memory the GPU runtime holds before llama.cpp's fit reads the free memory
     # (a CUDA context): None for the backend's default (fit.backends).
     runtime_bytes: int | None = None
+    # Apple Silicon: the GPU and the host share one pool of RAM (unified memory).
+    # hardware.apple splits what is free between them so a plan never counts the
+    # same bytes as free GPU memory and free host RAM.
+    unified: bool = False
 
     @property
     def is_gpu(self) -> bool:

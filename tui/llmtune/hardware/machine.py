@@ -37,14 +37,18 @@ from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.hardware.device import Device
 from llmtune.units import format_bytes
 
-NoticeKind = Literal["no_gpu_driver", "gpu_build", "calibration", "no_engine"]
+NoticeKind = Literal[
+    "no_gpu_driver", "gpu_build", "calibration", "no_engine", "unified_memory", "host_bandwidth"
+]
 
 
 @dataclass(frozen=True)
 class Notice:
     """Something the user should know about the machine, in one sentence.
 
-    ``no_gpu_driver``: NVML is missing or failing, so the plan is CPU-only;
+    ``no_gpu_driver``: NVML (and amdsmi) are missing or failing, so the plan is CPU-only;
+    ``unified_memory``: a Mac's GPU limit in its one pool of RAM, where it comes
+    from and how to raise it;
     ``gpu_build``: a GPU is here but this llama.cpp build cannot use it (the
     command line shows it prominently); ``calibration``: the calibration file
     was unusable and the default speed model is used; ``no_engine``:
@@ -57,7 +61,7 @@ class Notice:
     @property
     def about_gpus(self) -> bool:
         """Whether it describes this machine's GPUs (moot when planning others)."""
-        return self.kind in ("no_gpu_driver", "gpu_build")
+        return self.kind in ("no_gpu_driver", "gpu_build", "unified_memory")
 
 
 @dataclass(frozen=True)
@@ -404,13 +408,14 @@ def _detect(
 ) -> tuple[tuple[Device, ...], list[Notice], bool | None]:
     """This machine's devices, what its driver and llama.cpp build mean for them,
     and whether the build can offload (None: no GPU here, or unknown)."""
-    from llmtune.hardware.detect import detect, gpu_build_warning, supports_gpu_offload
-    from llmtune.hardware.nvml import nvml_status
+    from llmtune.hardware.detect import detect_with_notes, gpu_build_warning, supports_gpu_offload
+    from llmtune.hardware.gpus import gpu_status
 
-    devices = tuple(detect(exclude_pids, probe_bandwidth=probe_bandwidth))
-    notices: list[Notice] = []
-    available, sentence = nvml_status()
-    if not available:
+    found, notes = detect_with_notes(exclude_pids, probe_bandwidth=probe_bandwidth)
+    devices = tuple(found)
+    notices = [Notice("unified_memory", note) for note in notes]
+    available, sentence = gpu_status()
+    if not available and not any(d.is_gpu for d in devices):
         notices.append(Notice("no_gpu_driver", sentence))
     offload: bool | None = None
     if any(d.is_gpu for d in devices):
@@ -418,7 +423,8 @@ def _detect(
         warning = gpu_build_warning(devices, offload)
         if warning:
             # Said instead of the driver's sentence: the GPU is there, the build is the problem.
-            notices = [Notice("gpu_build", warning)]
+            notices = [n for n in notices if n.kind != "no_gpu_driver"]
+            notices.append(Notice("gpu_build", warning))
     return devices, notices, offload
 
 
