@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
+from llmtune.hardware.bandwidth import HostBandwidth
 from llmtune.hardware.device import Device
 from llmtune.units import format_bytes
 
@@ -98,6 +99,8 @@ class Machine:
     supports_offload: bool | None = None
     rpc: tuple[Device, ...] = ()  # devices lent by --rpc hosts (probed), in llama.cpp's order
     rpc_notes: tuple[str, ...] = ()  # what the plan assumed about them
+    # This machine's measured host bandwidth as the plans use it (None: not probed).
+    host_bandwidth: HostBandwidth | None = None
 
     @property
     def is_what_if(self) -> bool:
@@ -143,6 +146,14 @@ class Machine:
     def plan_speed(self) -> SpeedModel:
         """This machine's calibration does not describe another machine's hardware."""
         return DEFAULT_SPEED_MODEL if self.is_what_if else self.speed
+
+    @property
+    def host_line(self) -> str:
+        """``host 28.4 GB/s (best of 3 probes, 2026-12-04)`` for this machine's own
+        host; "" for another machine's RAM or before any probe."""
+        if self.what_if_host is not None or self.host_bandwidth is None:
+            return ""
+        return self.host_bandwidth.describe()
 
     @property
     def notice(self) -> str | None:
@@ -243,6 +254,7 @@ def machine(
         notices=tuple(notices),
         speed=speed,
         supports_offload=offload,
+        host_bandwidth=_host_bandwidth(local),
     )
     if options.rpc:
         items = rpc_items(options.rpc)
@@ -426,6 +438,15 @@ def _detect(
             notices = [n for n in notices if n.kind != "no_gpu_driver"]
             notices.append(Notice("gpu_build", warning))
     return devices, notices, offload
+
+
+def _host_bandwidth(local: Sequence[Device]) -> HostBandwidth | None:
+    """The probe record behind this machine's host, when its bandwidth was measured."""
+    from llmtune.hardware.bandwidth import host_bandwidth_record
+
+    if not any(d.kind == "cpu" and d.bandwidth_measured for d in local):
+        return None
+    return host_bandwidth_record()
 
 
 def _calibration() -> tuple[SpeedModel, str | None]:
