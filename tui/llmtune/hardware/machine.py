@@ -171,6 +171,16 @@ class Machine:
         """The same machine planning for ``gpus`` instead (empty: its own again)."""
         return replace(self, what_if=tuple(gpus))
 
+    def with_measured_host(self, bandwidth_gbps: float, record: HostBandwidth | None) -> Machine:
+        """The same machine after its host's bandwidth was probed again."""
+        local = tuple(
+            replace(d, bandwidth_gbps=bandwidth_gbps)
+            if d.kind == "cpu" and d.bandwidth_measured
+            else d
+            for d in self.local
+        )
+        return replace(self, local=local, host_bandwidth=record or self.host_bandwidth)
+
     def with_rpc(self, devices: Sequence[Device], notes: Sequence[str] = ()) -> Machine:
         """The same machine with these RPC devices (empty: none)."""
         return replace(self, rpc=tuple(devices), rpc_notes=tuple(notes))
