@@ -108,12 +108,20 @@ def main() -> int:
                 gflops = 2 * active * measured / 1e9
                 per_thread = gflops / args.threads
                 eff = per_thread / (HOST_TFLOPS_PER_CORE * 1e3)
+                # The whole shape at the same rate per weight (prompt time is linear in layers).
+                per_layer = (active - costs.output_bytes / costs.bytes_per_param) / min(
+                    args.layers, n_layer
+                )
+                whole = per_layer * n_layer + costs.output_bytes / costs.bytes_per_param
+                whole_pp = gflops * 1e9 / (2 * whole)
+                load = os.getloadavg()[0]
                 print(
                     f"  {shape} {type_name:<5} {min(args.layers, n_layer)} layers "
                     f"{active / 1e9:5.2f}B active  predicted {p.predicted.pp_tokens_per_s:7.1f}  "
                     f"measured {measured:7.1f} t/s  ratio {measured / p.predicted.pp_tokens_per_s:5.2f}  "
                     f"{gflops:6.1f} GFLOP/s = {per_thread:5.1f}/thread "
-                    f"(efficiency {eff:.2f} of {HOST_TFLOPS_PER_CORE * 1e3:.0f}/core)",
+                    f"(efficiency {eff:.2f} of {HOST_TFLOPS_PER_CORE * 1e3:.0f}/core); "
+                    f"all {n_layer} layers: {whole_pp:.1f} t/s; load {load:.1f}",
                     flush=True,
                 )
                 path.unlink()

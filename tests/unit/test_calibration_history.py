@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from gguf import GGMLQuantizationType as Q
 
 from llmtune.engine import calibration, history
 from llmtune.engine.calibration import REPROBE_RATIO, load, record_run
@@ -244,3 +245,27 @@ def test_tune_folds_its_best_trial(
     (entry,) = history.read()
     assert (entry.source, entry.folded) == ("tune", True)
     assert entry.tg_ratio == pytest.approx(0.9, rel=1e-3)
+
+
+def test_a_small_model_does_not_calibrate_prompt_speed(folder: Path, tmp_path: Path) -> None:
+    """The demo model's prompt runs at a fraction of its FLOPs' speed (fixed costs):
+    folding that into the compute efficiency predicted a 13B's prompt speed at a
+    third of what llama-bench measured (3.3 against 10.1 tokens/s)."""
+    (path,) = llama_like(
+        tmp_path / "tiny.gguf", n_layer=30, n_embd=576, n_head=9, n_head_kv=3, n_ff=1536,
+        n_vocab=49152, weight_type=Q.Q4_0, file_type=2,
+    )  # fmt: skip
+    tiny = read_spec(path)
+    quiet = replace(HOST, bandwidth_gbps=28.4)
+    p = plan(tiny, [quiet], Settings(n_ctx=512, n_gpu_layers=0))
+    assert (
+        p.predicted.tg_overhead_s * 4 > 1 / p.predicted.tg_tokens_per_s - p.predicted.tg_overhead_s
+    )
+    recorded = record_run(
+        p, p.predicted.tg_tokens_per_s * 0.6, p.predicted.pp_tokens_per_s * 0.2,
+        host_measured=True, speed=DEFAULT_SPEED_MODEL, source="bench", model="tiny",
+        reprobe=no_reprobe,
+    )  # fmt: skip
+    assert recorded.speed is not None
+    assert recorded.speed.cpu_compute_efficiency == DEFAULT_SPEED_MODEL.cpu_compute_efficiency
+    assert recorded.speed.cpu_layer_overhead_s != DEFAULT_SPEED_MODEL.cpu_layer_overhead_s

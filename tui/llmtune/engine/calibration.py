@@ -12,7 +12,8 @@ corrects the one that dominates it: a model whose reading takes over four
 times its overhead calibrates the bandwidth efficiency; a small one calibrates
 the overhead, and only what the overhead's bounds cannot take goes to the
 efficiency. Calibrating on the 135M demo model once made every larger model's
-prediction 2.7x too slow, because its time is mostly overhead.
+prediction 2.7x too slow, because its time is mostly overhead; for the same
+reason such a model does not calibrate the compute efficiency (prompt speed).
 
 Every run corrects the prediction: ``llmtune bench``, the best trial of
 ``llmtune tune`` and the app's generations all go through :func:`record_run`,
@@ -156,7 +157,8 @@ def fold(speed: SpeedModel, m: Measurement) -> dict[str, float]:
     predicted_t, measured_t = 1.0 / m.predicted_tg, 1.0 / m.measured_tg
     reading = max(predicted_t - m.overhead_s, 1e-12)
     overhead = m.overhead_s
-    if m.layers > 0 and m.overhead_s * 4 > reading:
+    small = m.layers > 0 and m.overhead_s * 4 > reading
+    if small:
         # Mostly overhead: correct it, within bounds; the rest goes to reading.
         per_layer = _clamp((measured_t - reading) / m.layers, _OVERHEAD_BOUNDS)
         changes[overhead_name] = per_layer
@@ -167,7 +169,10 @@ def fold(speed: SpeedModel, m: Measurement) -> dict[str, float]:
         changes[bandwidth_name] = _clamp(
             getattr(speed, bandwidth_name) * reading / new_reading, bounds
         )
-    if m.predicted_pp > 0 and m.measured_pp > 0:
+    # A small model's prompt speed is mostly fixed costs too (the 135M demo model
+    # ran its prompt at a fifth of its FLOPs' speed, which then predicted a 13B's
+    # at a third of what llama-bench measured): only a large one calibrates compute.
+    if m.predicted_pp > 0 and m.measured_pp > 0 and not small:
         compute_name = f"{kind}_compute_efficiency"
         changes[compute_name] = _clamp(
             getattr(speed, compute_name) * m.measured_pp / m.predicted_pp
