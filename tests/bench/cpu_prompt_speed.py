@@ -70,7 +70,7 @@ def main() -> int:
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--layers", type=int, default=6, help="layers kept of each shape")
-    ap.add_argument("--shapes", default="13b,7b")
+    ap.add_argument("--shapes", default="13b", help="of 13b, 7b, 3b")
     ap.add_argument("--types", default="Q4_0,Q8_0,F16")
     args = ap.parse_args()
     host = host_device_measured(probe=True)
