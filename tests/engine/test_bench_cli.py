@@ -50,6 +50,13 @@ def test_bench_measures_and_calibrates(demo_model: Path, tmp_path: Path) -> None
     predicted = json.loads(fit.stdout)["predicted"]["tg_tokens_per_s"]
     assert abs(predicted - data["tg_tokens_per_s"]["mean"]) / predicted < 0.01
 
+    # and the run is in the history, predicted beside measured
+    shown = _llmtune("bench", "--history", "--json", config_dir=tmp_path)
+    (entry,) = json.loads(shown.stdout)["entries"]
+    assert (entry["source"], entry["backend"], entry["folded"]) == ("bench", "CPU", True)
+    assert entry["measured_tg"] == pytest.approx(data["tg_tokens_per_s"]["mean"], rel=1e-3)
+    assert entry["predicted_tg"] == pytest.approx(data["predicted"]["tg_tokens_per_s"], rel=1e-3)
+
 
 def test_a_corrupt_calibration_file_means_defaults(demo_model: Path, tmp_path: Path) -> None:
     (tmp_path / "calibration.json").write_text("{not json", encoding="utf-8")

@@ -73,6 +73,8 @@ def test_fit_here_measures_the_host_bandwidth_once_and_predicts_with_it(
     # Generation is memory-bound: the prediction follows the measured bandwidth.
     speeds = []
     for gbps in (10.0, 40.0):
+        # One probe each: with several kept, plans use the best of them.
+        bandwidth.cache_path().unlink()
         bandwidth.store_host_bandwidth(bandwidth.BandwidthMeasurement(gbps, 256 << 20, 5, 2))
         speeds.append(_fit_here(model, cache, config)["predicted"]["tg_tokens_per_s"])
     # Reading (the time beyond the fixed per-layer overhead: 4 layers and the

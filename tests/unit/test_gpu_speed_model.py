@@ -64,7 +64,8 @@ def test_every_profile_has_a_class_a_backend_and_a_source() -> None:
     # The class follows the die: an L40S is an RTX 4090's AD102 with GDDR6.
     assert GPU_PROFILE_BY_KEY["l40s"].device_class == "nvidia-consumer"
     mac = parse_gpu_spec("m2-ultra-192g")
-    assert mac.unified and mac.backend == "MTL" and mac.capacity_bytes == 192 * GIB
+    # the GPU may wire three quarters of the 192 GB (macOS's default above 36 GiB)
+    assert mac.unified and mac.backend == "MTL" and mac.capacity_bytes == 144 * GIB
     assert device_class(mac) == "apple" and mac.buffer_name == "MTL0"
 
 

@@ -170,3 +170,97 @@ def test_host_device_measured_can_probe(probes):
     host = host_device_measured(probe=True)
     assert host.bandwidth_known and host.bandwidth_gbps > 0
     assert len(probes) == 1
+
+
+def test_the_probe_runs_in_rounds():
+    result = measure_host_bandwidth(
+        array_bytes=SMALL, repeats=50, budget_s=0.0, rounds=3, pause_s=0
+    )
+    assert result.repeats == 6  # two copies in each of three rounds, the best kept
+
+
+def _measured(gbps: float) -> BandwidthMeasurement:
+    return BandwidthMeasurement(gbps, SMALL, 2, 1)
+
+
+def test_a_busy_probe_does_not_stick():
+    """A probe taken while the machine was busy (7.1 GB/s against 28 quiet) is
+    outvoted by the next: plans use the best of the last probes."""
+    store_host_bandwidth(_measured(7.1))
+    assert cached_host_bandwidth_gbps() == 7.1
+    store_host_bandwidth(_measured(28.4))
+    store_host_bandwidth(_measured(20.0))  # busy again: the best stays
+    assert cached_host_bandwidth_gbps() == 28.4
+    record = bandwidth.host_bandwidth_record()
+    assert record is not None and (record.bandwidth_gbps, record.probes) == (28.4, 3)
+    assert record.describe().startswith("host 28.4 GB/s (best of 3 probes, 20")
+    for _ in range(10):
+        store_host_bandwidth(_measured(10.0))
+    # Only the last few are kept: a machine that really got slower is believed.
+    assert bandwidth.host_bandwidth_record().probes == bandwidth.KEPT_PROBES
+    assert cached_host_bandwidth_gbps() == 10.0
+
+
+def test_an_entry_from_before_probes_were_kept_is_one_probe(cache):
+    cache.mkdir(parents=True)
+    old = {"bandwidth_gbps": 7.1, "measured_at": "2026-01-01T00:00:00+00:00", "repeats": 5}
+    (cache / "host_bandwidth.json").write_text(
+        json.dumps({"version": 1, "machines": {machine_key(): old}})
+    )
+    record = bandwidth.host_bandwidth_record()
+    assert record is not None and (record.bandwidth_gbps, record.probes) == (7.1, 1)
+    assert record.describe() == "host 7.1 GB/s (probed 2026-01-01)"
+    store_host_bandwidth(_measured(28.0))
+    assert cached_host_bandwidth_gbps() == 28.0
+    assert bandwidth.host_bandwidth_record().probes == 2
+
+
+def test_reprobe_keeps_the_better_figure(monkeypatch):
+    store_host_bandwidth(_measured(7.1))
+    monkeypatch.setattr(bandwidth, "measure_host_bandwidth", lambda **kw: _measured(28.9))
+    assert bandwidth.reprobe_host_bandwidth() == (7.1, 28.9)
+    monkeypatch.setattr(bandwidth, "measure_host_bandwidth", lambda **kw: _measured(9.0))
+    assert bandwidth.reprobe_host_bandwidth() == (28.9, 28.9)  # a busy re-probe changes nothing
+
+    def fails(**kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(bandwidth, "measure_host_bandwidth", fails)
+    assert bandwidth.reprobe_host_bandwidth() == (28.9, 28.9)  # never raises
+
+
+def test_fit_shows_the_figure_it_planned_with(monkeypatch, tmp_path):
+    from llmtune.hardware.machine import MachineOptions, machine
+
+    store_host_bandwidth(_measured(28.4))
+    m = machine(MachineOptions(), probe_bandwidth=False)
+    assert m.host.bandwidth_gbps == 28.4 and m.host.bandwidth_measured
+    assert m.host_line.startswith("host 28.4 GB/s (probed 20")
+    # Another machine's RAM is not this one's figure.
+    assert machine(MachineOptions(ram="64GiB"), probe_bandwidth=False).host_line == ""
+
+
+def test_fit_json_and_text_say_which_host_bandwidth(cache, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from synth import llama_like
+
+    store_host_bandwidth(_measured(28.4))
+    (path,) = llama_like(tmp_path / "tiny.gguf")
+    env = dict(os.environ, LLMTUNE_CACHE_DIR=str(cache))
+
+    def fit(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "llmtune.cli", "fit", str(path), "--ctx", "512", *args],
+            capture_output=True, text=True, timeout=120, env=env,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    data = json.loads(fit("--json"))
+    assert data["host_bandwidth"]["bandwidth_gbps"] == 28.4
+    assert data["host_bandwidth"]["probes"] == 1
+    assert any(n.startswith("CPU speed planned with host 28.4 GB/s") for n in data["notes"])
+    assert "host 28.4 GB/s" in fit()

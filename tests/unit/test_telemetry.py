@@ -356,7 +356,7 @@ def test_process_probe_of_an_exited_process_has_no_rss() -> None:
 
 
 def test_gpu_probe_without_nvml_has_no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "llmtune.hardware.nvml", None)  # import raises
+    monkeypatch.setitem(sys.modules, "llmtune.hardware.gpus", None)  # import raises
     probe = NvmlGPUProbe()
     assert probe() == () and probe() == ()
 
@@ -382,9 +382,9 @@ def test_gpu_probe_converts_one_snapshot_per_tick(monkeypatch: pytest.MonkeyPatc
             raise RuntimeError("NVML_ERROR_GPU_IS_LOST")
         return (state,)
 
-    module = types.ModuleType("llmtune.hardware.nvml")
+    module = types.ModuleType("llmtune.hardware.gpus")
     module.snapshot = snapshot  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "llmtune.hardware.nvml", module)
+    monkeypatch.setitem(sys.modules, "llmtune.hardware.gpus", module)
     probe = NvmlGPUProbe()
     sampler = Sampler(lambda s: None, host_probe=lambda: HOST, gpu_probe=probe)
     sampler.watch_worker(4321)

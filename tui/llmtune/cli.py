@@ -175,6 +175,25 @@ def _bench_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-calibrate", action="store_true", help="do not keep the measured speed for fit"
     )
+    parser.add_argument(
+        "--history",
+        action="store_true",
+        help="print the runs that corrected this machine's speed model (predicted against "
+        "measured: bench, tune, the app) and exit; takes no MODEL",
+    )
+    return parser
+
+
+def _bench_history_parser() -> argparse.ArgumentParser:
+    from llmtune.fit.argtypes import whole
+
+    parser = _Parser(
+        prog="llmtune bench --history",
+        description="The runs that corrected this machine's speed model, predicted against measured.",
+    )
+    parser.add_argument("--history", action="store_true", required=True)
+    parser.add_argument("--last", type=whole, default=20, metavar="N", help="default 20")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -383,8 +402,11 @@ def cmd_fit(argv: Sequence[str]) -> int:
 
 
 def cmd_bench(argv: Sequence[str]) -> int:
-    args = _bench_parser().parse_args(argv)
     from llmtune.commands import bench
+
+    if "--history" in argv:
+        return bench.history(_bench_history_parser().parse_args(argv))
+    args = _bench_parser().parse_args(argv)
 
     return bench.run(args, _settings_from_args(args), _machine_options(args))
 

@@ -17,9 +17,24 @@ from llmtune.fit.settings import Settings
 from llmtune.hardware.machine import MachineOptions, machine
 
 
+def history(args: argparse.Namespace) -> int:
+    """``llmtune bench --history``: this machine's runs, predicted against measured."""
+    from llmtune.engine import history as runs
+    from llmtune.engine.calibration import machine_key
+
+    if args.last < 1:
+        raise ConfigError("--last must be at least 1", "--last")
+    entries = runs.read(machine_key())[-args.last :]
+    if args.json:
+        print_json({"machine": machine_key(), "entries": runs.as_json(entries)})
+    else:
+        sys.stdout.write(runs.table(entries, width=text_width()))
+    return 0
+
+
 def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -> int:
     from llmtune.engine.bench import run_bench
-    from llmtune.engine.calibration import record_bench
+    from llmtune.engine.calibration import record_run
     from llmtune.engine.config import RunConfig
     from llmtune.engine.report import bench_dict, bench_text
     from llmtune.fit.commandline import pinned_settings, plan_extras
@@ -57,8 +72,18 @@ def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -
         # This machine's calibration describes its own devices, not a network's.
         print("llmtune: not calibrating: the run used RPC hosts", file=sys.stderr)
     elif not args.no_calibrate:
-        measured = m.host.bandwidth_measured
-        calibrated = record_bench(fit_plan, result.tg.mean, result.pp.mean, measured, m.speed)
+        recorded = record_run(
+            fit_plan,
+            result.tg.mean,
+            result.pp.mean,
+            host_measured=m.host.bandwidth_measured,
+            speed=m.speed,
+            source="bench",
+            model=spec.name,
+        )
+        calibrated = recorded.speed
+        if recorded.entry.note and not args.json:
+            print(f"llmtune: {recorded.entry.note}", file=sys.stderr)
     if args.json:
         print_json(bench_dict(spec, fit_plan, result, calibrated is not None))
     else:

@@ -55,9 +55,19 @@ def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -
     fit_plan = plan(spec, m.devices, settings, m.plan_speed)
     machine_notes = m.plan_notes()
     notes = machine_notes + fit_plan.notes + _all_layers_note(spec, m, settings, fit_plan)
+    if m.host_line:
+        # The figure every CPU layer's speed is planned with, and how old it is.
+        notes += (f"CPU speed planned with {m.host_line}",)
     fit_plan = dataclasses.replace(fit_plan, notes=notes)
     if args.json:
-        print_json(plan_dict(spec, fit_plan))
+        out = plan_dict(spec, fit_plan)
+        if m.host_bandwidth is not None and m.host_line:
+            out["host_bandwidth"] = {
+                "bandwidth_gbps": m.host_bandwidth.bandwidth_gbps,
+                "measured_at": m.host_bandwidth.measured_at,
+                "probes": m.host_bandwidth.probes,
+            }
+        print_json(out)
         return 0
     for notice in m.notices:
         if notice.kind == "gpu_build" and notice.text in machine_notes:

@@ -88,6 +88,19 @@ def run(
     if result.best is None and not result.cancelled:
         why = next((t.reason for t in result.trials if t.reason), "no trial ran")
         raise WorkerError(f"no configuration ran here: {why}", "llmtune tune")
+    if result.best is not None and result.plan is not None and not result.plan.rpc_devices:
+        # The best trial is how this machine will run the model: it corrects the prediction.
+        from llmtune.engine.calibration import record_run
+
+        record_run(
+            result.plan,
+            result.best.tg_tokens_per_s,
+            result.best.pp_tokens_per_s,
+            host_measured=m.host.bandwidth_measured,
+            speed=m.speed,
+            source="tune",
+            model=spec.name,
+        )
     if args.json:
         print_json(tune_dict(result, spec))
     else:

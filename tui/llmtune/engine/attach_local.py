@@ -4,7 +4,7 @@
 their command line read back into settings (:mod:`llmtune.fit.serverline`)
 and the address they listen on; :class:`LocalProcess` is the attacher's probe
 of one of them: resident memory, and what NVML's per-process list says each
-GPU holds for it (through :func:`llmtune.hardware.nvml.snapshot`, so the
+GPU holds for it (through :func:`llmtune.hardware.gpus.snapshot`, so the
 scripted NVML of the tests stands in for it too).
 """
 
@@ -139,7 +139,7 @@ Snapshot = Callable[[], Sequence[object]]
 
 
 def _nvml_snapshot() -> Sequence[object]:
-    from llmtune.hardware.nvml import snapshot
+    from llmtune.hardware.gpus import snapshot
 
     return snapshot()
 

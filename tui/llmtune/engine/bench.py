@@ -84,7 +84,7 @@ def _build_warning() -> str | None:
     a benchmark that shows no speed-up from a GPU must say why."""
     try:
         from llmtune.hardware.detect import gpu_build_warning, gpu_device, supports_gpu_offload
-        from llmtune.hardware.nvml import snapshot
+        from llmtune.hardware.gpus import snapshot
 
         gpus = [d for d in (gpu_device(s) for s in snapshot()) if d is not None]
         return gpu_build_warning(gpus, supports_gpu_offload()) if gpus else None
@@ -94,7 +94,7 @@ def _build_warning() -> str | None:
 
 def _gpu_used_bytes() -> int | None:
     try:
-        from llmtune.hardware.nvml import snapshot
+        from llmtune.hardware.gpus import snapshot
 
         states = snapshot()
     except Exception:

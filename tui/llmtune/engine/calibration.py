@@ -12,7 +12,16 @@ corrects the one that dominates it: a model whose reading takes over four
 times its overhead calibrates the bandwidth efficiency; a small one calibrates
 the overhead, and only what the overhead's bounds cannot take goes to the
 efficiency. Calibrating on the 135M demo model once made every larger model's
-prediction 2.7x too slow, because its time is mostly overhead.
+prediction 2.7x too slow, because its time is mostly overhead; for the same
+reason such a model does not calibrate the compute efficiency (prompt speed).
+
+Every run corrects the prediction: ``llmtune bench``, the best trial of
+``llmtune tune`` and the app's generations all go through :func:`record_run`,
+which folds the run in (a generation typed in the app, shorter and noisier,
+moves the model half way), keeps it in the history of predicted against
+measured (:mod:`llmtune.engine.history`), and re-probes the host's bandwidth
+when a CPU run measured much faster than predicted (the probe, not llama.cpp,
+is then what was wrong: a probe taken on a busy machine).
 
 The file lives in the user's config directory; it is written atomically (a
 failed write leaves the old file and no temporary one), and a missing,
@@ -25,9 +34,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from llmtune.engine.history import HistoryEntry, Source
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.paths import config_dir
@@ -146,7 +157,8 @@ def fold(speed: SpeedModel, m: Measurement) -> dict[str, float]:
     predicted_t, measured_t = 1.0 / m.predicted_tg, 1.0 / m.measured_tg
     reading = max(predicted_t - m.overhead_s, 1e-12)
     overhead = m.overhead_s
-    if m.layers > 0 and m.overhead_s * 4 > reading:
+    small = m.layers > 0 and m.overhead_s * 4 > reading
+    if small:
         # Mostly overhead: correct it, within bounds; the rest goes to reading.
         per_layer = _clamp((measured_t - reading) / m.layers, _OVERHEAD_BOUNDS)
         changes[overhead_name] = per_layer
@@ -157,7 +169,10 @@ def fold(speed: SpeedModel, m: Measurement) -> dict[str, float]:
         changes[bandwidth_name] = _clamp(
             getattr(speed, bandwidth_name) * reading / new_reading, bounds
         )
-    if m.predicted_pp > 0 and m.measured_pp > 0:
+    # A small model's prompt speed is mostly fixed costs too (the 135M demo model
+    # ran its prompt at a fifth of its FLOPs' speed, which then predicted a 13B's
+    # at a third of what llama-bench measured): only a large one calibrates compute.
+    if m.predicted_pp > 0 and m.measured_pp > 0 and not small:
         compute_name = f"{kind}_compute_efficiency"
         changes[compute_name] = _clamp(
             getattr(speed, compute_name) * m.measured_pp / m.predicted_pp
@@ -165,13 +180,24 @@ def fold(speed: SpeedModel, m: Measurement) -> dict[str, float]:
     return changes
 
 
-def record(m: Measurement, speed: SpeedModel) -> SpeedModel | None:
-    """Fold measurement ``m`` into this machine's calibration (see :func:`fold`);
-    returns the new model, or None when nothing could be written (the run
-    still counts)."""
+def blend(speed: SpeedModel, changes: dict[str, float], weight: float) -> dict[str, float]:
+    """``changes`` moved only ``weight`` of the way from ``speed`` (geometrically:
+    the fields are rates and times)."""
+    if weight >= 1.0:
+        return changes
+    return {
+        name: getattr(speed, name) ** (1.0 - weight) * value**weight
+        for name, value in changes.items()
+    }
+
+
+def record(m: Measurement, speed: SpeedModel, weight: float = 1.0) -> SpeedModel | None:
+    """Fold measurement ``m`` into this machine's calibration (see :func:`fold`),
+    ``weight`` of the way; returns the new model, or None when nothing could be
+    written (the run still counts)."""
     if m.predicted_tg <= 0 or m.measured_tg <= 0:
         return None
-    changes = fold(speed, m)
+    changes = blend(speed, fold(speed, m), weight)
     calibrated = replace(speed, **changes)
     data = _read()[0]  # an unusable file is replaced
     entry = data.get(machine_key())
@@ -200,15 +226,99 @@ def record(m: Measurement, speed: SpeedModel) -> SpeedModel | None:
     return calibrated
 
 
+def one_kind(p: FitPlan) -> bool:
+    """The run describes one kind of device: all layers on the CPU, or all on one
+    GPU (a split run mixes both speeds and would teach neither)."""
+    return p.n_gpu_layers in (0, p.n_layer + 1) and len(p.gpus) <= 1 and not p.rpc_devices
+
+
 def record_bench(
     p: FitPlan, measured_tg: float, measured_pp: float, host_measured: bool, speed: SpeedModel
 ) -> SpeedModel | None:
     """Keep a benchmark of plan ``p`` as this machine's calibration when it
-    describes one kind of device: all layers on the CPU, or all on one GPU (a
-    split run mixes both speeds and would teach neither). ``host_measured``: the
+    describes one kind of device (:func:`one_kind`). ``host_measured``: the
     host's bandwidth was probed here. Returns the new model, or None when the run
     was not kept."""
-    all_on_one_kind = p.n_gpu_layers in (0, p.n_layer + 1) and len(p.gpus) <= 1
-    if not all_on_one_kind:
+    if not one_kind(p):
         return None
     return record(measurement_of(p, measured_tg, measured_pp, host_measured), speed)
+
+
+# A CPU run this much faster than predicted from a measured host bandwidth means
+# the probe was taken on a busy machine: probe again before believing the run.
+REPROBE_RATIO = 1.5
+RUN_WEIGHT = 0.5  # a generation typed in the app moves the model half way
+Reprobe = Callable[[], "tuple[float | None, float | None]"]
+
+
+def _reprobe() -> tuple[float | None, float | None]:
+    from llmtune.hardware.bandwidth import reprobe_host_bandwidth
+
+    return reprobe_host_bandwidth()
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What :func:`record_run` did: the new speed model (None: unchanged), the
+    history entry it kept, and the host bandwidth now when it re-probed."""
+
+    speed: SpeedModel | None
+    entry: HistoryEntry
+    host_bandwidth_gbps: float | None = None
+
+
+def record_run(
+    p: FitPlan,
+    measured_tg: float,
+    measured_pp: float,
+    *,
+    host_measured: bool,
+    speed: SpeedModel,
+    source: Source,
+    model: str,
+    weight: float = 1.0,
+    reprobe: Reprobe = _reprobe,
+) -> Recorded:
+    """Fold one run of plan ``p`` into this machine's calibration (when it describes
+    one kind of device) and keep it in the history. Never raises for the disk."""
+    from llmtune.engine import history
+
+    note = ""
+    bandwidth_now: float | None = None
+    m = measurement_of(p, measured_tg, measured_pp, host_measured)
+    if (
+        not m.on_gpu
+        and host_measured
+        and m.predicted_tg > 0
+        and measured_tg > REPROBE_RATIO * m.predicted_tg
+    ):
+        before, after = reprobe()
+        if before and after and after > before * 1.05:
+            # The prediction read at the old figure: what it would have said at the new one.
+            bandwidth_now = after
+            m = _at_bandwidth(m, before / after)
+            note = f"host bandwidth re-probed: {before:.1f} -> {after:.1f} GB/s"
+        else:
+            note = f"host bandwidth re-probed: {after or before or 0:.1f} GB/s, unchanged"
+    calibrated = record(m, speed, weight) if one_kind(p) else None
+    entry = history.HistoryEntry(
+        at=history.now(),
+        machine=machine_key(),
+        backend=next((d.backend for d in p.gpus), "CPU") if m.on_gpu else "CPU",
+        source=source,
+        model=model,
+        predicted_tg=round(p.predicted.tg_tokens_per_s, 3),
+        measured_tg=round(measured_tg, 3),
+        predicted_pp=round(p.predicted.pp_tokens_per_s, 3),
+        measured_pp=round(measured_pp, 3),
+        folded=calibrated is not None,
+        note=note,
+    )
+    history.append(entry)
+    return Recorded(calibrated, entry, bandwidth_now)
+
+
+def _at_bandwidth(m: Measurement, reading_scale: float) -> Measurement:
+    """``m`` as predicted with the host read ``reading_scale`` times as long per token."""
+    reading = max(1.0 / m.predicted_tg - m.overhead_s, 0.0) * reading_scale
+    return replace(m, predicted_tg=1.0 / (reading + m.overhead_s))

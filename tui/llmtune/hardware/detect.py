@@ -18,8 +18,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from llmtune.hardware.device import Device
+from llmtune.hardware.gpus import snapshot
 from llmtune.hardware.host import host_device_measured
-from llmtune.hardware.nvml import GPUState, snapshot
+from llmtune.hardware.nvml import GPUState
 from llmtune.hardware.profiles import (
     DEFAULT_GPU_BANDWIDTH_GBPS,
     DEFAULT_GPU_TFLOPS,
@@ -30,10 +31,21 @@ from llmtune.hardware.profiles import (
 logger = logging.getLogger(__name__)
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"  # the exact pin in pyproject.toml
-CUDA_REINSTALL_COMMAND = (
-    'CMAKE_ARGS="-DGGML_CUDA=on -DGGML_RPC=on" pip install --force-reinstall --no-cache-dir '
-    f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
-)
+
+
+def reinstall_command(flag: str) -> str:
+    """The pip line that rebuilds the pinned llama-cpp-python with a GPU backend
+    (and RPC, as the Makefile builds it)."""
+    return (
+        f'CMAKE_ARGS="{flag} -DGGML_RPC=on" pip install --force-reinstall --no-cache-dir '
+        f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}"
+    )
+
+
+CUDA_REINSTALL_COMMAND = reinstall_command("-DGGML_CUDA=on")
+HIP_REINSTALL_COMMAND = reinstall_command("-DGGML_HIP=on")
+VULKAN_REINSTALL_COMMAND = reinstall_command("-DGGML_VULKAN=on")
+METAL_REINSTALL_COMMAND = reinstall_command("-DGGML_METAL=on")
 
 # -- the host -----------------------------------------------------------------
 
@@ -198,7 +210,8 @@ def supports_gpu_offload() -> bool | None:
 
 
 def gpu_build_warning(devices: Sequence[Device], supports_offload: bool | None) -> str | None:
-    """The warning for NVIDIA GPUs on this machine and a CPU-only llama.cpp build, else None.
+    """The warning for GPUs on this machine and a CPU-only llama.cpp build, else None,
+    with the command that rebuilds it for their backend.
 
     Only detected GPUs count: planning for a profile (``--gpu rtx3090``) says
     nothing about this machine's build. Unknown support (None) stays silent.
@@ -206,11 +219,18 @@ def gpu_build_warning(devices: Sequence[Device], supports_offload: bool | None) 
     detected = [d for d in devices if d.is_gpu and d.source == "detected"]
     if not detected or supports_offload is not False:
         return None
-    what = detected[0].name if len(detected) == 1 else f"{len(detected)} NVIDIA GPUs"
-    return (
-        f"{what} found, but this llama-cpp-python build is CPU-only and cannot use it; "
-        f"reinstall with CUDA: {CUDA_REINSTALL_COMMAND}"
-    )
+    backend = detected[0].ggml_backend
+    vendor = {"ROCm": "AMD ", "MTL": "Apple ", "CUDA": "NVIDIA "}.get(backend, "")
+    what = detected[0].name if len(detected) == 1 else f"{len(detected)} {vendor}GPUs"
+    found = f"{what} found, but this llama-cpp-python build is CPU-only and cannot use it"
+    if backend == "ROCm":
+        return (
+            f"{found}; reinstall with ROCm (HIP): {HIP_REINSTALL_COMMAND}, "
+            f"or with Vulkan: {VULKAN_REINSTALL_COMMAND}"
+        )
+    if backend == "MTL":
+        return f"{found}; reinstall with Metal: {METAL_REINSTALL_COMMAND}"
+    return f"{found}; reinstall with CUDA: {CUDA_REINSTALL_COMMAND}"
 
 
 # -- GPUs -----------------------------------------------------------------------
@@ -251,7 +271,9 @@ def gpu_device(state: GPUState) -> Device | None:
     width and memory clock, else from the matching profile. None without memory figures."""
     if state.lost or not state.memory_total_bytes:
         return None
-    name = state.name or f"NVIDIA GPU {state.index}"
+    backend = state.backend
+    vendor = "AMD" if backend == "ROCm" else "NVIDIA"
+    name = state.name or f"{vendor} GPU {state.index}"
     profile = match_gpu_profile(name, state.memory_total_bytes)
     bandwidth = state.bandwidth_gbps
     known = True
@@ -276,20 +298,40 @@ def gpu_device(state: GPUState) -> Device | None:
         source="detected",
         profile=profile.key if profile is not None else "",
         runtime_bytes=profile.runtime_bytes if profile is not None else None,
+        backend="" if backend == "CUDA" else backend,  # "": CUDA (Device.ggml_backend)
     )
 
 
 def detect(exclude_pids: Iterable[int] = (), probe_bandwidth: bool = True) -> list[Device]:
-    """The GPUs NVML sees, then the host with its measured memory bandwidth.
+    """The GPUs NVML and amdsmi see (or a Mac's GPU), then the host with its measured
+    memory bandwidth (see :func:`detect_with_notes`)."""
+    return detect_with_notes(exclude_pids, probe_bandwidth)[0]
+
+
+def detect_with_notes(
+    exclude_pids: Iterable[int] = (), probe_bandwidth: bool = True
+) -> tuple[list[Device], list[str]]:
+    """This machine's devices and what to say about them (a Mac's GPU limit).
 
     The host's bandwidth feeds the speed prediction, so the first detection on a
-    machine runs the bandwidth probe (about a second) and caches the result; later
+    machine runs the bandwidth probe (a few seconds) and caches the result; later
     ones read the cache. ``probe_bandwidth=False`` never probes (the cached value,
-    else the DDR4-3200 default) for a caller that must not wait.
+    else the DDR4-3200 default) for a caller that must not wait. On Apple
+    Silicon the GPU and the host split one pool (:mod:`llmtune.hardware.apple`).
     """
     devices = [d for d in (gpu_device(s) for s in snapshot(exclude_pids)) if d is not None]
+    notes: list[str] = []
     try:
-        devices.append(host_device_measured(probe=probe_bandwidth))
+        host = host_device_measured(probe=probe_bandwidth)
     except Exception as err:  # host_device reads /proc and psutil; never fail detection
         logger.warning("host detection failed: %r", err)
-    return devices
+        return devices, notes
+    from llmtune.hardware.apple import detect_chip, unified_devices
+
+    chip = detect_chip()
+    if chip is not None:
+        gpu, host = unified_devices(chip, host)
+        devices.append(gpu)
+        notes.append(chip.limit_sentence())
+    devices.append(host)
+    return devices, notes

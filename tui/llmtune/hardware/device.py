@@ -42,7 +42,9 @@ class Device:
     # The speed model's device class (hardware.profiles.DEVICE_CLASSES); empty:
     # unknown, planned as a consumer NVIDIA card.
     device_class: str = ""
-    # Apple Silicon: the GPU's memory is the host's RAM, one pool for both.
+    # Apple Silicon: the GPU and the host share one pool of RAM (unified memory).
+    # hardware.apple splits what is free between them so a plan never counts the
+    # same bytes as free GPU memory and free host RAM.
     unified: bool = False
 
     @property

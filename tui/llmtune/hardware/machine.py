@@ -34,17 +34,22 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
+from llmtune.hardware.bandwidth import HostBandwidth
 from llmtune.hardware.device import Device
 from llmtune.units import format_bytes
 
-NoticeKind = Literal["no_gpu_driver", "gpu_build", "calibration", "no_engine"]
+NoticeKind = Literal[
+    "no_gpu_driver", "gpu_build", "calibration", "no_engine", "unified_memory", "host_bandwidth"
+]
 
 
 @dataclass(frozen=True)
 class Notice:
     """Something the user should know about the machine, in one sentence.
 
-    ``no_gpu_driver``: NVML is missing or failing, so the plan is CPU-only;
+    ``no_gpu_driver``: NVML (and amdsmi) are missing or failing, so the plan is CPU-only;
+    ``unified_memory``: a Mac's GPU limit in its one pool of RAM, where it comes
+    from and how to raise it;
     ``gpu_build``: a GPU is here but this llama.cpp build cannot use it (the
     command line shows it prominently); ``calibration``: the calibration file
     was unusable and the default speed model is used; ``no_engine``:
@@ -57,7 +62,7 @@ class Notice:
     @property
     def about_gpus(self) -> bool:
         """Whether it describes this machine's GPUs (moot when planning others)."""
-        return self.kind in ("no_gpu_driver", "gpu_build")
+        return self.kind in ("no_gpu_driver", "gpu_build", "unified_memory")
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,8 @@ class Machine:
     supports_offload: bool | None = None
     rpc: tuple[Device, ...] = ()  # devices lent by --rpc hosts (probed), in llama.cpp's order
     rpc_notes: tuple[str, ...] = ()  # what the plan assumed about them
+    # This machine's measured host bandwidth as the plans use it (None: not probed).
+    host_bandwidth: HostBandwidth | None = None
 
     @property
     def is_what_if(self) -> bool:
@@ -141,6 +148,14 @@ class Machine:
         return DEFAULT_SPEED_MODEL if self.is_what_if else self.speed
 
     @property
+    def host_line(self) -> str:
+        """``host 28.4 GB/s (best of 3 probes, 2026-12-04)`` for this machine's own
+        host; "" for another machine's RAM or before any probe."""
+        if self.what_if_host is not None or self.host_bandwidth is None:
+            return ""
+        return self.host_bandwidth.describe()
+
+    @property
     def notice(self) -> str | None:
         """Every notice on one line (the app's status line), or None."""
         return " · ".join(n.text for n in self.notices) or None
@@ -155,6 +170,16 @@ class Machine:
     def with_what_if(self, gpus: Sequence[Device]) -> Machine:
         """The same machine planning for ``gpus`` instead (empty: its own again)."""
         return replace(self, what_if=tuple(gpus))
+
+    def with_measured_host(self, bandwidth_gbps: float, record: HostBandwidth | None) -> Machine:
+        """The same machine after its host's bandwidth was probed again."""
+        local = tuple(
+            replace(d, bandwidth_gbps=bandwidth_gbps)
+            if d.kind == "cpu" and d.bandwidth_measured
+            else d
+            for d in self.local
+        )
+        return replace(self, local=local, host_bandwidth=record or self.host_bandwidth)
 
     def with_rpc(self, devices: Sequence[Device], notes: Sequence[str] = ()) -> Machine:
         """The same machine with these RPC devices (empty: none)."""
@@ -242,6 +267,7 @@ def machine(
         notices=tuple(notices),
         speed=speed,
         supports_offload=offload,
+        host_bandwidth=_host_bandwidth(local),
     )
     if options.rpc:
         items = rpc_items(options.rpc)
@@ -418,13 +444,14 @@ def _detect(
 ) -> tuple[tuple[Device, ...], list[Notice], bool | None]:
     """This machine's devices, what its driver and llama.cpp build mean for them,
     and whether the build can offload (None: no GPU here, or unknown)."""
-    from llmtune.hardware.detect import detect, gpu_build_warning, supports_gpu_offload
-    from llmtune.hardware.nvml import nvml_status
+    from llmtune.hardware.detect import detect_with_notes, gpu_build_warning, supports_gpu_offload
+    from llmtune.hardware.gpus import gpu_status
 
-    devices = tuple(detect(exclude_pids, probe_bandwidth=probe_bandwidth))
-    notices: list[Notice] = []
-    available, sentence = nvml_status()
-    if not available:
+    found, notes = detect_with_notes(exclude_pids, probe_bandwidth=probe_bandwidth)
+    devices = tuple(found)
+    notices = [Notice("unified_memory", note) for note in notes]
+    available, sentence = gpu_status()
+    if not available and not any(d.is_gpu for d in devices):
         notices.append(Notice("no_gpu_driver", sentence))
     offload: bool | None = None
     if any(d.is_gpu for d in devices):
@@ -432,8 +459,18 @@ def _detect(
         warning = gpu_build_warning(devices, offload)
         if warning:
             # Said instead of the driver's sentence: the GPU is there, the build is the problem.
-            notices = [Notice("gpu_build", warning)]
+            notices = [n for n in notices if n.kind != "no_gpu_driver"]
+            notices.append(Notice("gpu_build", warning))
     return devices, notices, offload
+
+
+def _host_bandwidth(local: Sequence[Device]) -> HostBandwidth | None:
+    """The probe record behind this machine's host, when its bandwidth was measured."""
+    from llmtune.hardware.bandwidth import host_bandwidth_record
+
+    if not any(d.kind == "cpu" and d.bandwidth_measured for d in local):
+        return None
+    return host_bandwidth_record()
 
 
 def _calibration() -> tuple[SpeedModel, str | None]:

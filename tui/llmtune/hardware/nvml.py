@@ -55,7 +55,8 @@ class GPUProcess:
 
 @dataclass(frozen=True)
 class GPUState:
-    """One GPU at one instant. Every measurement is ``None`` when NVML could not give it."""
+    """One GPU at one instant. Every measurement is ``None`` when NVML (or amdsmi)
+    could not give it."""
 
     index: int
     name: str | None = None
@@ -81,6 +82,9 @@ class GPUState:
     # NVML cannot list processes (a container without the host's pid namespace).
     other_processes_bytes: int | None = None
     lost: bool = False  # NVML says the GPU fell off the bus or vanished this tick
+    # The ggml backend llama.cpp drives this GPU with (hardware.amd reads ROCm GPUs
+    # into the same state).
+    backend: str = "CUDA"
 
     @property
     def bandwidth_gbps(self) -> float | None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from llmtune.errors import ConfigError
 from llmtune.hardware.device import Device
-from llmtune.units import MIB, parse_size
+from llmtune.units import GIB, MIB, parse_size
 
 # The classes the speed model fits its efficiencies per (fit.speed.CLASS_SPEEDS):
 # a class follows the silicon and its memory, not the market, so the GDDR
@@ -301,14 +301,31 @@ def parse_gpu_spec(text: str, index: int = 0) -> Device:
     return profile_device(gpu_profile(stripped), index)
 
 
+# macOS's default GPU limit on Apple Silicon, Ollama's rule (ollama gpu/gpu_darwin.go
+# CheckVRAM; hardware.apple has the evidence): up to 36 GiB two thirds, above three quarters.
+DEFAULT_RULE_THRESHOLD_BYTES = 36 * GIB
+
+
+def default_working_set_bytes(ram_bytes: int) -> int:
+    """macOS's default GPU limit for a Mac with ``ram_bytes`` (an estimate)."""
+    if ram_bytes <= DEFAULT_RULE_THRESHOLD_BYTES:
+        return ram_bytes * 2 // 3
+    return ram_bytes * 3 // 4
+
+
 def profile_device(profile: GPUProfile, index: int = 0) -> Device:
-    """The device a profile describes, whole and free."""
+    """The device a profile describes, whole and free. A Mac's GPU may wire only
+    part of its RAM: macOS's default limit, as llama.cpp's Metal device reports it
+    (hardware.apple; the host keeps the whole pool, less what the GPU holds)."""
+    memory = profile.memory_bytes
+    if profile.unified:
+        memory = default_working_set_bytes(memory)
     return Device(
         name=profile.name,
         kind="gpu",
         index=index,
-        capacity_bytes=profile.memory_bytes,
-        free_bytes=profile.memory_bytes,
+        capacity_bytes=memory,
+        free_bytes=memory,
         bandwidth_gbps=profile.bandwidth_gbps,
         fp16_tflops=profile.fp16_tflops,
         bandwidth_known=True,

@@ -1,7 +1,7 @@
 """The sampler thread: one tick per interval, each probe called once, one Sample out.
 
 The probes are plain callables so tests script them; the defaults read the
-host through psutil, the GPUs through ``llmtune.hardware.nvml.snapshot`` (one
+host through psutil, the GPUs through ``llmtune.hardware.gpus.snapshot`` (one
 NVML snapshot per tick) and the worker process through a reused
 ``psutil.Process``. Nothing here raises out of the thread: a probe that fails
 leaves its field ``None`` (or no GPUs) and is logged once, the way nvitop's
@@ -186,7 +186,7 @@ def gpu_sample_from_state(state: object, position: int) -> GPUSample:
 
 
 class NvmlGPUProbe:
-    """All GPUs from one ``llmtune.hardware.nvml.snapshot()`` call per tick.
+    """All GPUs from one ``llmtune.hardware.gpus.snapshot()`` call per tick.
 
     The module is imported on the first tick (on the sampler thread, so NVML's
     initialisation never delays the UI); without it, or when a snapshot fails,
@@ -204,7 +204,7 @@ class NvmlGPUProbe:
         if self._snapshot is None and not self._unavailable:
             try:
                 # By name: the hardware layer may be absent or without NVML support.
-                module = importlib.import_module("llmtune.hardware.nvml")
+                module = importlib.import_module("llmtune.hardware.gpus")
                 snapshot: Callable[..., Iterable[object]] = module.snapshot
                 self._snapshot = snapshot
             except Exception:

@@ -201,6 +201,7 @@ class LlmtuneApp(SessionAttributes, App[None]):
             self.store, notice = config_store.load()
             if notice:
                 self.notify(notice, severity="warning", markup=False, timeout=8)
+            self.worker.show_history()
         self.worker.session_changed()  # the run pane says how to load
         if self.spec is not None and self.model_path is not None:
             self._open_spec(self.spec, self.model_path)
@@ -362,6 +363,11 @@ class LlmtuneApp(SessionAttributes, App[None]):
         if self.spec is not None and quant == self.spec.file_type_name:
             quant = None
         self.quant = quant
+        self._replan()
+
+    def set_hardware(self, hardware: Machine) -> None:
+        self.hardware = hardware
+        self.show_status()
         self._replan()
 
     def set_what_if(self, gpus: Iterable[Device]) -> None:

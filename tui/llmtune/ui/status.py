@@ -21,4 +21,6 @@ def status_line(session: Session, error: str | None, hardware: Machine) -> tuple
         parts.append(hardware.notice)
     if not hardware.rpc and (hardware.is_what_if or not parts):
         parts.append(hardware.describe())
+        if hardware.host_line:  # the bandwidth CPU speeds are planned with, and its date
+            parts.append(hardware.host_line)
     return " · ".join(parts), dead or error is not None

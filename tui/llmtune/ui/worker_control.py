@@ -15,12 +15,15 @@ gives the app the session's state under the names its readers know
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from textual.css.query import NoMatches
 from textual.timer import Timer
 from textual.worker import Worker
 
+from llmtune.engine import history
+from llmtune.engine.calibration import RUN_WEIGHT, Recorded, machine_key, record_run
 from llmtune.engine.compare import Comparison
 from llmtune.engine.config import RunConfig
 from llmtune.engine.protocol import DeviceMemory, Event, Loaded, Stats
@@ -29,6 +32,7 @@ from llmtune.engine.supervisor import Supervisor
 from llmtune.fit.commandline import pinned_settings
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.settings import Extras, Settings
+from llmtune.hardware.bandwidth import HostBandwidth, host_bandwidth_record
 from llmtune.model import ModelSpec
 from llmtune.model.chat import render_chat
 from llmtune.telemetry.store import rpc_key
@@ -39,6 +43,10 @@ if TYPE_CHECKING:
     from llmtune.ui.app import LlmtuneApp
 
 __all__ = ["SessionAttributes", "WorkerControl"]
+
+MIN_RUN_TOKENS = 32  # shorter answers are too noisy to correct the prediction with
+MIN_PROMPT_TOKENS = 64
+HISTORY_SHOWN = 3  # on the monitor; llmtune bench --history has them all
 
 
 class SessionAttributes:
@@ -269,6 +277,66 @@ class WorkerControl:
     def answer_finished(self, stats: Stats) -> None:
         p = self.session.loaded_plan
         self.app.run_pane.show_stats(stats, p.predicted.tg_tokens_per_s if p else None)
+        if p is not None and self.app.options.persist and stats.n_gen >= MIN_RUN_TOKENS:
+            self._calibrate(p, stats)
+
+    # -- every run corrects the prediction -------------------------------------------------
+    def show_history(self) -> None:
+        """The last runs that corrected this machine's speed model, on the monitor."""
+        self._thread(lambda: self._show_history(None), "history", exclusive=True)
+
+    def _show_history(self, recorded: Recorded | None) -> None:
+        """On a thread: read the history, then show it (and ``recorded``'s changes) on
+        the UI thread."""
+        lines = [e.line() for e in history.read(machine_key())[-HISTORY_SHOWN:]]
+        record = host_bandwidth_record() if recorded and recorded.host_bandwidth_gbps else None
+        try:
+            self.app.call_from_thread(self._calibrated, recorded, lines, record)
+        except RuntimeError:
+            pass  # the app closed meanwhile: nothing left to show it on
+
+    def _calibrate(self, p: FitPlan, stats: Stats) -> None:
+        """Fold a generation of the loaded plan into the calibration, on a thread (it
+        may re-probe the host's bandwidth for a few seconds)."""
+        hardware = self.app.hardware
+        host_measured = any(d.kind == "cpu" and d.bandwidth_measured for d in hardware.local)
+        # A short prompt's speed is mostly fixed costs: only long ones teach prompt speed.
+        pp = stats.pp_tokens_per_s if stats.n_prompt >= MIN_PROMPT_TOKENS else 0.0
+        name = self.app.spec.name if self.app.spec else ""
+
+        def work() -> None:
+            recorded = record_run(
+                p,
+                stats.tg_tokens_per_s,
+                pp,
+                host_measured=host_measured,
+                speed=hardware.speed,
+                source="run",
+                model=name,
+                weight=RUN_WEIGHT,
+            )
+            self._show_history(recorded)
+
+        self._thread(work, "calibrate")
+
+    def _calibrated(
+        self, recorded: Recorded | None, lines: list[str], record: HostBandwidth | None
+    ) -> None:
+        """On the UI thread: the history on the monitor, the new speed model (and host
+        bandwidth) in the plans."""
+        try:
+            self.app.monitor_pane.show_history(lines)
+        except NoMatches:
+            return  # the app is closing
+        if recorded is None:
+            return
+        hardware = self.app.hardware
+        if recorded.host_bandwidth_gbps:
+            hardware = hardware.with_measured_host(recorded.host_bandwidth_gbps, record)
+        if recorded.speed is not None:
+            hardware = replace(hardware, speed=recorded.speed)
+        if hardware is not self.app.hardware:
+            self.app.set_hardware(hardware)
 
     def device_memory(self, memory: DeviceMemory) -> None:
         """The RPC hosts' memory, read by the worker: into the telemetry store (on

@@ -93,6 +93,7 @@ class MonitorPane(VerticalScroll):
         yield Static("Predicted vs measured", classes="section")
         table: DataTable[Text] = DataTable(id="compare", cursor_type="row", zebra_stripes=True)
         yield table
+        yield Static("", id="monitor-history", markup=False)
         yield Static("llama.cpp log", classes="section")
         yield Static("", id="monitor-log", markup=False)
 
@@ -107,6 +108,15 @@ class MonitorPane(VerticalScroll):
         ):
             table.add_column(label, key=key)
         table.display = False
+        self.query_one("#monitor-history", Static).display = False
+
+    def show_history(self, lines: Sequence[str]) -> None:
+        """The last runs that corrected the speed model, predicted against measured
+        (``engine.history``; ``llmtune bench --history`` has them all)."""
+        history = self.query_one("#monitor-history", Static)
+        history.display = bool(lines)
+        shown = [inert(line, max_chars=200) for line in lines]
+        history.update(Text("\n".join(["speed runs (llmtune bench --history):", *shown]), "dim"))
 
     def show_state(self, line: str) -> None:
         self.query_one("#monitor-state", Static).update(line)
