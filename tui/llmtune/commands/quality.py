@@ -94,7 +94,7 @@ COLUMNS = (
 
 
 def row_line(row: QualityRow) -> str:
-    ppl = f"{row.ppl:.3f} ± {row.ppl_err:.3f}"
+    ppl = f"{_num(row.ppl)} ± {_num(row.ppl_err)}"
     if row.is_source:
         return (
             f"{row.label:<16}{format_bytes(row.file_bytes):>10}  {ppl:>18}  {'(the reference)':>20}"
@@ -105,6 +105,11 @@ def row_line(row: QualityRow) -> str:
         f"{row.label:<16}{format_bytes(row.file_bytes):>10}  {ppl:>18}  {kld:>20}  "
         f"{row.kld_p99:>9.5f}  {top:>16}"
     )
+
+
+def _num(value: float) -> str:
+    """Three decimals, or three significant digits where that would be too wide."""
+    return f"{value:.3f}" if abs(value) < 1e5 else f"{value:.3g}"
 
 
 def footer_line(report: QualityReport) -> str:

@@ -370,24 +370,28 @@ def _tool(
     """Run a llama-perplexity pass in a thread, yielding its progress from this one."""
     result: list[str] = []
     error: list[BaseException] = []
+    finished = threading.Event()
 
     def work() -> None:
         try:
             result.append(run_tool(cmd, cancel=stop, on_output=on_output))
         except BaseException as exc:  # handed to the generator's thread
             error.append(exc)
+        finally:
+            finished.set()
 
     thread = threading.Thread(target=work, name="llama-perplexity", daemon=True)
     thread.start()
     try:
-        while thread.is_alive():
-            thread.join(timeout=0.1)
+        while not finished.wait(timeout=0.1):
             while progress:
                 yield progress.pop(0)
     finally:
-        if thread.is_alive():  # KeyboardInterrupt or a closed generator: kill the tool
+        # KeyboardInterrupt or a closed generator: kill the tool. (Not Thread.is_alive: a
+        # join interrupted by KeyboardInterrupt can make it say False while the thread runs.)
+        if not finished.is_set():
             stop.set()
-            thread.join()
+            finished.wait()
     while progress:
         yield progress.pop(0)
     if error:
