@@ -169,9 +169,9 @@ def prepare_quality(
         raise ConfigError("--chunks must be at least 1", "--chunks")
     if threads < 0:
         raise ConfigError(f"threads must be 0 (llama.cpp's default) or more, not {threads}")
+    quality_text = load_text(text)
     spec = read_spec(model)
     perplexity_tool()
-    quality_text = load_text(text)
     source = os.path.abspath(spec.path)
     folder = os.path.abspath(os.fspath(work_dir)) if work_dir else _default_work_dir(source)
     if not os.path.isdir(folder):
