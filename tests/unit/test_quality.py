@@ -169,3 +169,15 @@ def test_bad_input_is_one_line(
     assert proc.returncode == 2
     assert proc.stderr.startswith("llmtune: error: ") and words in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_stale_private_folders_go(tmp_path: Path) -> None:
+    from llmtune.engine.quality import PRIVATE_PREFIX, remove_stale_folders
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    (tmp_path / f"{PRIVATE_PREFIX}{dead}-abc123").mkdir()
+    (tmp_path / f"{PRIVATE_PREFIX}{dead}-abc123" / "Q8_0.gguf").write_bytes(b"x")
+    (tmp_path / f"{PRIVATE_PREFIX}{os.getpid()}-def456").mkdir()  # a live run's
+    assert remove_stale_folders(str(tmp_path)) == [f"{PRIVATE_PREFIX}{dead}-abc123"]
+    assert [p.name for p in tmp_path.iterdir()] == [f"{PRIVATE_PREFIX}{os.getpid()}-def456"]

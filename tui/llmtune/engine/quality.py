@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -62,6 +63,7 @@ from llmtune.engine.quantize import (
     QuantizeStep,
     check_disk,
     disk_free_bytes,
+    pid_alive,
     prepare_quantize,
     run_quantize,
 )
@@ -73,6 +75,25 @@ from llmtune.units import format_bytes
 DEFAULT_TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q3_K_M", "Q2_K")
 DEFAULT_CTX = 512  # llama-perplexity's own default (perplexity.cpp main: params.n_ctx = 512)
 HIGH_PRECISION = ("F32", "BF16", "F16")
+
+
+PRIVATE_PREFIX = ".llmtune-quality-"
+
+
+def remove_stale_folders(work_dir: str) -> list[str]:
+    """Private folders left by llmtune processes that no longer run (killed outright)."""
+    pattern = re.compile(re.escape(PRIVATE_PREFIX) + r"(\d+)-\w+")
+    removed: list[str] = []
+    try:
+        entries = os.listdir(work_dir)
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.fullmatch(entry)
+        if m is not None and not pid_alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(work_dir, entry), ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 class QualityCancelled(LlmtuneError):
@@ -168,7 +189,9 @@ def prepare_quality(
     if chunks is not None and chunks < 1:
         raise ConfigError("--chunks must be at least 1", "--chunks")
     if threads < 0:
-        raise ConfigError(f"threads must be 0 (llama.cpp's default) or more, not {threads}")
+        raise ConfigError(
+            f"threads must be 0 (llama.cpp's default) or more, not {threads}", "--threads"
+        )
     quality_text = load_text(text)
     spec = read_spec(model)
     perplexity_tool()
@@ -291,7 +314,8 @@ def run_quality(
     steps = len(request.jobs)
     key_source = fingerprint(request.shard_paths)
     build = llama_build()
-    private = tempfile.mkdtemp(prefix=".llmtune-quality-", dir=request.work_dir)
+    remove_stale_folders(request.work_dir)
+    private = tempfile.mkdtemp(prefix=f"{PRIVATE_PREFIX}{os.getpid()}-", dir=request.work_dir)
     progress: list[QualityProgress] = []
 
     def report(phase: str, name: str, step: int, fraction: float, t0: float) -> QualityProgress:
