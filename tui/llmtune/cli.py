@@ -231,6 +231,43 @@ def _quantize_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quality_parser() -> argparse.ArgumentParser:
+    from llmtune.fit.argtypes import whole
+
+    parser = _Parser(
+        prog="llmtune quality",
+        description="Measure what each file type costs in quality on this model: quantize "
+        "from MODEL with llama.cpp's quantizer into a temporary file, then compare with "
+        "MODEL by llama.cpp's KL-divergence test (llama-perplexity, from make tools).",
+    )
+    parser.add_argument("model", help="the .gguf file to measure against (F16/BF16/F32 is best)")
+    parser.add_argument(
+        "--types",
+        metavar="FTYPE,...",
+        help="file types to measure (default Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q3_K_M,Q2_K)",
+    )
+    parser.add_argument(
+        "--text", metavar="FILE", help="plain UTF-8 text to measure on (default: the bundled text)"
+    )
+    parser.add_argument(
+        "--ctx", type=whole, default=512, metavar="N", help="chunk length in tokens (default 512)"
+    )
+    parser.add_argument("--chunks", type=whole, metavar="N", help="use at most N chunks")
+    parser.add_argument(
+        "--imatrix", metavar="FILE", help="quantize with this importance matrix (llama-imatrix)"
+    )
+    parser.add_argument(
+        "--threads", type=whole, default=0, metavar="N", help="threads (default: llama.cpp's)"
+    )
+    parser.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        help="where the temporary files go (default: beside MODEL)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
 def _tune_parser() -> argparse.ArgumentParser:
     from llmtune.fit.argtypes import whole
 
@@ -417,6 +454,12 @@ def cmd_quantize(argv: Sequence[str]) -> int:
     return quantize.run(_quantize_parser().parse_args(argv))
 
 
+def cmd_quality(argv: Sequence[str]) -> int:
+    from llmtune.commands import quality
+
+    return quality.run(_quality_parser().parse_args(argv))
+
+
 def cmd_tune(argv: Sequence[str]) -> int:
     args = _tune_parser().parse_args(argv)
     from llmtune.commands import tune
@@ -468,6 +511,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "fit": cmd_fit,
     "bench": cmd_bench,
     "quantize": cmd_quantize,
+    "quality": cmd_quality,
     "tune": cmd_tune,
     "rpc-server": cmd_rpc_server,
     "search": cmd_search,

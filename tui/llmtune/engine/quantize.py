@@ -172,7 +172,7 @@ def remove_stale_partials(output: str) -> list[str]:
         return removed
     for entry in entries:
         m = pattern.fullmatch(entry)
-        if m is None or _alive(int(m.group(1))):
+        if m is None or pid_alive(int(m.group(1))):
             continue
         try:
             os.unlink(os.path.join(folder, entry))
@@ -182,7 +182,7 @@ def remove_stale_partials(output: str) -> list[str]:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -32,6 +32,7 @@ __all__ = [
     "handoff",
     "help_screen",
     "picker",
+    "quality",
     "quantize",
     "rpc_hosts",
     "tune",
@@ -196,6 +197,28 @@ def quantize(app: LlmtuneApp) -> None:
             app.open_model(path)
 
     app.push_screen(QuantizeScreen(app.model_path, target), written)
+
+
+def quality(app: LlmtuneApp, file_type: str | None = None) -> None:
+    """Measure one file type (the highlighted row's, else the what-if in force) against
+    the open model; the quantization pane shows the kept result."""
+    from llmtune.ui.screens.quality import QualityScreen
+
+    if app.model_path is None or app.spec is None:
+        return
+    target = file_type or app.quant
+    if target is None or target == app.spec.file_type_name:
+        app.notify(
+            "Highlight another file type in the quantization pane (2), then m measures it.",
+            markup=False,
+        )
+        return
+
+    def closed(measured: bool | None) -> None:
+        if measured:
+            app.quant_table.load_quality()
+
+    app.push_screen(QualityScreen(app.model_path, target), closed)
 
 
 def _fields(settings: Settings) -> dict[str, object]:

@@ -81,10 +81,22 @@ def commands(app: LlmtuneApp) -> Iterator[SystemCommand]:
     """The app's own palette entries, then one per pane (keys 1-5)."""
     for title, help_text, action in COMMANDS:
         yield SystemCommand(title, help_text, _runner(app, action))
+    yield SystemCommand(
+        "Measure quality",
+        "KL divergence of the highlighted file type from this model (m in the quantization pane)",
+        lambda: _measure(app),
+    )
     for i, (name, label) in enumerate(PANES):
         yield SystemCommand(
             f"Show the {label} pane", f"key {i + 1}", _runner(app, f"pane('{name}')")
         )
+
+
+def _measure(app: LlmtuneApp) -> None:
+    from llmtune.ui import dialogs
+
+    row = app.quant_pane.highlighted()
+    dialogs.quality(app, row.file_type if row is not None and not row.is_current else None)
 
 
 def _runner(app: LlmtuneApp, action: str) -> Callable[[], object]:

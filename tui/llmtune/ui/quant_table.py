@@ -12,6 +12,7 @@ boundary's to show (``ui.boundary``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,15 @@ class QuantTable:
         self.siblings = {}
         self._thread(lambda: self._find_siblings(path), "siblings")
         self._thread(lambda: self._warm(planner), "warm")
+        self.load_quality()
+
+    def load_quality(self) -> None:
+        """Read the measured quality kept for the open model's weights, in a thread."""
+        path, spec = self.app.model_path, self.app.spec
+        if path is None or spec is None or not all(os.path.isfile(p) for p in spec.shard_paths):
+            return  # a remote model: nothing of it was measured here
+        shards = tuple(spec.shard_paths)
+        self._thread(lambda: self._find_quality(path, shards), "quality")
 
     def schedule(self, delay_s: float) -> None:
         """Plan the rows again after ``delay_s`` (a later call restarts the wait)."""
@@ -101,6 +111,16 @@ class QuantTable:
 
         found = {m.quant: m.path for m in sibling_quantizations(path) if m.quant}
         self.app.post_message(SiblingsFound(path, found))
+
+    def _find_quality(self, path: str, shards: tuple[str, ...]) -> None:
+        from llmtune.engine.quality_store import fingerprint, latest, llama_build, load_rows
+
+        try:
+            newest, by_type = latest(load_rows(fingerprint(shards)), llama_build())
+        except LlmtuneError:
+            return  # an unreadable model says so in its own pane
+        pane = self.app.quant_pane
+        pane.post_message(pane.QualityFound(path, newest, by_type))
 
     def _warm(self, planner: Planner) -> None:
         worker = get_current_worker()

@@ -1,8 +1,10 @@
 """The quantization pane: every llama.cpp file type, planned on the same hardware.
 
 One row per file type: its predicted file size, bits per weight, the verdict
-with as many layers on the GPU as fit, predicted generation speed and a word
-on quality. The file's own type and sibling files of the same model in its
+with as many layers on the GPU as fit, predicted generation speed, a word
+on quality and the quality measured on this model by ``llmtune quality`` (or
+``m`` here: KL divergence from the source, same top token; "not measured"
+where none is kept for this source, llama.cpp and text). The file's own type and sibling files of the same model in its
 folder are marked. Enter (or a click) applies a row as a what-if to every
 pane; ``o`` opens a sibling that is on disk.
 """
@@ -21,6 +23,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import DataTable, Static
 
+from llmtune.engine.quality_store import StoredRow
 from llmtune.fit.whatif import QuantRow
 from llmtune.ui.widgets.devicebar import VERDICT_WORDS
 from llmtune.units import format_bytes
@@ -42,7 +45,16 @@ class QuantPane(Vertical):
     # Shown in the footer while this pane has focus (the app binds the same keys).
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("w", "app.quantize", "Quantize"),
+        Binding("m", "measure_quality", "Measure"),
     ]
+
+    @dataclass
+    class QualityFound(Message):
+        """Measured rows kept for ``path``'s weights: {type label: row} of the newest setting."""
+
+        path: str
+        newest: StoredRow | None
+        by_type: Mapping[str, StoredRow]
 
     @dataclass
     class Chosen(Message):
@@ -59,6 +71,9 @@ class QuantPane(Vertical):
         self.rows: list[QuantRow] = []
         self.sibling_files: Mapping[str, str] = {}
         self.selected: str | None = None  # the what-if in force
+        self.measured: Mapping[str, StoredRow] = {}
+        self.measured_caption = ""
+        self._caption = ""
 
     def compose(self) -> ComposeResult:
         yield Static("", id="quant-caption", markup=False)
@@ -76,6 +91,7 @@ class QuantPane(Vertical):
             ("tok/s", "tps"),
             ("quality", "quality"),
             ("file", "mark"),
+            ("KLD  top", "measured"),
         ):
             table.add_column(label, key=key)
 
@@ -113,11 +129,50 @@ class QuantPane(Vertical):
                 Text(f"{p.predicted.tg_tokens_per_s:,.1f}", justify="right"),
                 Text(row.quality, "dim"),
                 mark,
+                self._measured_cell(row),
                 key=row.file_type,
             )
         if rows:
             table.move_cursor(row=min(max(0, cursor), len(rows) - 1), animate=False)
-        self.query_one("#quant-caption", Static).update(caption)
+        self._caption = caption
+        self.query_one("#quant-caption", Static).update(
+            caption + (f"\n{self.measured_caption}" if self.measured_caption else "")
+        )
+
+    def _measured_cell(self, row: QuantRow) -> Text:
+        kept = self.measured.get(row.file_type) or self.measured.get(f"{row.file_type}+imatrix")
+        if kept is None:
+            return Text("unmeasured", "dim italic")
+        m = kept.row
+        if m.is_source:
+            return Text("baseline")
+        imatrix = "+im" if m.imatrix else ""
+        return Text(f"{m.kld_mean:.4f} {m.same_top_pct:3.0f}%{imatrix}")
+
+    @on(QualityFound)
+    def _quality_found(self, message: QualityFound) -> None:
+        message.stop()
+        if message.path != getattr(self.app, "model_path", None):
+            return
+        self.measured = message.by_type
+        newest = message.newest
+        if newest is None:
+            self.measured_caption = "KLD, top: none measured yet; m measures the highlighted type"
+        else:
+            k = newest.key
+            text = "the bundled text" if newest.text_name == "bundled" else newest.text_name
+            self.measured_caption = (
+                f"KLD, top (same top token): llama-perplexity on {k.n_chunk}×{k.n_ctx} tokens "
+                f"of {text}; m measures"
+            )
+        if self.rows:
+            self.show(self.rows, self.selected, self.sibling_files, self._caption)
+
+    def action_measure_quality(self) -> None:
+        from llmtune.ui import dialogs
+
+        row = self.highlighted()
+        dialogs.quality(self.app, row.file_type if row is not None else None)  # type: ignore[arg-type]
 
     def highlighted(self) -> QuantRow | None:
         table = self.query_one(QuantTable)

@@ -33,6 +33,7 @@ KEYS: tuple[tuple[str, str], ...] = (
     ("h", "hand-off: llama-server, llama-cli, llama-cpp-python, Ollama; enter copies"),
     ("t", "tune: the fastest settings that fit, by real loads; escape cancels"),
     ("w", "quantize to the file type chosen in the quantization pane"),
+    ("m", "quantization pane: measure the highlighted type's quality (KL divergence)"),
     ("/", "search the metadata"),
     ("ctrl+p", "command palette: every action by name"),
     ("q", "quit"),
