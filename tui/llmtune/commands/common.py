@@ -9,11 +9,12 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from llmtune.errors import ConfigError
-from llmtune.hardware.machine import Machine, MachineOptions
 from llmtune.textsafe import inert
 from llmtune.units import format_bytes
 
 if TYPE_CHECKING:
+    # Types only: inspect reads a file and needs none of the hardware code.
+    from llmtune.hardware.machine import Machine, MachineOptions
     from llmtune.model.source import Opened
 
 

@@ -12,10 +12,9 @@ the worker's events (posted from the supervisor's thread as ``WorkerEvent``)
 and shows what it says on the panes. The dialogs the keys open are in
 ``ui.dialogs``, the layout by width in ``ui.layout``.
 
-Background work runs in thread workers that post their results as messages
-(``ui.messages``) and never end the app: a failure is one sentence on the
-status line, a toast, and the traceback in the log (``ui.boundary``,
-``llmtune.logfile``).
+Thread workers post their results as messages (``ui.messages``) and never end
+the app: a failure is one sentence on the status line, a toast, and the
+traceback in the log (``ui.boundary``, ``llmtune.logfile``).
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ from llmtune.ui.hosts import HostEntry, combine
 from llmtune.ui.layout import PANES, TITLES, Layout, PaneLayout, PaneTabs
 from llmtune.ui.messages import (
     DemoFetched,
+    HistoryRead,
     ModelReady,
     PromptRendered,
     QuantRowsReady,
@@ -549,6 +549,10 @@ class LlmtuneApp(SessionAttributes, App[None]):
     @on(WorkerEvent)
     def _worker_event(self, message: WorkerEvent) -> None:
         self.worker.on_event(message)
+
+    @on(HistoryRead)
+    def _history_read(self, message: HistoryRead) -> None:  # a run corrected the speeds
+        self.worker.calibrated(message)
 
     @on(PromptRendered)
     def _prompt_rendered(self, message: PromptRendered) -> None:

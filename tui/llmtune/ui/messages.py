@@ -11,8 +11,13 @@ message to the app's event loop with ``call_soon_threadsafe``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from textual.message import Message
+
+if TYPE_CHECKING:
+    from llmtune.engine.calibration import Recorded
+    from llmtune.hardware.bandwidth import HostBandwidth
 
 from llmtune.engine.protocol import Event
 from llmtune.fit.whatif import QuantRow
@@ -90,3 +95,13 @@ class ModelReady(Message):
 
     spec: ModelSpec | None
     error: str | None = None
+
+
+@dataclass
+class HistoryRead(Message):
+    """The calibration history read on a thread, and what a run just changed
+    (``record``: the host's new bandwidth record), for the monitor and the plans."""
+
+    recorded: Recorded | None
+    lines: list[str]
+    record: HostBandwidth | None

@@ -32,11 +32,11 @@ from llmtune.engine.supervisor import Supervisor
 from llmtune.fit.commandline import pinned_settings
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.settings import Extras, Settings
-from llmtune.hardware.bandwidth import HostBandwidth, host_bandwidth_record
+from llmtune.hardware.bandwidth import host_bandwidth_record
 from llmtune.model import ModelSpec
 from llmtune.model.chat import render_chat
 from llmtune.telemetry.store import rpc_key
-from llmtune.ui.messages import PromptRendered, WorkerEvent
+from llmtune.ui.messages import HistoryRead, PromptRendered, WorkerEvent
 from llmtune.ui.panes.monitor import Expected
 
 if TYPE_CHECKING:
@@ -290,10 +290,7 @@ class WorkerControl:
         the UI thread."""
         lines = [e.line() for e in history.read(machine_key())[-HISTORY_SHOWN:]]
         record = host_bandwidth_record() if recorded and recorded.host_bandwidth_gbps else None
-        try:
-            self.app.call_from_thread(self._calibrated, recorded, lines, record)
-        except RuntimeError:
-            pass  # the app closed meanwhile: nothing left to show it on
+        self.app.post_message(HistoryRead(recorded, lines, record))
 
     def _calibrate(self, p: FitPlan, stats: Stats) -> None:
         """Fold a generation of the loaded plan into the calibration, on a thread (it
@@ -319,11 +316,10 @@ class WorkerControl:
 
         self._thread(work, "calibrate")
 
-    def _calibrated(
-        self, recorded: Recorded | None, lines: list[str], record: HostBandwidth | None
-    ) -> None:
+    def calibrated(self, message: HistoryRead) -> None:
         """On the UI thread: the history on the monitor, the new speed model (and host
         bandwidth) in the plans."""
+        recorded, lines, record = message.recorded, message.lines, message.record
         try:
             self.app.monitor_pane.show_history(lines)
         except NoMatches:

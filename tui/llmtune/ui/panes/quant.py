@@ -89,9 +89,10 @@ class QuantPane(Vertical):
             ("verdict", "verdict"),
             ("layers", "layers"),
             ("tok/s", "tps"),
+            # Measured quality before the fixed phrase: it is what 80 columns keep.
+            ("KLD  top", "measured"),
             ("quality", "quality"),
             ("file", "mark"),
-            ("KLD  top", "measured"),
         ):
             table.add_column(label, key=key)
 
@@ -126,10 +127,11 @@ class QuantPane(Vertical):
                 Text(f"{row.bits_per_weight:.2f}", justify="right"),
                 verdict,
                 Text(layers, justify="right"),
-                Text(f"{p.predicted.tg_tokens_per_s:,.1f}", justify="right"),
+                # A plan that does not fit runs at no speed.
+                Text(f"{p.predicted.tg_tokens_per_s:,.1f}" if p.fits else "-", justify="right"),
+                self._measured_cell(row),
                 Text(row.quality, "dim"),
                 mark,
-                self._measured_cell(row),
                 key=row.file_type,
             )
         if rows:
