@@ -64,8 +64,7 @@ async def test_measured_rows_beside_the_plan(model: Path) -> None:
 
 
 async def test_m_measures_and_escape_cancels(model: Path) -> None:
-    if tools.tool("llama-perplexity") is None:
-        pytest.skip("llama-perplexity is not built (make tools)")
+    tools.build()  # llama-perplexity (make tools; built once when missing)
     before = {p.name for p in model.parent.iterdir()}
     app = make_app(read_spec(model), hardware=cpu_only())
     async with app.run_test(size=(120, 40)) as pilot:
