@@ -339,6 +339,8 @@ def run_quality(
         cmd = base_command(request.source, request.text.path, base_file, request.n_ctx,
                            request.chunks, request.threads)  # fmt: skip
         output = yield from _tool(cmd, stop, on_base, progress)
+        if stop.is_set():
+            raise QualityCancelled("measurement cancelled; no file was left")
         base = dataclasses.replace(
             parse_base(output, request.n_ctx, request.text.path),
             seconds=time.monotonic() - t0,
@@ -373,6 +375,8 @@ def run_quality(
 
             output = yield from _tool(kld_command(target, base_file, request.n_ctx,
                                                   request.threads), stop, on_kld, progress)  # fmt: skip
+            if stop.is_set():  # cancelled as the pass ended: cancelled all the same
+                raise QualityCancelled("measurement cancelled; no file was left")
             stats = parse_kld(output)
             clock.measure_s.append(time.monotonic() - t0)
             os.unlink(target)

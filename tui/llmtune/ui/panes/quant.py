@@ -89,10 +89,11 @@ class QuantPane(Vertical):
             ("verdict", "verdict"),
             ("layers", "layers"),
             ("tok/s", "tps"),
-            # Measured quality before the fixed phrase: it is what 80 columns keep.
+            # Measured quality and where the file is before the fixed phrase,
+            # which is what a narrow pane cuts.
             ("KLD  top", "measured"),
-            ("quality", "quality"),
             ("file", "mark"),
+            ("quality", "quality"),
         ):
             table.add_column(label, key=key)
 
@@ -130,8 +131,8 @@ class QuantPane(Vertical):
                 # A plan that does not fit runs at no speed.
                 Text(f"{p.predicted.tg_tokens_per_s:,.1f}" if p.fits else "-", justify="right"),
                 self._measured_cell(row),
-                Text(row.quality, "dim"),
                 mark,
+                Text(row.quality, "dim"),
                 key=row.file_type,
             )
         if rows:
