@@ -86,7 +86,10 @@ class SpeedModel:
     cpu_bandwidth_efficiency: float = 0.65  # of a peak figure (a host profile, --ram)
     cpu_measured_bandwidth_efficiency: float = 1.0  # of this machine's measured bandwidth
     gpu_compute_efficiency: float = CLASS_SPEEDS[DEFAULT_CLASS].compute_efficiency
-    cpu_compute_efficiency: float = 0.35
+    # Of the host's FP16 peak, as llama.cpp's prompt processing reaches it: 0.70
+    # (Q4_0), 0.53 (Q8_0), 0.55 (F16) with 2 threads on this project's Xeon, quiet
+    # (tests/bench/cpu_prompt_speed.py, a 13B shape, llama-bench pp512).
+    cpu_compute_efficiency: float = 0.6
     pcie_gbps: float = 16.0  # PCIe 4.0 x16 as measured in practice
     # Fixed time per layer (and for the output) per generated token. CPU: about
     # 100 us with two threads on this project's 2-core machine (SmolLM2-135M,
