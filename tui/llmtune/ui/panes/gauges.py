@@ -9,6 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
+from llmtune.fit.settings import NGL_AUTO
 from llmtune.telemetry.store import TelemetryStore
 from llmtune.textsafe import inert
 from llmtune.ui.panes.monitor import Expected, fmt_bytes, fmt_tps, network_share
@@ -56,6 +57,7 @@ class GaugesPane(VerticalScroll):
         slider.maximum = p.n_layer + 1
         slider.value = p.n_gpu_layers
         slider.fit_max = p.max_gpu_layers if view.has_gpu else None
+        slider.auto = view.has_gpu and view.settings.n_gpu_layers == NGL_AUTO
         slider.set_class(not view.has_gpu, "-no-gpu")
         slider.note = "" if view.has_gpu else "no GPU: g plans for one"
         box = self.query_one("#gauges-devices", Vertical)
