@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 from llmtune.errors import FitError
 from llmtune.fit.settings import Settings
-from llmtune.paths import config_dir
+from llmtune.paths import config_dir, write_atomic
 
 FILE_NAME = "settings.json"
 # 2: the layers default to llama.cpp's fit (--ngl auto); version 1 saved every
@@ -205,37 +204,8 @@ def save(store: Store) -> str | None:
     except ValueError:
         return "Settings were not saved: a value cannot be written as JSON."
     folder = config_dir()
-    tmp: str | None = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".settings-", suffix=".json.tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / FILE_NAME)
-        tmp = None
-        _fsync_dir(folder)
+        write_atomic(folder / FILE_NAME, text, durable_dir=True)
     except OSError as exc:
         return f"Settings were not saved to {folder}: {exc.strerror or exc}."
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
     return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable where the platform allows it (POSIX)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

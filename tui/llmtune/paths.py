@@ -29,3 +29,37 @@ def cache_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("llmtune"))
+
+
+def write_atomic(path: Path, data: str | bytes, *, durable_dir: bool = False) -> None:
+    """Replace ``path`` with ``data`` all at once: a temporary file beside it,
+    flushed to disk, then renamed; on any failure the old file stays and no
+    temporary file is left. Raises OSError. ``durable_dir`` also syncs the folder,
+    so the rename itself survives a crash (POSIX)."""
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable_dir:
+        try:
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(dir_fd)
+        except OSError:
+            pass
+        finally:
+            os.close(dir_fd)

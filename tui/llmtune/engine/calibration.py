@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -41,7 +40,7 @@ from typing import Any
 from llmtune.engine.history import HistoryEntry, Source
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
-from llmtune.paths import config_dir
+from llmtune.paths import config_dir, write_atomic
 
 FILE_NAME = "calibration.json"
 MAX_FILE_BYTES = 1 << 20  # an entry per machine takes about 200 bytes
@@ -204,25 +203,10 @@ def record(m: Measurement, speed: SpeedModel, weight: float = 1.0) -> SpeedModel
     entry = dict(entry) if isinstance(entry, dict) else {}
     entry.update(changes)
     data[machine_key()] = entry
-    folder = config_dir()
-    tmp: str | None = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".calibration-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / FILE_NAME)
-        tmp = None
-    except OSError:  # a full or read-only disk
+        write_atomic(config_dir() / FILE_NAME, json.dumps(data, indent=2, sort_keys=True))
+    except OSError:  # a full or read-only disk: the old file stays
         return None
-    finally:
-        if tmp is not None:  # a full disk left a temporary file half written
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
     return calibrated
 
 

@@ -15,13 +15,11 @@ as empty: the history is a record, never a reason to fail.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from llmtune.paths import config_dir
+from llmtune.paths import config_dir, write_atomic
 from llmtune.textsafe import inert
 
 FILE_NAME = "calibration_history.json"
@@ -111,25 +109,10 @@ def append(entry: HistoryEntry) -> bool:
     text = json.dumps(
         {"version": VERSION, "entries": [asdict(e) for e in entries]}, indent=1, sort_keys=True
     )
-    folder = config_dir()
-    tmp: str | None = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".history-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, folder / FILE_NAME)
-        tmp = None
+        write_atomic(config_dir() / FILE_NAME, text)
     except OSError:
         return False
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
     return True
 
 

@@ -27,14 +27,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from llmtune.errors import ConfigError
-from llmtune.paths import config_dir
+from llmtune.paths import config_dir, write_atomic
 
 HEAD_BYTES = 4 << 20
 SAMPLE_BLOCKS = 32
@@ -236,21 +235,7 @@ def save_rows(rows: list[StoredRow]) -> None:
             for r in kept + rows
         ],
     }
-    path = store_path(source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, allow_nan=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
+    write_atomic(store_path(source), json.dumps(data, indent=1, allow_nan=True))
 
 
 def latest(rows: list[StoredRow], build: str) -> tuple[StoredRow | None, dict[str, StoredRow]]:

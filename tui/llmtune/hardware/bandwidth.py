@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import platform
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from llmtune.paths import write_atomic
 from llmtune.units import GIB, MIB
 
 logger = logging.getLogger(__name__)
@@ -264,18 +264,7 @@ def store_host_bandwidth(measurement: BandwidthMeasurement, key: str | None = No
         "probes": probes,
     }
     text = json.dumps({"version": CACHE_VERSION, "machines": machines}, indent=1, sort_keys=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".host_bandwidth.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(path, text)
 
 
 def reprobe_host_bandwidth(array_bytes: int = PROBE_BYTES) -> tuple[float | None, float | None]:

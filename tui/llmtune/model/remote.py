@@ -34,6 +34,7 @@ from urllib.parse import urljoin, urlsplit
 
 from llmtune.errors import GGUFError, RemoteError
 from llmtune.model.gguf_file import GGUFFile, HeaderIncomplete, parse_header
+from llmtune.paths import write_atomic
 
 # A file's first read: most headers end within it (llama 3's 128k-token vocabulary
 # and its merges reach ~9 MB: the second read then knows the merges' size).
@@ -411,19 +412,12 @@ class HeaderCache:
 
 
 def _write_atomic(path: Path, data: bytes) -> bool:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """A cache entry written whole or not at all; False when the disk refused."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-        return True
+        write_atomic(path, data)
     except OSError:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         return False
+    return True
 
 
 def default_cache() -> HeaderCache:
