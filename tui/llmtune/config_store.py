@@ -20,6 +20,7 @@ from typing import Any
 
 from llmtune.errors import FitError
 from llmtune.fit.settings import Settings
+from llmtune.model.spec import is_url, location
 from llmtune.paths import config_dir, write_atomic
 
 FILE_NAME = "settings.json"
@@ -44,12 +45,7 @@ def model_key(model_path: str | os.PathLike[str]) -> str:
     """Models are keyed by absolute path (symlinks kept: a Hugging Face snapshot
     path names the model, the blob it points to does not), or by URL (a model
     planned from its header on the Hub)."""
-    path = os.fspath(model_path)
-    return path if _is_url(path) else os.path.abspath(path)
-
-
-def _is_url(key: str) -> bool:
-    return key.startswith(("https://", "http://"))
+    return location(os.fspath(model_path))
 
 
 @dataclass(frozen=True)
@@ -106,13 +102,13 @@ def _from_json(data: dict[str, Any], path: Path) -> tuple[Store, str | None]:
     for key, values in saved.items():
         if before_auto and isinstance(values, dict) and values.get("n_gpu_layers") == -1:
             values = {k: v for k, v in values.items() if k != "n_gpu_layers"}
-        settings = _settings_from_json(values) if os.path.isabs(key) or _is_url(key) else None
+        settings = _settings_from_json(values) if os.path.isabs(key) or is_url(key) else None
         if settings is None:
             dropped += 1
         else:
             models[key] = settings
     last = data.get("last_model")
-    if last is not None and not (isinstance(last, str) and (os.path.isabs(last) or _is_url(last))):
+    if last is not None and not (isinstance(last, str) and (os.path.isabs(last) or is_url(last))):
         last = None
         dropped += 1
     notice = None

@@ -27,6 +27,7 @@ from llmtune.fit.plan import FitPlan, plan
 from llmtune.fit.serverline import AUTO_PARALLEL
 from llmtune.fit.settings import Settings
 from llmtune.hardware.machine import MachineOptions, machine
+from llmtune.model.spec import is_url
 from llmtune.textsafe import inert
 
 
@@ -137,11 +138,7 @@ def plan_server(
             "llama-server's defaults (give --ngl, --cache-type-k, ... to change them)"
         )
     shown = path or hf
-    if (
-        path is not None
-        and not path.startswith(("http://", "https://"))
-        and not os.path.isfile(path)
-    ):
+    if path is not None and not is_url(path) and not os.path.isfile(path):
         return ServerPlan(
             shown,
             settings,

@@ -216,18 +216,6 @@ def one_kind(p: FitPlan) -> bool:
     return p.n_gpu_layers in (0, p.n_layer + 1) and len(p.gpus) <= 1 and not p.rpc_devices
 
 
-def record_bench(
-    p: FitPlan, measured_tg: float, measured_pp: float, host_measured: bool, speed: SpeedModel
-) -> SpeedModel | None:
-    """Keep a benchmark of plan ``p`` as this machine's calibration when it
-    describes one kind of device (:func:`one_kind`). ``host_measured``: the
-    host's bandwidth was probed here. Returns the new model, or None when the run
-    was not kept."""
-    if not one_kind(p):
-        return None
-    return record(measurement_of(p, measured_tg, measured_pp, host_measured), speed)
-
-
 # A CPU run this much faster than predicted from a measured host bandwidth means
 # the probe was taken on a busy machine: probe again before believing the run.
 REPROBE_RATIO = 1.5

@@ -41,10 +41,6 @@ SAMPLE_BYTES = 64 << 10
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 4 << 20
 BUNDLED_TEXT_NAME = "bundled"
-BUNDLED_TEXT_SOURCE = (
-    "llmtune's own text (original prose: a lighthouse keeper's year, bread, clocks, bees, "
-    "letters, walking), dedicated to the public domain under CC0 1.0"
-)
 
 _fingerprints: dict[tuple[str, int, int], str] = {}
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from llmtune.fit.options import Program, server_args
 from llmtune.fit.settings import Extras, Settings
+from llmtune.model.spec import is_url
 
 if TYPE_CHECKING:
     from llmtune.fit.plan import FitPlan
@@ -35,7 +36,7 @@ def llama_args(
     """The arguments after the program name, for ``program``."""
     resolved = s.with_(n_gpu_layers=n_gpu_layers, n_ctx=n_ctx)
     # A model read over HTTP is handed over as llama.cpp's --model-url (it downloads it).
-    flag = "-mu" if model_path.startswith(("https://", "http://")) else "-m"
+    flag = "-mu" if is_url(model_path) else "-m"
     return [flag, model_path, *server_args(resolved, extras, program), "--fit", "off"]
 
 

@@ -110,7 +110,7 @@ def plan_lines(spec: ModelSpec, p: FitPlan, width: int = 80) -> list[str]:
         )
     for d in p.devices:
         # An RPC device's endpoint goes on its verdict line: the name column is narrow.
-        shown = d.name.split(" ")[0] if d.name.startswith("RPC") else d.label
+        shown = d.label.removesuffix(f" {d.endpoint}") if d.kind == "rpc" else d.label
         name = inert(shown, max_chars=None)
         room = 19 if wide else w - 2
         name = name if len(name) <= room else name[: room - 1] + "…"

@@ -59,10 +59,6 @@ def timeout_s() -> float:
     return value if value > 0 else DEFAULT_TIMEOUT_S
 
 
-def is_url(text: str) -> bool:
-    return text.startswith(("https://", "http://"))
-
-
 def short_url(url: str) -> str:
     """A URL without its query (signed storage URLs carry long tokens)."""
     parts = urlsplit(url)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from llmtune.errors import ConfigError, GGUFError
 from llmtune.model.gguf_file import GGUFFile
-from llmtune.model.spec import ModelSpec, check_shard, read_spec, spec_from_files
+from llmtune.model.spec import ModelSpec, check_shard, is_url, read_spec, spec_from_files
 
 if TYPE_CHECKING:
     from llmtune.model.hub import Entry, Repo
@@ -51,7 +51,7 @@ def open_spec(
         return open_entry(repo, choose(repo, ref.quant), cache=cache, source=str(ref))
     if model is None:
         raise ConfigError("name a model: a .gguf file, an https URL or --hf OWNER/REPO", "model")
-    if model.startswith(("https://", "http://")):
+    if is_url(model):
         return open_url(model, cache=cache)
     return Opened(read_spec(model), None, True, model)
 

@@ -56,9 +56,14 @@ SWA_PATTERNS: dict[str, tuple[int, bool, int]] = {
 _SWA_NEEDS_WINDOW = frozenset({"gemma3", "olmo2", "smallthinker", "plamo3", "llama4"})
 
 
+def is_url(path: str) -> bool:
+    """A model named by an http(s) URL (read over the network) rather than a path."""
+    return path.startswith(("https://", "http://"))
+
+
 def location(path: str) -> str:
     """A path made absolute, or a URL as it is (a model read over HTTP)."""
-    return path if path.startswith(("https://", "http://")) else os.path.abspath(path)
+    return path if is_url(path) else os.path.abspath(path)
 
 
 def _as_int(value: Value | None) -> int | None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from llmtune.errors import LlmtuneError
 from llmtune.fit.settings import Settings
+from llmtune.model.spec import is_url
 from llmtune.textsafe import inert
 from llmtune.ui.messages import DemoFetched, ModelReady
 
@@ -50,7 +51,7 @@ def picker(app: LlmtuneApp, can_go_back: bool = True) -> None:
             attach(app)
         elif path and path.startswith(HUB_PREFIX):
             hub_repo(app, path.removeprefix(HUB_PREFIX))
-        elif path and path.startswith(("https://", "http://")):
+        elif path and is_url(path):
             open_remote(app, path)
         elif path:
             app.open_model(path)

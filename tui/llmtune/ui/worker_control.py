@@ -35,6 +35,7 @@ from llmtune.fit.settings import Extras, Settings
 from llmtune.hardware.bandwidth import host_bandwidth_record
 from llmtune.model import ModelSpec
 from llmtune.model.chat import render_chat
+from llmtune.model.spec import is_url
 from llmtune.telemetry.store import rpc_key
 from llmtune.ui.messages import HistoryRead, PromptRendered, WorkerEvent
 from llmtune.ui.panes.monitor import Expected
@@ -142,7 +143,7 @@ class WorkerControl:
         settings = self.run_settings()
         if settings is None or self.app.model_path is None:
             return None
-        if self.app.model_path.startswith(("https://", "http://")):
+        if is_url(self.app.model_path):
             # Planned from its header alone: llama.cpp needs the file.
             self.app.notify(
                 "This model is planned from its header on the network: download it first "

@@ -25,6 +25,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from textual.worker import Worker, WorkerState
 
 from llmtune.model.discover import FoundModel, find_models
+from llmtune.model.spec import is_url
 from llmtune.textsafe import inert
 from llmtune.ui.boundary import forward_failure
 from llmtune.units import format_bytes
@@ -158,7 +159,7 @@ class ModelPicker(ModalScreen[str | None]):
         if typed and os.path.isfile(typed):
             self.dismiss(os.path.abspath(typed))
             return
-        if typed.startswith(("https://", "http://")):
+        if is_url(typed):
             self.dismiss(typed)
             return
         if HUB_REF_RE.match(typed) and not os.path.exists(typed):
