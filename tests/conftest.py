@@ -23,3 +23,13 @@ def demo_model() -> Path:
 def _private_config_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests never read or write the user's own calibration and settings."""
     os.environ["LLMTUNE_CONFIG_DIR"] = str(tmp_path_factory.mktemp("config"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _machine_probed() -> None:
+    """This machine's bandwidth and CPU kernels probed once (the first session on a
+    machine pays a few seconds), so private caches can start from them
+    (machine_probes.seed_probes)."""
+    from machine_probes import ensure_probed
+
+    ensure_probed()

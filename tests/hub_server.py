@@ -348,7 +348,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def hub_env(hub: FakeHub, cache: Path, hf_home: Path) -> dict[str, str]:
-    """The environment that points llmtune at ``hub`` with private caches."""
+    """The environment that points llmtune at ``hub`` with private caches (holding
+    this machine's probes, as any machine's cache does after its first start)."""
+    from machine_probes import seed_probes
+
+    seed_probes(cache)
     return {
         "HF_ENDPOINT": hub.endpoint,
         "LLMTUNE_CACHE_DIR": str(cache),

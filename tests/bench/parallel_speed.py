@@ -9,10 +9,12 @@ per-stream and aggregate prediction (``fit --parallel N``), llama.cpp's, and
 their ratio. Batched decoding reads the weights once per step for every
 stream, so the aggregate should grow with N while each stream slows a little.
 
-Target (llmtune's own): the gain, aggregate at N over one stream's speed,
-within 25% of llama.cpp's at every N (the gain cancels the host bandwidth,
-which a busy machine lowers; the per-stream compute the model adds for each
-further stream is what this checks); reported, not asserted.
+Target (llmtune's own): the aggregate speed at every N within 25% of
+llama.cpp's, which is what a user running N slots sees. On the CPU the step of N
+streams comes from llama.cpp's own kernels timed at N columns
+(hardware.cpu_kernels): the repacked Q4_0 kernel takes four columns per pass, so
+four streams step as fast as one. The gain, aggregate at N over one stream's
+speed, is printed beside it; reported, not asserted.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def main() -> int:
     host = host_device_measured(probe=True)
     print(f"machine: {os.cpu_count()} cores, host bandwidth {host.bandwidth_gbps:.1f} GB/s "
           f"(probe); {physical_cores()} threads, {args.steps} steps per N")  # fmt: skip
-    worst = 0.0
+    worst = worst_gain = 0.0
     with tempfile.TemporaryDirectory(dir=os.environ.get("LLMTUNE_BENCH_DIR")) as tmp:
         (synthetic,) = llama_like(
             Path(tmp) / "qwen2-1.5b-like.Q4_0.gguf", n_layer=28, n_embd=1536, n_head=12,
@@ -123,13 +125,15 @@ def main() -> int:
                 stream, aggregate = predict(spec, n)
                 measured = measure(path, n, args.steps) if n > 1 else alone[1]
                 gain, measured_gain = aggregate / alone[0], measured / alone[1]
-                worst = max(worst, abs(gain / measured_gain - 1))
+                worst = max(worst, abs(measured / aggregate - 1))
+                worst_gain = max(worst_gain, abs(gain / measured_gain - 1))
                 print(f"  {label:<10} N={n:<2} predicted {stream:7.1f} per stream, "
                       f"{aggregate:7.1f} in all (x{gain:.2f}); measured {measured / n:7.1f} "
-                      f"per stream, {measured:7.1f} in all (x{measured_gain:.2f})", flush=True)  # fmt: skip
+                      f"per stream, {measured:7.1f} in all (x{measured_gain:.2f}); "
+                      f"measured/predicted {measured / aggregate:.2f}", flush=True)  # fmt: skip
     verdict = "PASS" if worst <= TARGET else "MISS"
-    print(f"parallel generation: worst gain over one stream off by {worst:.0%} "
-          f"(target {TARGET:.0%}) {verdict}")  # fmt: skip
+    print(f"parallel generation: worst aggregate off by {worst:.0%} (target {TARGET:.0%}) "
+          f"{verdict}; worst gain over one stream off by {worst_gain:.0%}")  # fmt: skip
     return 0
 
 

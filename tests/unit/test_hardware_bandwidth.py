@@ -29,6 +29,18 @@ def cache(monkeypatch, tmp_path):
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_kernel_probe(monkeypatch):
+    """These tests count bandwidth probes; the CPU kernel probe (a child process,
+    seconds) has its own tests in test_cpu_kernels.py."""
+    from llmtune.hardware import cpu_kernels
+
+    def unavailable(*_args, **_kwargs):
+        raise RuntimeError("not in these tests")
+
+    monkeypatch.setattr(cpu_kernels, "measure_kernel_rates", unavailable)
+
+
 @pytest.fixture
 def probes(monkeypatch):
     """Counts probe runs; each one measures the small array for real."""

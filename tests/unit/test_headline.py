@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType as Q
 from llmtune.fit.plan import plan
 from llmtune.fit.quant import requantize
 from llmtune.fit.settings import Settings
-from llmtune.hardware.host import host_device
+from llmtune.hardware.host import WHAT_IF_HOST_CORES, host_device
 from llmtune.hardware.profiles import host_profile, parse_gpu_spec
 from llmtune.model import ModelSpec, read_spec
 from llmtune.units import GIB
@@ -24,7 +24,8 @@ from synth import LLAMA2_70B_SHAPE, llama_like
 
 DEVICES = [
     parse_gpu_spec("rtx3060-12g"),
-    host_device(64 * GIB, host_profile("ddr4-3200").bandwidth_gbps),
+    # As `--ram 64GiB --host ddr4-3200` plans it: another machine, a desktop's 8 cores.
+    host_device(64 * GIB, host_profile("ddr4-3200").bandwidth_gbps, cores=WHAT_IF_HOST_CORES),
 ]
 
 

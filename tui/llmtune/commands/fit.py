@@ -36,6 +36,19 @@ def list_gpus() -> int:
     return 0
 
 
+def _kernel_rates(spec: ModelSpec, m: Machine) -> dict[str, float]:
+    """{type: GB/s} of llama.cpp's CPU kernels for this model's weight types, largest
+    share first, when this machine's were probed and the plan is for it."""
+    from llmtune.fit.costs import model_costs
+    from llmtune.hardware.cpu_kernels import nearest_rate
+
+    if m.is_what_if or not m.host.kernel_rates:
+        return {}
+    rates = dict(m.host.kernel_rates)
+    mix = sorted(model_costs(spec).matmul_type_bytes, key=lambda kv: -kv[1])
+    return {name: nearest_rate(rates, name) for name, _bytes in mix}
+
+
 def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -> int:
     if args.list_gpus:
         return list_gpus()
@@ -58,9 +71,21 @@ def run(args: argparse.Namespace, settings: Settings, options: MachineOptions) -
     if m.host_line:
         # The figure every CPU layer's speed is planned with, and how old it is.
         notes += (f"CPU speed planned with {m.host_line}",)
+    kernels = _kernel_rates(spec, m)
+    if kernels:
+        shown = ", ".join(f"{name} {gbps:.1f}" for name, gbps in kernels.items())
+        notes += (
+            f"CPU weights planned at llama.cpp's own kernel speeds probed here: {shown} GB/s "
+            f"({m.host.kernel_threads} threads)",
+        )
     fit_plan = dataclasses.replace(fit_plan, notes=notes)
     if args.json:
         out = plan_dict(spec, fit_plan)
+        if kernels:
+            out["cpu_kernels"] = {
+                "gbps": {name: round(gbps, 2) for name, gbps in kernels.items()},
+                "threads": m.host.kernel_threads,
+            }
         if m.host_bandwidth is not None and m.host_line:
             out["host_bandwidth"] = {
                 "bandwidth_gbps": m.host_bandwidth.bandwidth_gbps,

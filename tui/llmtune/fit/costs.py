@@ -75,6 +75,9 @@ class ModelCosts:
     delta_net: bool
     output_repack_bytes: int  # output.weight repacked when it stays on the CPU
     cpu_mapped_span: int  # CPU_Mapped as llama.cpp logs it on a CPU-only run
+    # Bytes per weight type (name) of the matrices a token multiplies (the
+    # layers' and the output's): the CPU's speed depends on the mix.
+    matmul_type_bytes: tuple[tuple[str, int], ...] = ()
 
 
 def model_costs(spec: ModelSpec) -> ModelCosts:
@@ -218,6 +221,13 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
     if n_expert:
         active += expert_params * n_used // n_expert
     embd_params = sum(t.n_elements for t in spec.input_tensors)
+    by_type: dict[str, int] = {}
+    matmuls = [t for g in groups for t in g.tensors] + list(spec.output_tensors)
+    if tied:
+        matmuls += [t for t in spec.input_tensors if t.name == "token_embd.weight"]
+    for t in matmuls:
+        if _is_matmul_weight(t):
+            by_type[t.type_name] = by_type.get(t.type_name, 0) + t.nbytes
     return ModelCosts(
         layers=tuple(layers),
         input_bytes=inputs,
@@ -243,6 +253,7 @@ def _compute_costs(spec: ModelSpec) -> ModelCosts:
         delta_net=spec.architecture in _HYBRID_BY_INTERVAL,
         output_repack_bytes=output_repack,
         cpu_mapped_span=cpu_mapped_span,
+        matmul_type_bytes=tuple(sorted(by_type.items())),
     )
 
 

@@ -56,6 +56,7 @@ from llmtune.fit.speed import (
     SpeedModel,
     SpeedSum,
     cpu_rates,
+    device_class,
     gpu_rates,
     predicted_speed,
 )
@@ -92,6 +93,7 @@ class DevicePlan:
     # A local GPU's runtime (CUDA context) before anything loads (fit.backends).
     runtime_bytes: int = 0
     backend: str = ""  # ggml's backend prefix: CUDA, RPC, CPU (Device.ggml_backend)
+    device_class: str = ""  # a GPU's speed class (fit.speed.CLASS_SPEEDS)
 
     @property
     def total_bytes(self) -> int:
@@ -302,11 +304,16 @@ def _evaluate(
                 margin_bytes=s.margin_of(device_number),
                 endpoint=gpu.endpoint,
                 buffer_name=gpu.buffer_name,
+                device_class=device_class(gpu),
             )
         )
         # An RPC host with no GPU named behind it runs like a CPU (llmtune rpc-server).
         cpu_like = gpu.is_rpc and gpu.profile == "cpu"
-        rates = cpu_rates(gpu, speed) if cpu_like else gpu_rates(gpu, speed)
+        rates = (
+            cpu_rates(gpu, speed, dict(costs.matmul_type_bytes))
+            if cpu_like
+            else gpu_rates(gpu, speed)
+        )
         attending = _attention_layers(c, first, end)
         times.add(rates, shape, active, kv * c.kv_read_fraction, n_layers + has_output, attending)
         if gpu.is_rpc and (n_layers or has_output):
@@ -379,8 +386,13 @@ def _evaluate(
     host_layers = cpu_layers_end + output_on_cpu
     host_kv_read = host_kv * c.kv_read_fraction
     attending = _attention_layers(c, 0, cpu_layers_end)
-    rates = cpu_rates(host, speed)
+    rates = cpu_rates(host, speed, dict(costs.matmul_type_bytes), s.threads)
     times.add(rates, shape, active_cpu, host_kv_read, host_layers, attending, offload_to is None)
+    if rates.read_bytes_per_s:
+        # What a new bandwidth probe would move: the cache read, and the weights'
+        # reading unless llama.cpp's kernels were probed (they hold both parts).
+        weights_read = 0.0 if host.kernel_rates else active_cpu / rates.read_bytes_per_s
+        times.host_read_s = weights_read + host_kv_read / rates.read_bytes_per_s
     if offload_to is not None:
         # op offload: CPU-resident weights cross PCIe once per ubatch
         times.prompt_s += c.weights_prefix[cpu_layers_end] / (speed.pcie_gbps * 1e9) / c.n_ubatch

@@ -35,7 +35,8 @@ figures, and a calibrated value scales every class's by the same ratio.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from llmtune.hardware.device import Device
 
@@ -111,6 +112,12 @@ class Rates:
     read_bytes_per_s: float
     flops: float
     layer_s: float
+    # A CPU: bytes/s at which a token's weights are read *and* multiplied
+    # (llama.cpp's kernels for the model's weight types); 0: at read_bytes_per_s.
+    weight_bytes_per_s: float = 0.0
+    # A probed CPU: (streams, bytes/s) for one step of a batched decode of that
+    # many streams, from llama.cpp's kernels at that many columns.
+    weight_batch: tuple[tuple[int, float], ...] = ()
 
 
 def device_class(device: Device) -> str:
@@ -136,12 +143,75 @@ def host_bandwidth_efficiency(host: Device, speed: SpeedModel) -> float:
     return speed.cpu_bandwidth_efficiency
 
 
-def cpu_rates(device: Device, speed: SpeedModel) -> Rates:
+def cpu_rates(
+    device: Device,
+    speed: SpeedModel,
+    type_bytes: Mapping[str, int] | None = None,
+    threads: int = 0,
+) -> Rates:
+    """A CPU's rates; with the model's weight bytes per type (``type_bytes``) also
+    the rate its generation gets through them (:func:`cpu_weight_rate`)."""
+    read = device.bandwidth_gbps * 1e9 * host_bandwidth_efficiency(device, speed)
+    mix = type_bytes or {}
     return Rates(
-        device.bandwidth_gbps * 1e9 * host_bandwidth_efficiency(device, speed),
+        read,
         device.fp16_tflops * 1e12 * speed.cpu_compute_efficiency,
         speed.cpu_layer_overhead_s,
+        cpu_weight_rate(device, speed, mix, threads, read),
+        cpu_batch_rates(device, speed, mix, threads),
     )
+
+
+def cpu_batch_rates(
+    device: Device, speed: SpeedModel, type_bytes: Mapping[str, int], threads: int
+) -> tuple[tuple[int, float], ...]:
+    """(streams, bytes/s) of a batched decoding step on a probed CPU, per probed
+    column count; () when the CPU's kernels were not probed at batches."""
+    from llmtune.hardware.cpu_kernels import batch_rates, mixed_rate
+
+    if not type_bytes or not device.kernel_rates or not device.kernel_batch:
+        return ()
+    ram = dict(device.kernel_rates)
+    scale = speed.cpu_measured_bandwidth_efficiency
+    if threads and device.kernel_threads and threads < device.kernel_threads:
+        scale *= threads / device.kernel_threads
+    counts = sorted({n for _name, n, _gbps in device.kernel_batch})
+    out = []
+    for n in counts:
+        rate = mixed_rate(batch_rates(ram, device.kernel_batch, n), type_bytes)
+        if rate > 0:
+            out.append((n, rate * scale))
+    return tuple(out)
+
+
+def cpu_weight_rate(
+    device: Device, speed: SpeedModel, type_bytes: Mapping[str, int], threads: int, read: float
+) -> float:
+    """Bytes/s at which the CPU reads and multiplies a token's weights of these types.
+
+    Probed here (``device.kernel_rates``, hardware.cpu_kernels): llama.cpp's own
+    matrix-vector product from RAM per type, scaled down for fewer threads than
+    probed (the kernels are compute-bound where it matters) and by this machine's
+    calibrated efficiency. Not probed: reading at ``read`` and then computing at
+    the stand-in kernels' speed per core (measured on this project's machine),
+    one after the other, as the probe found llama.cpp does (Q8_0: 16.8 GB/s from
+    RAM against 1 / (1/32 + 1/46) = 18.9 GB/s).
+    """
+    from llmtune.hardware.cpu_kernels import default_cache_rates, mixed_rate
+    from llmtune.hardware.host import HOST_TFLOPS_PER_CORE
+
+    if not type_bytes:
+        return 0.0
+    if device.kernel_rates:
+        rate = mixed_rate(dict(device.kernel_rates), type_bytes)
+        if threads and device.kernel_threads and threads < device.kernel_threads:
+            rate *= threads / device.kernel_threads
+        return rate * speed.cpu_measured_bandwidth_efficiency
+    cores = device.fp16_tflops / HOST_TFLOPS_PER_CORE if device.fp16_tflops else 1.0
+    compute = mixed_rate(default_cache_rates(cores), type_bytes)
+    if compute <= 0 or read <= 0:
+        return 0.0
+    return 1.0 / (1.0 / read + 1.0 / compute)
 
 
 def gpu_rates(device: Device, speed: SpeedModel) -> Rates:
@@ -183,6 +253,10 @@ class SpeedSum:
     stream_compute_s: float = 0.0  # each further stream's arithmetic per step
     prompt_s: float = 0.0  # per prompt token
     network_s: float = 0.0  # per step, RPC devices
+    host_read_s: float = 0.0  # of a step, what the host's bandwidth bounds (its probe moves it)
+    # Per probed CPU: (streams, seconds a step of that many streams adds over one
+    # stream's), measured at a few counts and interpolated between them.
+    batch_extra: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
 
     def add(
         self,
@@ -198,15 +272,25 @@ class SpeedSum:
         ``kv_read_bytes`` of cache, ``layers`` layers (the output counts one) of
         which ``attention_layers`` attend; ``prompt``: it computes its own
         layers' prompt (not under op offload)."""
-        if rates.read_bytes_per_s:
+        batched = bool(rates.weight_batch and rates.weight_bytes_per_s and active_bytes)
+        if rates.weight_bytes_per_s:
+            self.read_s += active_bytes / rates.weight_bytes_per_s
+            if batched:
+                one = active_bytes / rates.weight_bytes_per_s
+                self.batch_extra.append(
+                    tuple((n, active_bytes / rate - one) for n, rate in rates.weight_batch)
+                )
+        elif rates.read_bytes_per_s:
             self.read_s += active_bytes / rates.read_bytes_per_s
+        if rates.read_bytes_per_s:
             self.kv_s += kv_read_bytes / rates.read_bytes_per_s
         self.overhead_s += layers * rates.layer_s
         if not rates.flops or not prompt:
             return
         params = active_bytes / shape.bytes_per_param
         token_flops = 2.0 * params
-        self.stream_compute_s += token_flops / rates.flops
+        if not batched:
+            self.stream_compute_s += token_flops / rates.flops
         depth = PROMPT_TOKENS / 2
         # QK^T and KQ.V: two FLOPs per query element per cell, twice.
         attention_flops = 4.0 * shape.n_embd * depth * attention_layers
@@ -229,7 +313,21 @@ class SpeedSum:
             + self.network_s
             + n_streams * self.kv_s
             + extra * self.stream_compute_s
+            + sum(_interpolate(points, n_streams) for points in self.batch_extra)
         )
+
+
+def _interpolate(points: tuple[tuple[int, float], ...], n: int) -> float:
+    """The extra time at ``n`` streams from measured (streams, extra) points: none
+    at one stream, linear between points, and past the last along the last slope."""
+    if n <= 1 or not points:
+        return 0.0
+    known = [(1, 0.0), *sorted(points)]
+    for (n0, e0), (n1, e1) in zip(known, known[1:], strict=False):
+        if n <= n1:
+            return e0 + (e1 - e0) * (n - n0) / (n1 - n0)
+    (n0, e0), (n1, e1) = known[-2], known[-1]
+    return e1 + (e1 - e0) * (n - n1) / (n1 - n0)
 
 
 @dataclass(frozen=True)
@@ -238,6 +336,7 @@ class Speed:
     pp_tokens_per_s: float
     tg_overhead_s: float = 0.0  # of a token's time, the fixed per-layer part (not reading)
     tg_network_s: float = 0.0  # of a token's time, what crosses the network to RPC devices
+    tg_host_read_s: float = 0.0  # of a token's time, what the host's bandwidth bounds
     n_parallel: int = 1  # streams decoded together (--parallel)
     # Each stream's speed when all n_parallel generate at once, and their sum:
     # batched decoding reads the weights once per step for every stream.
@@ -258,6 +357,7 @@ def predicted_speed(times: SpeedSum, n_parallel: int) -> Speed:
         pp_tokens_per_s=1.0 / times.prompt_s if times.prompt_s > 0 else 0.0,
         tg_overhead_s=times.overhead_s,
         tg_network_s=times.network_s,
+        tg_host_read_s=times.host_read_s,
         n_parallel=n_parallel,
         tg_stream_tokens_per_s=1.0 / together if together > 0 else 0.0,
         tg_aggregate_tokens_per_s=n_parallel / together if together > 0 else 0.0,

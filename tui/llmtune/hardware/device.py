@@ -46,6 +46,13 @@ class Device:
     # hardware.apple splits what is free between them so a plan never counts the
     # same bytes as free GPU memory and free host RAM.
     unified: bool = False
+    # A CPU probed here (hardware.cpu_kernels): GB/s of weights llama.cpp's
+    # matrix-vector product gets through from RAM per type name, with
+    # ``kernel_threads`` threads. Empty: not probed (the speed model estimates).
+    kernel_rates: tuple[tuple[str, float], ...] = ()
+    kernel_threads: int = 0
+    # (type, columns, GB/s): a step of a batched decode of that many streams.
+    kernel_batch: tuple[tuple[str, int, float], ...] = ()
 
     @property
     def is_gpu(self) -> bool:

@@ -223,7 +223,7 @@ def machine(
     being replaced). Raises ConfigError for a bad ``--gpu``/``--ram``/``--host``.
     """
     from llmtune.errors import ConfigError
-    from llmtune.hardware.host import host_device
+    from llmtune.hardware.host import WHAT_IF_HOST_CORES, host_device
     from llmtune.hardware.profiles import host_profile
     from llmtune.units import parse_size
 
@@ -235,7 +235,9 @@ def machine(
         if ram is not None and ram <= 0:
             raise ConfigError("host RAM must be more than 0", "--ram")
         bandwidth = host_profile(options.host).bandwidth_gbps if options.host else None
-        what_if_host = host_device(ram_bytes=ram, bandwidth_gbps=bandwidth)
+        what_if_host = host_device(
+            ram_bytes=ram, bandwidth_gbps=bandwidth, cores=WHAT_IF_HOST_CORES
+        )
     unified = next((d for d in what_if if d.unified), None)
     if unified is not None and what_if_host is None:
         what_if_host = _unified_host(unified)
