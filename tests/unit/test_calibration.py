@@ -195,3 +195,47 @@ def test_a_small_model_calibrates_the_overhead_and_a_large_one_the_bandwidth() -
     )
     assert fast["cpu_layer_overhead_s"] == pytest.approx(5e-6)
     assert fast["cpu_measured_bandwidth_efficiency"] > speed.cpu_measured_bandwidth_efficiency
+
+
+def test_a_mac_calibrates_its_own_per_layer_time() -> None:
+    """The GPU per-layer field holds the consumer class's figure and every class
+    scales from it: a Mac measured at 150 us a layer must then plan 150 us a
+    layer for itself, not 150 x (Apple's 200 / consumer's 80)."""
+    from dataclasses import replace
+
+    from llmtune.fit.speed import CLASS_SPEEDS, gpu_rates
+    from llmtune.hardware.profiles import parse_gpu_spec
+
+    mac = parse_gpu_spec("m2-ultra-192g")
+    layers = 31
+    apple = CLASS_SPEEDS["apple"].layer_overhead_s
+    overhead = layers * apple
+    changes = fold(
+        DEFAULT_SPEED_MODEL,
+        Measurement(
+            on_gpu=True,
+            predicted_tg=1 / (1e-3 + overhead),
+            measured_tg=1 / (1e-3 + layers * 150e-6),
+            overhead_s=overhead,
+            layers=layers,
+            device_class="apple",
+        ),
+    )
+    calibrated = replace(DEFAULT_SPEED_MODEL, **changes)
+    assert gpu_rates(mac, calibrated).layer_s == pytest.approx(150e-6)
+    # A consumer card measured at 150 us plans 150 us too.
+    consumer = fold(
+        DEFAULT_SPEED_MODEL,
+        Measurement(
+            on_gpu=True,
+            predicted_tg=1 / (1e-3 + layers * 80e-6),
+            measured_tg=1 / (1e-3 + layers * 150e-6),
+            overhead_s=layers * 80e-6,
+            layers=layers,
+            device_class="nvidia-consumer",
+        ),
+    )
+    card = parse_gpu_spec("rtx4090")
+    assert gpu_rates(card, replace(DEFAULT_SPEED_MODEL, **consumer)).layer_s == pytest.approx(
+        150e-6
+    )

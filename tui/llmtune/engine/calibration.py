@@ -39,7 +39,7 @@ from typing import Any
 
 from llmtune.engine.history import HistoryEntry, Source
 from llmtune.fit.plan import FitPlan
-from llmtune.fit.speed import DEFAULT_SPEED_MODEL, SpeedModel
+from llmtune.fit.speed import CLASS_SPEEDS, DEFAULT_CLASS, DEFAULT_SPEED_MODEL, SpeedModel
 from llmtune.paths import config_dir, write_atomic
 
 FILE_NAME = "calibration.json"
@@ -124,6 +124,8 @@ class Measurement:
     overhead_s: float = 0.0
     layers: int = 0
     measured_bandwidth: bool = False
+    device_class: str = ""  # the GPU's speed class, whose per-layer time is its own
+    host_read_s: float = 0.0  # of the predicted token time, what the host bandwidth bounds
 
 
 def measurement_of(
@@ -140,6 +142,8 @@ def measurement_of(
         overhead_s=p.predicted.tg_overhead_s,
         layers=sum(d.n_layers + d.has_output for d in p.devices),
         measured_bandwidth=host_measured,
+        device_class=next((d.device_class for d in p.gpus), ""),
+        host_read_s=p.predicted.tg_host_read_s,
     )
 
 
@@ -159,9 +163,12 @@ def fold(speed: SpeedModel, m: Measurement) -> dict[str, float]:
     small = m.layers > 0 and m.overhead_s * 4 > reading
     if small:
         # Mostly overhead: correct it, within bounds; the rest goes to reading.
-        per_layer = _clamp((measured_t - reading) / m.layers, _OVERHEAD_BOUNDS)
+        # The GPU field holds the consumer class's figure, which every class's
+        # scales with (fit.speed.gpu_rates): store the measured time in its terms.
+        scale = _class_layer_scale(m.device_class) if kind == "gpu" else 1.0
+        per_layer = _clamp((measured_t - reading) / m.layers * scale, _OVERHEAD_BOUNDS)
         changes[overhead_name] = per_layer
-        overhead = per_layer * m.layers
+        overhead = per_layer / scale * m.layers
     new_reading = max(measured_t - overhead, reading / 20)
     if abs(new_reading - reading) > 1e-3 * reading:
         bounds = _FIELDS[bandwidth_name]
@@ -177,6 +184,14 @@ def fold(speed: SpeedModel, m: Measurement) -> dict[str, float]:
             getattr(speed, compute_name) * m.measured_pp / m.predicted_pp
         )
     return changes
+
+
+def _class_layer_scale(device_class: str) -> float:
+    """The consumer class's per-layer time over ``device_class``'s (1 when unknown)."""
+    own = CLASS_SPEEDS.get(device_class)
+    if own is None or own.layer_overhead_s <= 0:
+        return 1.0
+    return CLASS_SPEEDS[DEFAULT_CLASS].layer_overhead_s / own.layer_overhead_s
 
 
 def blend(speed: SpeedModel, changes: dict[str, float], weight: float) -> dict[str, float]:
@@ -291,6 +306,12 @@ def record_run(
 
 
 def _at_bandwidth(m: Measurement, reading_scale: float) -> Measurement:
-    """``m`` as predicted with the host read ``reading_scale`` times as long per token."""
-    reading = max(1.0 / m.predicted_tg - m.overhead_s, 0.0) * reading_scale
-    return replace(m, predicted_tg=1.0 / (reading + m.overhead_s))
+    """``m`` as predicted with the host's bandwidth-bound reading ``reading_scale``
+    times as long per token (the rest of the token's time stays)."""
+    token = 1.0 / m.predicted_tg
+    bound = min(m.host_read_s, token)
+    return replace(
+        m,
+        predicted_tg=1.0 / (token - bound + bound * reading_scale),
+        host_read_s=bound * reading_scale,
+    )
