@@ -1,14 +1,18 @@
 """Predicted against published llama-bench speeds on GPUs, per device class.
 
 Baseline: the published results in ``tests/bench/published_llama_bench.csv``
-(one GPU, every layer on it, pp512 and tg512 with llama-bench's defaults of
-the time: n_ubatch 512, flash attention off, F16 cache), each with its source.
-Each row is planned with llmtune on a synthetic sparse GGUF of the row's shape
-(Llama 3 8B or 70B at Q4_K_M or F16, the tensor types llama.cpp's quantizer
-gives them) and the GPU's profile, and printed as predicted/published.
+(one GPU, every layer on it), each with its source, its prompt and generation
+tests (pp512, tg128, ...), n_ubatch and flash attention as run. Each row is
+planned with llmtune on a synthetic sparse GGUF of the row's shape (Llama 2 7B,
+Llama 3 8B/70B, Mistral 7B at Q4_0, Q4_K_M, Q8_0 or F16, the tensor types
+llama.cpp's quantizer gives them), the GPU's profile and the row's settings,
+and printed as predicted/published. llmtune predicts a 512-token prompt, so pp
+is compared only on pp512 rows; tg on any tgN with N <= 512. A row whose GPU
+has no profile is skipped and counted.
 
 Targets (issue 16): generation within 25% for at least 90% of the rows, prompt
-processing within 50% for at least 80%. ``--fit`` searches each class's three
+processing within 50% for at least 80% (of the rows compared, overall, per
+class and per source). ``--fit`` searches each class's three
 figures (bandwidth efficiency and per-layer cost on tg, compute efficiency on
 pp) for the least squared log error over that class's rows and prints them:
 fit.speed.CLASS_SPEEDS holds what it printed.
@@ -46,37 +50,72 @@ SHAPES = {
     "llama3-8b": (32, 4096, 32, 8, 14336, 128256),
     "llama3-70b": (80, 8192, 64, 8, 28672, 128256),
     "llama2-7b": (32, 4096, 32, 32, 11008, 32000),
+    "mistral-7b": (32, 4096, 32, 8, 14336, 32768),
 }
-# llama-bench's defaults when the rows were measured; the context is the test's length.
-SETTINGS = Settings(n_ctx=512, n_gpu_layers=-1, n_ubatch=512, n_batch=2048, flash_attn="off")
+QUANTS = ("Q4_0", "Q4_K_M", "Q8_0", "F16")
+PP_TOKENS = speed_module.PROMPT_TOKENS  # the prompt llmtune predicts (pp512)
+MAX_TG_TOKENS = 512  # generation tests compared as they are, up to tg512
 HOST = host_device(ram_bytes=512 * GIB, bandwidth_gbps=51.2)
 
 
 @dataclass(frozen=True)
 class Row:
     gpu: str
-    profile: str
+    profile: str  # empty: no profile, skipped and counted
     model: str
     quant: str
-    pp512: float
-    tg512: float
+    n_ubatch: int
+    flash_attn: bool
+    pp_tokens: int  # 0: no prompt test published
+    pp_ts: float
+    tg_tokens: int
+    tg_ts: float
+    backend: str
+    source: str
+    date: str
     note: str
+
+    @property
+    def settings(self) -> Settings:
+        """llama-bench's settings for the row; the context is the test's length."""
+        return Settings(n_ctx=512, n_gpu_layers=-1, n_ubatch=self.n_ubatch,
+                        n_batch=max(2048, self.n_ubatch),
+                        flash_attn="on" if self.flash_attn else "off")  # fmt: skip
+
+    @property
+    def pp_compared(self) -> bool:
+        return self.pp_tokens == PP_TOKENS and self.pp_ts > 0
+
+    @property
+    def tg_compared(self) -> bool:
+        return 0 < self.tg_tokens <= MAX_TG_TOKENS and self.tg_ts > 0
 
 
 def read_rows() -> list[Row]:
     lines = [ln for ln in TABLE.read_text().splitlines() if ln and not ln.startswith("#")]
-    return [
+    rows = [
         Row(
             r["gpu"],
             r["profile"],
             r["model"],
             r["quant"],
-            float(r["pp512"]),
-            float(r["tg512"]),
+            int(r["n_ubatch"]),
+            {"0": False, "1": True}[r["flash_attn"]],
+            int(r["pp_tokens"] or 0),
+            float(r["pp_ts"] or 0),
+            int(r["tg_tokens"]),
+            float(r["tg_ts"]),
+            r["backend"],
+            r["source"],
+            r["date"],
             r["note"],
         )  # fmt: skip
         for r in csv.DictReader(lines)
     ]
+    for r in rows:
+        assert r.model in SHAPES, f"{r.gpu}: no synthetic shape {r.model!r}"
+        assert r.quant in QUANTS, f"{r.gpu}: no synthetic quant {r.quant!r}"
+    return rows
 
 
 def _more_bits(i: int, n: int) -> bool:
@@ -86,14 +125,14 @@ def _more_bits(i: int, n: int) -> bool:
 
 def synthetic(folder: Path, model: str, quant: str) -> ModelSpec:
     """A sparse GGUF of the model's shape at ``quant`` (Q4_K_M: Q4_K, with Q6_K for
-    attn_v and ffn_down where ``use_more_bits`` and for the output, as
-    llama-quant.cpp ``llama_tensor_get_type`` gives them)."""
+    attn_v and ffn_down where ``use_more_bits`` and for the output; Q4_0: Q4_0 with
+    a Q6_K output; Q8_0 and F16 throughout, as llama-quant.cpp
+    ``llama_tensor_get_type`` gives them)."""
     n_layer, n_embd, n_head, n_kv, n_ff, n_vocab = SHAPES[model]
     kv_dim = n_embd // n_head * n_kv
-    f16 = quant == "F16"
-    base = Q.F16 if f16 else Q.Q4_0 if quant == "Q4_0" else Q.Q4_K
-    more = base if f16 or quant == "Q4_0" else Q.Q6_K
-    out = Q.F16 if f16 else Q.Q6_K
+    base = {"F16": Q.F16, "Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_K_M": Q.Q4_K}[quant]
+    more = Q.Q6_K if quant == "Q4_K_M" else base
+    out = base if quant in ("F16", "Q8_0") else Q.Q6_K
     tensors = [Tensor("token_embd.weight", (n_embd, n_vocab), base)]
     for i in range(n_layer):
         b = f"blk.{i}."
@@ -128,14 +167,22 @@ def synthetic(folder: Path, model: str, quant: str) -> ModelSpec:
     return read_spec(path)
 
 
-def predict(spec: ModelSpec, profile: str) -> tuple[float, float]:
-    p = plan(spec, [parse_gpu_spec(profile), HOST], SETTINGS)
+def predict(spec: ModelSpec, row: Row) -> tuple[float, float]:
+    p = plan(spec, [parse_gpu_spec(row.profile), HOST], row.settings)
     assert p.n_gpu_layers == p.n_layer + 1  # every layer on the GPU
     return p.predicted.tg_tokens_per_s, p.predicted.pp_tokens_per_s
 
 
 def _class_of(row: Row) -> str:
     return speed_module.device_class(parse_gpu_spec(row.profile))
+
+
+def _within(ratios: list[float], target: float) -> int:
+    return sum(abs(r - 1) <= target for r in ratios)
+
+
+def _share(ok: int, n: int) -> str:
+    return f"{ok}/{n}" + (f" ({ok / n:.0%})" if n else "")
 
 
 def _log_error(pairs: list[tuple[float, float]]) -> float:
@@ -148,6 +195,8 @@ def fit(rows: list[Row], specs: dict[tuple[str, str], ModelSpec]) -> None:
     classes = sorted({_class_of(r) for r in rows})
     for cls in classes:
         mine = [r for r in rows if _class_of(r) == cls]
+        tg_rows = [r for r in mine if r.tg_compared]
+        pp_rows = [r for r in mine if r.pp_compared and r.note != "suspect"]
         original = speed_module.CLASS_SPEEDS[cls]
         best: tuple[float, float, float] | None = None
         effs = [e / 100 for e in range(30, 101, 5)]
@@ -155,9 +204,7 @@ def fit(rows: list[Row], specs: dict[tuple[str, str], ModelSpec]) -> None:
         for e, c in itertools.product(effs, costs):
             speed_module.CLASS_SPEEDS[cls] = replace(original, bandwidth_efficiency=e,
                                                      layer_overhead_s=c)  # fmt: skip
-            err = _log_error(
-                [(predict(specs[r.model, r.quant], r.profile)[0], r.tg512) for r in mine]
-            )
+            err = _log_error([(predict(specs[r.model, r.quant], r)[0], r.tg_ts) for r in tg_rows])
             if best is None or err < best[0]:
                 best = (err, e, c)
         assert best is not None
@@ -165,9 +212,7 @@ def fit(rows: list[Row], specs: dict[tuple[str, str], ModelSpec]) -> None:
         best_pp: tuple[float, float] | None = None
         for k in range(10, 101, 2):
             speed_module.CLASS_SPEEDS[cls] = replace(tg_fit, compute_efficiency=k / 100)
-            pairs = [(predict(specs[r.model, r.quant], r.profile)[1], r.pp512) for r in mine
-                     if r.note != "suspect"]  # fmt: skip
-            err = _log_error(pairs)
+            err = _log_error([(predict(specs[r.model, r.quant], r)[1], r.pp_ts) for r in pp_rows])
             if best_pp is None or err < best_pp[0]:
                 best_pp = (err, k / 100)
         assert best_pp is not None
@@ -176,14 +221,21 @@ def fit(rows: list[Row], specs: dict[tuple[str, str], ModelSpec]) -> None:
               f"per-layer {best[2] * 1e6:.0f} us, compute efficiency {best_pp[1]:.2f}")  # fmt: skip
 
 
+def _summary(label: str, tg: list[float], pp: list[float]) -> str:
+    return (f"  {label:<22} tg within {TG_TARGET:.0%} {_share(_within(tg, TG_TARGET), len(tg)):<12}"
+            f" pp within {PP_TARGET:.0%} {_share(_within(pp, PP_TARGET), len(pp))}")  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--fit", action="store_true", help="search each class's figures and print them")
     args = ap.parse_args()
-    rows = read_rows()
-    print(f"baseline: {len(rows)} published llama-bench rows ({TABLE.name}); "
-          f"targets: tg within {TG_TARGET:.0%} for {TG_SHARE:.0%}, "
-          f"pp within {PP_TARGET:.0%} for {PP_SHARE:.0%}")  # fmt: skip
+    table = read_rows()
+    rows = [r for r in table if r.profile]
+    skipped = [r for r in table if not r.profile]
+    print(f"baseline: {len(table)} published llama-bench rows ({TABLE.name}), "
+          f"{len(skipped)} skipped (no profile); targets: tg within {TG_TARGET:.0%} for "
+          f"{TG_SHARE:.0%}, pp{PP_TOKENS} within {PP_TARGET:.0%} for {PP_SHARE:.0%}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         specs = {(r.model, r.quant): synthetic(Path(tmp), r.model, r.quant) for r in rows}
         for (model, quant), spec in sorted(specs.items()):
@@ -191,39 +243,56 @@ def main() -> int:
         if args.fit:
             print("fitted per class (least squared log error; pp leaves out 'suspect' rows):")
             fit(rows, specs)
-        tg_ok = pp_ok = 0
-        by_class: dict[str, list[tuple[float, float]]] = {}
+        tg_all: list[float] = []
+        pp_all: list[float] = []
+        by_class: dict[str, tuple[list[float], list[float]]] = {}
+        by_source: dict[str, tuple[list[float], list[float]]] = {}
         worst: list[tuple[float, str]] = []
-        print(f"  {'GPU':<27}{'model':<18}{'class':<18}{'tg pred/pub':>12}{'pp pred/pub':>12}")
+        print(f"  {'GPU':<36}{'model':<19}{'class':<18}{'tests':<13}"
+              f"{'tg pred/pub':>12}{'pp pred/pub':>12}  source")  # fmt: skip
         for r in rows:
-            tg, pp = predict(specs[r.model, r.quant], r.profile)
-            tg_ratio, pp_ratio = tg / r.tg512, pp / r.pp512
+            tg, pp = predict(specs[r.model, r.quant], r)
             cls = _class_of(r)
-            by_class.setdefault(cls, []).append((tg_ratio, pp_ratio))
-            tg_ok += abs(tg_ratio - 1) <= TG_TARGET
-            pp_ok += abs(pp_ratio - 1) <= PP_TARGET
-            worst.append(
-                (abs(math.log(tg_ratio)), f"tg {tg_ratio:.2f} {r.gpu} {r.model} {r.quant}")
-            )
-            worst.append(
-                (abs(math.log(pp_ratio)), f"pp {pp_ratio:.2f} {r.gpu} {r.model} {r.quant}")
-            )
-            flag = f"  ({r.note})" if r.note else ""
-            print(f"  {r.gpu:<27}{r.model + ' ' + r.quant:<18}{cls:<18}"
-                  f"{tg_ratio:>12.2f}{pp_ratio:>12.2f}{flag}")  # fmt: skip
-    for cls, ratios in sorted(by_class.items()):
-        n = len(ratios)
-        tg_in = sum(abs(t - 1) <= TG_TARGET for t, _ in ratios)
-        pp_in = sum(abs(p - 1) <= PP_TARGET for _, p in ratios)
-        print(f"  {cls:<18} {n:2} rows: tg within {TG_TARGET:.0%} {tg_in}/{n}, "
-              f"pp within {PP_TARGET:.0%} {pp_in}/{n}")  # fmt: skip
+            groups = (by_class.setdefault(cls, ([], [])), by_source.setdefault(r.source, ([], [])))
+            tg_text = pp_text = "-"
+            what = f"{r.gpu} {r.model} {r.quant}"
+            if r.tg_compared:
+                tg_ratio = tg / r.tg_ts
+                tg_text = f"{tg_ratio:.2f}"
+                tg_all.append(tg_ratio)
+                for g in groups:
+                    g[0].append(tg_ratio)
+                worst.append((abs(math.log(tg_ratio)), f"tg {tg_ratio:.2f} {what}"))
+            if r.pp_compared:
+                pp_ratio = pp / r.pp_ts
+                pp_text = f"{pp_ratio:.2f}"
+                pp_all.append(pp_ratio)
+                for g in groups:
+                    g[1].append(pp_ratio)
+                worst.append((abs(math.log(pp_ratio)), f"pp {pp_ratio:.2f} {what}"))
+            tests = f"pp{r.pp_tokens or '-'} tg{r.tg_tokens}" + (" fa" if r.flash_attn else "")
+            flag = f"  ({r.note})" if r.note == "suspect" else ""
+            print(f"  {r.gpu[:35]:<36}{r.model + ' ' + r.quant:<19}{cls:<18}{tests:<13}"
+                  f"{tg_text:>12}{pp_text:>12}  {r.source}{flag}")  # fmt: skip
+    for r in skipped:
+        print(f"  {r.gpu[:35]:<36}{r.model + ' ' + r.quant:<19}{'(no profile)':<18}"
+              f"{'':<13}{'-':>12}{'-':>12}  {r.source}")  # fmt: skip
+    print("per class:")
+    for cls, (tg_r, pp_r) in sorted(by_class.items()):
+        print(_summary(cls, tg_r, pp_r))
+    print("per source:")
+    for source, (tg_r, pp_r) in sorted(by_source.items()):
+        print(_summary(source, tg_r, pp_r))
+    print(f"skipped: {len(skipped)} rows with no profile ("
+          + ", ".join(sorted({r.gpu for r in skipped})) + ")")  # fmt: skip
     print("worst: " + "; ".join(text for _, text in sorted(worst, reverse=True)[:4]))
-    n = len(rows)
-    tg_share, pp_share = tg_ok / n, pp_ok / n
+    tg_ok, pp_ok = _within(tg_all, TG_TARGET), _within(pp_all, PP_TARGET)
+    tg_n, pp_n = len(tg_all), len(pp_all)
+    tg_share, pp_share = tg_ok / tg_n, pp_ok / pp_n
     verdict = "PASS" if tg_share >= TG_SHARE and pp_share >= PP_SHARE else "MISS"
     print(f"gpu speed vs published llama-bench: tg within {TG_TARGET:.0%} for {tg_share:.0%} "
-          f"({tg_ok}/{n}, target {TG_SHARE:.0%}), pp within {PP_TARGET:.0%} for {pp_share:.0%} "
-          f"({pp_ok}/{n}, target {PP_SHARE:.0%}) {verdict}")  # fmt: skip
+          f"({tg_ok}/{tg_n}, target {TG_SHARE:.0%}), pp within {PP_TARGET:.0%} for {pp_share:.0%} "
+          f"({pp_ok}/{pp_n}, target {PP_SHARE:.0%}) {verdict}")  # fmt: skip
     return 0
 
 
