@@ -214,7 +214,7 @@ def _rates(
             best = float("inf")
             for done in range(repeats if n == 1 else BATCH_REPEATS):
                 if flush is not None:
-                    C.memset(flush, done & 0xFF, len(flush))  # the weights out of the cache
+                    _flush(flush, done)
                 t0 = time.perf_counter()
                 if g.compute(backend, graph) != 0:
                     raise RuntimeError("ggml's CPU backend failed to compute")
@@ -226,6 +226,16 @@ def _rates(
             g.buffer_free(b)
         for ctx in contexts:
             g.free(ctx)
+
+
+def _flush(buffer: Any, value: int) -> None:
+    """Write ``buffer`` through the cache, so the weights leave it. In pieces of
+    16 MiB: glibc's memset writes past its non-temporal threshold (a share of the
+    last-level cache) with stores that bypass the cache and evict nothing."""
+    piece = 16 << 20
+    base = C.addressof(buffer)
+    for offset in range(0, len(buffer), piece):
+        C.memset(base + offset, value & 0xFF, min(piece, len(buffer) - offset))
 
 
 def _weight_buft(g: Ggml, device: int, extras: list[int], weight: int, k: int) -> int:

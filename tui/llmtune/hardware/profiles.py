@@ -45,7 +45,7 @@ SOURCES: dict[str, str] = {
     "nvidia-hbm": "NVIDIA V100, A100 (PCIe/SXM4, 40/80 GB), H100 (PCIe/SXM/NVL), H200 and "
     "HGX B200 data sheets (dense FP16/BF16 tensor: half the sparse figure)",
     "amd-radeon": "amd.com product specifications, Radeon RX 7900 XTX/XT, 7800 XT, 7600 "
-    "(peak FP16, memory bandwidth)",
+    "and Radeon Pro W7900 (peak FP16, memory bandwidth)",
     "amd-instinct": "amd.com Instinct MI210/MI250/MI300X data sheets (FP16 matrix, HBM "
     "bandwidth); an MI250 is two GCDs that ROCm lists as two 64 GB devices",
     "apple": "apple.com tech specs (unified memory options, bandwidth); Apple newsroom for "
@@ -167,6 +167,8 @@ _AMD: tuple[GPUProfile, ...] = (
     _amd("rx7800xt", "AMD Radeon RX 7800 XT", 16, 624.0, 74.6, AMD_CONSUMER),
     _amd("rx7900xt", "AMD Radeon RX 7900 XT", 20, 800.0, 103.0, AMD_CONSUMER),
     _amd("rx7900xtx", "AMD Radeon RX 7900 XTX", 24, 960.0, 122.8, AMD_CONSUMER),
+    # The workstation Navi 31: the 7900 XTX's die with 48 GB at a lower memory clock.
+    _amd("w7900", "AMD Radeon Pro W7900", 48, 864.0, 122.6, AMD_CONSUMER),
     _amd("mi210", "AMD Instinct MI210", 64, 1638.4, 181.0, AMD_DATACENTER),
     # One of an MI250's two GCDs: ROCm, and so llama.cpp, see each as a device.
     _amd("mi250", "AMD Instinct MI250 (one GCD)", 64, 1638.4, 181.0, AMD_DATACENTER),
@@ -182,6 +184,7 @@ _APPLE_CHIPS: tuple[tuple[str, str, float, float, tuple[int, ...]], ...] = (
     ("m2", "Apple M2 (10-core GPU)", 100.0, 3.6, (8, 16, 24)),
     ("m2-pro", "Apple M2 Pro (19-core GPU)", 200.0, 6.8, (16, 32)),
     ("m2-max", "Apple M2 Max (38-core GPU)", 400.0, 13.6, (32, 64, 96)),
+    ("m2-ultra-60c", "Apple M2 Ultra (60-core GPU)", 800.0, 21.5, (64, 128, 192)),
     ("m2-ultra", "Apple M2 Ultra (76-core GPU)", 800.0, 27.2, (64, 128, 192)),
     ("m3", "Apple M3 (10-core GPU)", 100.0, 4.1, (8, 16, 24)),
     ("m3-pro", "Apple M3 Pro (18-core GPU)", 150.0, 7.4, (18, 36)),
