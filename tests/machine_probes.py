@@ -14,13 +14,16 @@ import shutil
 from pathlib import Path
 
 PROBE_FILES = ("cpu_kernels.json", "host_bandwidth.json")
+# The cache folder of the session (LLMTUNE_CACHE_DIR as the run began, before any
+# test points it elsewhere), else the user's.
+_AT_START = os.environ.get("LLMTUNE_CACHE_DIR")
 
 
 def machine_cache_dir() -> Path:
-    """The user's cache folder, whatever LLMTUNE_CACHE_DIR says now."""
+    """The session's cache folder, whatever LLMTUNE_CACHE_DIR says now."""
     from platformdirs import user_cache_dir
 
-    return Path(os.environ.get("LLMTUNE_MACHINE_CACHE_DIR") or user_cache_dir("llmtune"))
+    return Path(_AT_START or user_cache_dir("llmtune"))
 
 
 def ensure_probed() -> None:
