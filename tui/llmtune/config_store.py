@@ -21,7 +21,7 @@ from typing import Any
 from llmtune.errors import FitError
 from llmtune.fit.settings import Settings
 from llmtune.model.spec import is_url, location
-from llmtune.paths import config_dir, write_atomic
+from llmtune.paths import TooLarge, config_dir, read_json, write_atomic
 
 FILE_NAME = "settings.json"
 # 2: the layers default to llama.cpp's fit (--ngl auto); version 1 saved every
@@ -75,17 +75,14 @@ def load() -> tuple[Store, str | None]:
     """The saved store, and a sentence for the user when something had to be dropped."""
     path = settings_path()
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
+        data = read_json(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         return Store(), None
     except OSError as exc:
         return Store(), f"Could not read saved settings ({exc.strerror or exc}); using defaults."
-    if len(raw) > MAX_FILE_BYTES:
+    except TooLarge:
         return Store(), f"The settings file {path} is too large to be ours; using defaults."
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
+    except ValueError:
         return Store(), f"The settings file {path} is corrupt; using defaults."
     if not isinstance(data, dict):
         return Store(), f"The settings file {path} is corrupt; using defaults."

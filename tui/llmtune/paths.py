@@ -7,8 +7,10 @@ each platform expects.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 
 def config_dir() -> Path:
@@ -63,3 +65,22 @@ def write_atomic(path: Path, data: str | bytes, *, durable_dir: bool = False) ->
             pass
         finally:
             os.close(dir_fd)
+
+
+class TooLarge(ValueError):
+    """A file larger than any of ours: read no further than the limit."""
+
+
+def read_json(path: Path | str, max_bytes: int) -> Any:
+    """The JSON in ``path``, read no further than ``max_bytes``. Raises
+    FileNotFoundError, OSError, :class:`TooLarge`, or ValueError for what is not
+    UTF-8 JSON (nesting too deep included): every caller's file is the user's to
+    damage, and each says in its own words what it then does."""
+    with open(path, "rb") as fh:
+        raw = fh.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise TooLarge(f"larger than {max_bytes:,} bytes")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except RecursionError as err:
+        raise ValueError("nested too deeply") from err

@@ -40,7 +40,7 @@ from typing import Any
 from llmtune.engine.history import HistoryEntry, Source
 from llmtune.fit.plan import FitPlan
 from llmtune.fit.speed import CLASS_SPEEDS, DEFAULT_CLASS, DEFAULT_SPEED_MODEL, SpeedModel
-from llmtune.paths import config_dir, write_atomic
+from llmtune.paths import TooLarge, config_dir, read_json, write_atomic
 
 FILE_NAME = "calibration.json"
 MAX_FILE_BYTES = 1 << 20  # an entry per machine takes about 200 bytes
@@ -69,17 +69,14 @@ def _read() -> tuple[dict[str, Any], str | None]:
     """The file's machines, and a sentence for the user when it could not be used."""
     path = config_dir() / FILE_NAME
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
+        data = read_json(path, MAX_FILE_BYTES)
     except FileNotFoundError:
         return {}, None
     except OSError as exc:
         return {}, f"Could not read the calibration ({exc.strerror or exc}); {_DEFAULTS}."
-    if len(raw) > MAX_FILE_BYTES:
+    except TooLarge:
         return {}, f"The calibration file {path} is too large to be ours; {_DEFAULTS}."
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
+    except ValueError:
         data = None
     if not isinstance(data, dict):
         return {}, f"The calibration file {path} is corrupt; {_DEFAULTS}."

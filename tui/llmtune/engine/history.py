@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from llmtune.paths import config_dir, write_atomic
+from llmtune.paths import config_dir, read_json, write_atomic
 from llmtune.textsafe import inert
 
 FILE_NAME = "calibration_history.json"
@@ -89,12 +89,8 @@ def read(machine: str | None = None) -> list[HistoryEntry]:
     """The entries, oldest first (only ``machine``'s when given); [] when unreadable."""
     path = config_dir() / FILE_NAME
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_FILE_BYTES + 1)
-        if len(raw) > MAX_FILE_BYTES:
-            return []
-        data = json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = read_json(path, MAX_FILE_BYTES)
+    except (OSError, ValueError):
         return []
     items = data.get("entries") if isinstance(data, dict) else None
     if not isinstance(items, list):

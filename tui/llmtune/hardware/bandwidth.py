@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llmtune.paths import write_atomic
+from llmtune.paths import read_json, write_atomic
 from llmtune.units import GIB, MIB
 
 logger = logging.getLogger(__name__)
@@ -155,24 +155,33 @@ def measure_host_bandwidth(
     return BandwidthMeasurement(bandwidth_gbps=gbps, array_bytes=n, repeats=done, threads=workers)
 
 
-def _read_cache(path: Path) -> dict[str, Any]:
-    """The cache's machines; an unreadable, malformed or oversized file is treated
-    as empty (and replaced by the next probe)."""
+def read_machine_cache(
+    path: Path, version: int, max_bytes: int = MAX_CACHE_BYTES
+) -> dict[str, Any]:
+    """A per-machine probe cache's entries (``{"version": v, "machines": {key:
+    entry}}``, this one and :mod:`.cpu_kernels`'); an unreadable, malformed,
+    oversized or older file is treated as empty (and replaced by the next probe)."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CACHE_BYTES + 1)
-        if len(raw) > MAX_CACHE_BYTES:
-            raise ValueError(f"larger than {MAX_CACHE_BYTES:,} bytes")
-        data = json.loads(raw.decode("utf-8"))
+        data = read_json(path, max_bytes)
     except FileNotFoundError:
         return {}
-    except (OSError, ValueError, RecursionError) as err:
-        logger.info("ignoring unreadable bandwidth cache %s: %s", path, err)
+    except (OSError, ValueError) as err:
+        logger.info("ignoring unreadable probe cache %s: %s", path, err)
         return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
+    if not isinstance(data, dict) or data.get("version") != version:
         return {}
     machines = data.get("machines")
     return dict(machines) if isinstance(machines, dict) else {}
+
+
+def write_machine_cache(path: Path, version: int, machines: dict[str, Any]) -> None:
+    """Replace a per-machine probe cache with ``machines``, atomically. Raises OSError."""
+    text = json.dumps({"version": version, "machines": machines}, indent=1, sort_keys=True)
+    write_atomic(path, text)
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    return read_machine_cache(path, CACHE_VERSION)
 
 
 def cached_host_bandwidth_gbps(key: str | None = None) -> float | None:
@@ -263,8 +272,7 @@ def store_host_bandwidth(measurement: BandwidthMeasurement, key: str | None = No
         "threads": measurement.threads,
         "probes": probes,
     }
-    text = json.dumps({"version": CACHE_VERSION, "machines": machines}, indent=1, sort_keys=True)
-    write_atomic(path, text)
+    write_machine_cache(path, CACHE_VERSION, machines)
 
 
 def reprobe_host_bandwidth(array_bytes: int = PROBE_BYTES) -> tuple[float | None, float | None]:

@@ -42,7 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from llmtune.paths import write_atomic
+from llmtune.hardware.bandwidth import machine_key, read_machine_cache, write_machine_cache
 from llmtune.units import MIB
 
 logger = logging.getLogger(__name__)
@@ -244,27 +244,11 @@ def llama_cpp_version() -> str:
 
 
 def cache_key() -> str:
-    from llmtune.hardware.bandwidth import machine_key
-
     return machine_key()
 
 
 def _read_cache(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CACHE_BYTES + 1)
-        if len(raw) > MAX_CACHE_BYTES:
-            raise ValueError(f"larger than {MAX_CACHE_BYTES:,} bytes")
-        data = json.loads(raw.decode("utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, RecursionError) as err:
-        logger.info("ignoring unreadable CPU kernel cache %s: %s", path, err)
-        return {}
-    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION:
-        return {}
-    machines = data.get("machines")
-    return dict(machines) if isinstance(machines, dict) else {}
+    return read_machine_cache(path, CACHE_VERSION, MAX_CACHE_BYTES)
 
 
 def cached_rates(key: str | None = None) -> KernelRates | None:
@@ -308,8 +292,7 @@ def store_rates(rates: KernelRates, key: str | None = None) -> None:
         "measured_at": rates.measured_at,
         "llama_cpp_python": llama_cpp_version(),
     }
-    text = json.dumps({"version": CACHE_VERSION, "machines": machines}, indent=1, sort_keys=True)
-    write_atomic(path, text)
+    write_machine_cache(path, CACHE_VERSION, machines)
 
 
 def host_kernel_rates(probe: bool = True, threads: int | None = None) -> KernelRates | None:

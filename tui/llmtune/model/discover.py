@@ -10,7 +10,6 @@ is odd.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import stat
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from llmtune.model.spec import split_shard_paths
+from llmtune.paths import read_json
 
 Source = Literal["cwd", "models", "huggingface", "lmstudio", "llama.cpp", "ollama", "demo"]
 SOURCE_ORDER: tuple[Source, ...] = (
@@ -465,12 +465,8 @@ def _ollama_layer_digests(manifest: str) -> list[tuple[str, bool]]:
     """(hex digest, is a model layer) for a manifest's layers; malformed digests are
     refused, so a crafted manifest cannot name a file outside ``blobs/``."""
     try:
-        with open(manifest, "rb") as fh:
-            raw = fh.read(MAX_MANIFEST_BYTES + 1)
-        if len(raw) > MAX_MANIFEST_BYTES:
-            return []
-        data = json.loads(raw)
-    except (OSError, ValueError, RecursionError):
+        data = read_json(manifest, MAX_MANIFEST_BYTES)
+    except (OSError, ValueError):
         return []
     layers = data.get("layers") if isinstance(data, dict) else None
     if not isinstance(layers, list):
