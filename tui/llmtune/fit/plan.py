@@ -310,7 +310,7 @@ def _evaluate(
         # An RPC host with no GPU named behind it runs like a CPU (llmtune rpc-server).
         cpu_like = gpu.is_rpc and gpu.profile == "cpu"
         rates = (
-            cpu_rates(gpu, speed, dict(costs.matmul_type_bytes))
+            cpu_rates(gpu, speed, costs.matmul_type_bytes)
             if cpu_like
             else gpu_rates(gpu, speed)
         )
@@ -386,7 +386,7 @@ def _evaluate(
     host_layers = cpu_layers_end + output_on_cpu
     host_kv_read = host_kv * c.kv_read_fraction
     attending = _attention_layers(c, 0, cpu_layers_end)
-    rates = cpu_rates(host, speed, dict(costs.matmul_type_bytes), s.threads)
+    rates = cpu_rates(host, speed, costs.matmul_type_bytes, s.threads)
     times.add(rates, shape, active_cpu, host_kv_read, host_layers, attending, offload_to is None)
     if rates.read_bytes_per_s:
         # What a new bandwidth probe would move: the cache read, and the weights'

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from llmtune.hardware.device import Device
 
@@ -149,16 +150,19 @@ def host_bandwidth_efficiency(host: Device, speed: SpeedModel) -> float:
     return speed.cpu_bandwidth_efficiency
 
 
+@lru_cache(maxsize=64)
 def cpu_rates(
     device: Device,
     speed: SpeedModel,
-    type_bytes: Mapping[str, int] | None = None,
+    type_bytes: tuple[tuple[str, int], ...] = (),
     threads: int = 0,
 ) -> Rates:
-    """A CPU's rates; with the model's weight bytes per type (``type_bytes``) also
-    the rate its generation gets through them (:func:`cpu_weight_rate`)."""
+    """A CPU's rates; with the model's weight bytes per type (``type_bytes``,
+    ``ModelCosts.matmul_type_bytes``) also the rate its generation gets through
+    them (:func:`cpu_weight_rate`). Cached: a plan asks once per layer count it
+    tries, and the fit estimate runs on every keypress."""
     read = device.bandwidth_gbps * 1e9 * host_bandwidth_efficiency(device, speed)
-    mix = type_bytes or {}
+    mix = dict(type_bytes)
     return Rates(
         read,
         device.fp16_tflops * 1e12 * speed.cpu_compute_efficiency,
