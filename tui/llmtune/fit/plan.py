@@ -310,9 +310,7 @@ def _evaluate(
         # An RPC host with no GPU named behind it runs like a CPU (llmtune rpc-server).
         cpu_like = gpu.is_rpc and gpu.profile == "cpu"
         rates = (
-            cpu_rates(gpu, speed, costs.matmul_type_bytes)
-            if cpu_like
-            else gpu_rates(gpu, speed)
+            cpu_rates(gpu, speed, costs.matmul_type_bytes) if cpu_like else gpu_rates(gpu, speed)
         )
         attending = _attention_layers(c, first, end)
         times.add(rates, shape, active, kv * c.kv_read_fraction, n_layers + has_output, attending)

@@ -172,6 +172,16 @@ def cpu_rates(
     )
 
 
+def _kernel_scale(device: Device, speed: SpeedModel, threads: int) -> float:
+    """A probed CPU's rates at ``threads`` threads (fewer than probed: proportionally
+    slower, as the kernels are compute-bound where it matters) and this machine's
+    calibrated efficiency."""
+    scale = speed.cpu_measured_bandwidth_efficiency
+    if threads and device.kernel_threads and threads < device.kernel_threads:
+        scale *= threads / device.kernel_threads
+    return scale
+
+
 def cpu_batch_rates(
     device: Device, speed: SpeedModel, type_bytes: Mapping[str, int], threads: int
 ) -> tuple[tuple[int, float], ...]:
@@ -182,9 +192,7 @@ def cpu_batch_rates(
     if not type_bytes or not device.kernel_rates or not device.kernel_batch:
         return ()
     ram = dict(device.kernel_rates)
-    scale = speed.cpu_measured_bandwidth_efficiency
-    if threads and device.kernel_threads and threads < device.kernel_threads:
-        scale *= threads / device.kernel_threads
+    scale = _kernel_scale(device, speed, threads)
     counts = sorted({n for _name, n, _gbps in device.kernel_batch})
     out = []
     for n in counts:
@@ -213,10 +221,9 @@ def cpu_weight_rate(
     if not type_bytes:
         return 0.0
     if device.kernel_rates:
-        rate = mixed_rate(dict(device.kernel_rates), type_bytes)
-        if threads and device.kernel_threads and threads < device.kernel_threads:
-            rate *= threads / device.kernel_threads
-        return rate * speed.cpu_measured_bandwidth_efficiency
+        return mixed_rate(dict(device.kernel_rates), type_bytes) * _kernel_scale(
+            device, speed, threads
+        )
     cores = device.fp16_tflops / HOST_TFLOPS_PER_CORE if device.fp16_tflops else 1.0
     compute = mixed_rate(default_cache_rates(cores), type_bytes)
     if compute <= 0 or read <= 0:
