@@ -162,3 +162,23 @@ def test_a_worker_build_without_rpc_says_how_to_rebuild(monkeypatch: pytest.Monk
     assert "-DGGML_RPC=on" in line and "\n" not in line
     with FakeRpcServer() as host:  # planning alone needs no llama.cpp at all
         assert machine(MachineOptions(rpc=(host.endpoint,)), probe_bandwidth=False).rpc
+
+
+def test_a_cpu_server_is_planned_with_this_machines_kernels(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An RPC host with no GPU named behind it runs "at this machine's CPU speed":
+    llama.cpp's kernels as timed here, not the stand-in for an unknown CPU."""
+    from llmtune.hardware import cpu_kernels
+
+    monkeypatch.setenv("LLMTUNE_CACHE_DIR", str(tmp_path))
+    timed = cpu_kernels.KernelRates({"Q4_K": 12.5}, {}, 2, batch={"Q4_K": {4: 14.0}})
+    cpu_kernels.store_rates(timed)
+    with FakeRpcServer() as host:
+        m = machine(MachineOptions(rpc=(host.endpoint,)), probe_bandwidth=False)
+    (remote,) = m.rpc
+    assert dict(remote.kernel_rates) == {"Q4_K": 12.5}
+    assert remote.kernel_threads == 2 and remote.kernel_batch == (("Q4_K", 4, 14.0),)
+    with FakeRpcServer() as host:
+        named = machine(MachineOptions(rpc=(f"{host.endpoint}=rtx3090",)), probe_bandwidth=False)
+    assert named.rpc[0].kernel_rates == ()  # a GPU behind it: no CPU kernels

@@ -420,6 +420,10 @@ def rpc_devices(
                     endpoint=endpoint,
                     rtt_s=found.rtt_s,
                     network_bytes_per_s=link,
+                    # A CPU server: this machine's CPU, so llama.cpp's kernels as timed here.
+                    kernel_rates=host.kernel_rates if gpu is None else (),
+                    kernel_threads=host.kernel_threads if gpu is None else 0,
+                    kernel_batch=host.kernel_batch if gpu is None else (),
                 )
             )
         if endpoint.rpartition(":")[0] in ("127.0.0.1", "localhost", "::1"):
