@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from rendered import screen_text
-from textual.widgets import DataTable
+from textual.widgets import DataTable, Input
 from ui_support import cpu_only, wait_for
 
 from llmtune.engine.config import RunConfig
@@ -159,6 +159,11 @@ async def test_enter_with_no_model_loaded_loads_it_then_answers(demo_spec: Model
         assert config.settings.n_ctx == 1024
         assert app.run_pane.output  # the answer streamed
         assert app.worker_state == "loaded"
+        # The prompt stays for another run, selected: the next one typed replaces it.
+        prompt = app.query_one("#prompt", Input)
+        assert prompt.value == "Hi"
+        await pilot.press(*"Why")
+        assert prompt.value == "Why"
 
 
 async def test_a_prompt_waiting_for_a_load_that_is_stopped_is_dropped(

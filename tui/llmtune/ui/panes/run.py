@@ -89,6 +89,9 @@ class RunPane(Vertical):
     @on(Input.Submitted, "#prompt")
     def _submit(self, event: Input.Submitted) -> None:
         event.stop()
+        # Kept and selected: Enter runs it again, typing replaces it (instead of
+        # appending the next prompt to this one).
+        event.input.select_all()
         self.post_message(self.Requested("generate", event.value))
 
     @on(Button.Pressed, "#run-generate")
