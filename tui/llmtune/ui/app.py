@@ -548,7 +548,8 @@ class LlmtuneApp(SessionAttributes, App[None]):
 
     @on(WorkerEvent)
     def _worker_event(self, message: WorkerEvent) -> None:
-        self.worker.on_event(message)
+        if self.is_running:  # not one still queued at shutdown: the panes are gone
+            self.worker.on_event(message)
 
     @on(HistoryRead)
     def _history_read(self, message: HistoryRead) -> None:  # a run corrected the speeds
